@@ -1,0 +1,1 @@
+"""A small real project: a digit classifier trained on scikit-learn's bundled digits."""

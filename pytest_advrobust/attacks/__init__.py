@@ -1,0 +1,116 @@
+"""Attacks, one module per family, behind a registry keyed by the name used in the config.
+
+Attack functions are small and stateless: ``perturb(model, x, y, eps, rng, **options)``
+returns the perturbed batch; the engine owns batching, caching, projection and clipping.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from ..config import AttackOptions
+
+__all__ = ["Attack", "AttackRegistry"]
+
+#: Arguments the engine can hand an attack; an attack function names the ones it needs.
+ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: its functions and the check keys it accepts."""
+
+    name: str
+    perturb: Callable[..., Any] | str
+    fit: Callable[..., Any] | str | None = None
+    uses_eps: bool = True
+    needs_gradient: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def config_options(self) -> AttackOptions:
+        return AttackOptions(uses_eps=self.uses_eps, options=dict(self.options))
+
+    def perturb_function(self) -> Callable[..., Any]:
+        return _resolve(self.perturb)
+
+    def fit_function(self) -> Callable[..., Any] | None:
+        return None if self.fit is None else _resolve(self.fit)
+
+    def wants(self, argument: str) -> bool:
+        """Whether the perturb function takes ``argument`` (so the engine computes it)."""
+        return _accepts(self.perturb_function(), argument)
+
+
+class AttackRegistry:
+    """Name -> :class:`Attack`. Filled through ``pytest_advrobust_add_attacks``."""
+
+    def __init__(self) -> None:
+        self._attacks: dict[str, Attack] = {}
+
+    def attack(
+        self,
+        name: str,
+        *,
+        options: Mapping[str, Any] | None = None,
+        uses_eps: bool = True,
+        needs_gradient: bool = False,
+        fit: Callable[..., Any] | str | None = None,
+        description: str = "",
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
+
+        def register(perturb: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(Attack(name, perturb, fit, uses_eps, needs_gradient, dict(options or {}),
+                            description or (perturb.__doc__ or "").strip().split("\n")[0]))
+            return perturb
+
+        return register
+
+    def add(self, attack: Attack) -> None:
+        """Register ``attack``; the first registration of a name wins (users run first)."""
+        if not attack.name or not attack.name.replace("-", "_").isidentifier():
+            raise ValueError(f"attack name {attack.name!r} must be a simple identifier")
+        self._attacks.setdefault(attack.name, attack)
+
+    def __getitem__(self, name: str) -> Attack:
+        return self._attacks[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._attacks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._attacks))
+
+    def config_options(self) -> dict[str, AttackOptions]:
+        return {name: attack.config_options for name, attack in self._attacks.items()}
+
+
+def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[], Any]],
+                options: Mapping[str, Any]) -> Any:
+    """Call ``function`` with the engine arguments it names (each computed only if asked)
+    and the check's options (``fit-samples`` -> ``fit_samples``)."""
+    parameters = inspect.signature(function).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    kwargs = {key.replace("-", "_"): value for key, value in options.items()}
+    for name, produce in available.items():
+        if name in parameters or (takes_all and name in ENGINE_ARGUMENTS[:5]):
+            kwargs[name] = produce()
+    if not takes_all:
+        kwargs = {key: value for key, value in kwargs.items() if key in parameters}
+    return function(**kwargs)
+
+
+def _accepts(function: Callable[..., Any], argument: str) -> bool:
+    return argument in inspect.signature(function).parameters
+
+
+def _resolve(ref: Callable[..., Any] | str) -> Callable[..., Any]:
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)

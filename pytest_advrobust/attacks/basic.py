@@ -1,0 +1,55 @@
+"""The one-step attacks: ``clean``, ``fgsm`` and the ``noise`` baseline.
+
+FGSM (Goodfellow, Shlens & Szegedy, 2015, "Explaining and Harnessing Adversarial
+Examples"), L-inf:  ``x' = clip(x + eps * sign(grad_x L(x, y)), input-range)``, with ``L`` the
+cross-entropy of the logits (or ``-log p_y`` for a model that outputs probabilities).
+Cost: one forward + one backward per batch, shared by every eps of a sweep, plus one
+forward per eps.
+
+Noise: ``x' = clip(x + eps * s, input-range)`` with ``s`` uniform in {-1, +1} per element,
+drawn from the seed. Same L-inf size as FGSM: the gap between the two is the point the
+attack makes (adversarial directions are not random). Cost: one forward per eps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["clean", "fgsm", "noise", "random_signs"]
+
+
+def clean(x: "torch.Tensor") -> "torch.Tensor":
+    """Accuracy on the unperturbed inputs."""
+    return x
+
+
+def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor") -> "torch.Tensor":
+    """Fast gradient sign method: one step of size eps along the sign of the loss gradient.
+
+    Args: ``x`` a batch in raw input units, ``eps`` the L-inf size, ``grad`` the input
+    gradient of the loss at ``x`` (computed once per batch by the engine).
+    Returns the unclipped step; the engine clips it to ``input-range``.
+    """
+    return x + eps * grad.sign().to(x.dtype)
+
+
+def noise(x: "torch.Tensor", eps: float, rng: np.random.Generator) -> "torch.Tensor":
+    """Random signs of the same L-inf size as FGSM: the baseline that is not adversarial."""
+    return x + eps * random_signs(x, rng)
+
+
+def random_signs(x: "torch.Tensor", rng: np.random.Generator) -> "torch.Tensor":
+    """Uniform {-1, +1} per element of ``x``, drawn in sample order from ``rng``.
+
+    One float64 per element consumed in order, so cutting the data into other batch sizes
+    gives the same signs for every sample.
+    """
+    import torch
+
+    draws = rng.random(size=tuple(x.shape))
+    return torch.from_numpy(np.where(draws < 0.5, -1.0, 1.0)).to(device=x.device, dtype=x.dtype)

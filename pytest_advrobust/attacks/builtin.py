@@ -1,0 +1,26 @@
+"""The built-in attacks, registered through the same hook as anyone's (``trylast``, so a
+user's attack of the same name wins). Functions are named by import path and imported
+only when an attack runs: registering them costs no torch import."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import Attack, AttackRegistry
+
+__all__ = ["pytest_advrobust_add_attacks"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
+    base = "pytest_advrobust.attacks.basic"
+    registry.add(Attack("clean", f"{base}:clean", uses_eps=False,
+                        description="accuracy on the unperturbed inputs"))
+    registry.add(Attack("fgsm", f"{base}:fgsm", needs_gradient=True,
+                        description="fast gradient sign method, one L-inf step"))
+    registry.add(Attack("noise", f"{base}:noise",
+                        description="random {-1, +1} signs of the same L-inf size"))
+    registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
+                        fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
+                        options={"fit-samples": 256, "steps": 40, "step-size": float},
+                        description="one perturbation shared by all inputs, fitted on a held-out split"))

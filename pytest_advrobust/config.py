@@ -1,0 +1,460 @@
+"""``[tool.advrobust]`` -> frozen dataclasses. Every validation error about keys lives here.
+
+Nothing in this module imports torch: a configuration is read and checked in full before
+any model loads, so a typo costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "AttackOptions",
+    "CheckSpec",
+    "ModelSpec",
+    "Normalize",
+    "RobustnessConfig",
+    "load_config",
+    "parse_config",
+]
+
+SECTION = "tool.advrobust"
+
+#: Keys that describe one model; at the top level they also set defaults for named models.
+MODEL_KEYS = {
+    "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
+    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "checks",
+    "max-regression",
+}
+#: Model keys that named models inherit from the top level when they do not set them.
+INHERITED_KEYS = {
+    "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
+    "output-kind", "allow-pickle", "checks", "max-regression",
+}
+TOP_ONLY_KEYS = {"models"}
+CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression"}
+
+_CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
+                   ".ts": "torchscript", ".jit": "torchscript"}
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """What the config layer needs to know about an attack to validate a check."""
+
+    uses_eps: bool = True
+    #: extra check keys the attack accepts, with their defaults: the type of a non-None
+    #: default is enforced (ints are accepted where a float is expected); a type such as
+    #: ``float`` declares a typed option with no default; None accepts any value
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """Per-channel normalisation the model expects: ``(x - mean) / std``, applied inside."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One ``[[checks]]`` entry: an attack, its epsilons and its thresholds."""
+
+    attack: str
+    eps: tuple[float, ...]
+    min_accuracy: float | None = None
+    max_drop: float | None = None
+    max_regression: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model under test, its data, its input space and its checks."""
+
+    name: str
+    model: str
+    data: str
+    root: Path
+    source: Path
+    weights: str | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    normalize: Normalize | None = None
+    batch_size: int = 256
+    max_samples: int | None = None
+    seed: int = 0
+    output: str | None = None
+    output_kind: str = "auto"
+    device: str = "auto"
+    allow_pickle: bool = False
+    max_regression: float | None = None
+    checks: tuple[CheckSpec, ...] = ()
+    #: the TOML table this model was read from, for error messages
+    table: str = SECTION
+
+    @property
+    def model_format(self) -> str:
+        """``onnx``, ``export``, ``torchscript`` or ``factory``."""
+        return model_format(self.model)
+
+    def resolve(self, ref: str) -> Path:
+        """A path from the config, relative to the directory of the file that holds it."""
+        path = Path(ref)
+        return path if path.is_absolute() else self.root / path
+
+    def key(self, name: str) -> str:
+        """How a person finds this model's ``name`` key in the file."""
+        return f"[{self.table}] {name}"
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Everything ``[tool.advrobust]`` says, validated."""
+
+    path: Path
+    models: tuple[ModelSpec, ...]
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.models)
+
+
+def model_format(ref: str) -> str:
+    suffix = Path(ref).suffix.lower()
+    if suffix in _MODEL_SUFFIXES:
+        return _MODEL_SUFFIXES[suffix]
+    if _CALLABLE_REF.match(ref):
+        return "factory"
+    return "unknown"
+
+
+def load_config(path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessConfig | None:
+    """Read ``[tool.advrobust]`` from a pyproject.toml; ``None`` when the file has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror}).", where=str(path)) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"is not valid TOML ({exc}). Fix the syntax error it names.",
+                          where=str(path)) from None
+    section = document.get("tool", {}).get("advrobust")
+    if section is None:
+        return None
+    return parse_config(section, path=path, attacks=attacks)
+
+
+def parse_config(section: Any, *, path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessConfig:
+    """Validate a ``[tool.advrobust]`` table (already parsed from TOML)."""
+    reader = _Reader(path, attacks)
+    return reader.config(section)
+
+
+class _Reader:
+    """Walks the table once, naming the exact key of every mistake it finds."""
+
+    def __init__(self, path: Path, attacks: Mapping[str, AttackOptions]) -> None:
+        self.path = path
+        self.attacks = attacks
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{key}: {message}", where=str(self.path))
+
+    # -- top level ------------------------------------------------------------------------
+    def config(self, section: Any) -> RobustnessConfig:
+        if not isinstance(section, dict):
+            raise self.fail(f"[{SECTION}]", "must be a table.")
+        self.unknown_keys(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]")
+        models: list[ModelSpec] = []
+        if "model" in section:
+            models.append(self.model(section, {}, name=None))
+        elif "weights" in section or "name" in section or "output" in section:
+            raise self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
+                            "Add model = \"path/to/model.onnx\" (or \"pkg.mod:factory\"), or move "
+                            f"these keys into a [{SECTION}.models.NAME] table.")
+        named = section.get("models", {})
+        if not isinstance(named, dict):
+            raise self.fail(f"[{SECTION}] models", "must be a table of tables, "
+                            f"one per model: [{SECTION}.models.NAME].")
+        defaults = {key: value for key, value in section.items() if key in INHERITED_KEYS}
+        for name, table in named.items():
+            if not isinstance(table, dict):
+                raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
+            if any(spec.name == name for spec in models):
+                raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
+                                "twice (the top-level model has it too). Give the top-level model "
+                                "another name = \"...\" or rename the table.")
+            models.append(self.model(table, defaults, name=name))
+        if not models:
+            raise self.fail(f"[{SECTION}]", "names no model. Add model = \"path/to/model.onnx\" "
+                            f"(or \"pkg.mod:factory\"), or one [{SECTION}.models.NAME] table per model.")
+        return RobustnessConfig(path=self.path, models=tuple(models))
+
+    # -- one model ------------------------------------------------------------------------
+    def model(self, table: dict, defaults: dict, *, name: str | None) -> ModelSpec:
+        where = f"[{SECTION}]" if name is None else f"[{SECTION}.models.{name}]"
+        allowed = MODEL_KEYS if name is None else MODEL_KEYS - {"name"}
+        self.unknown_keys(table, allowed, where)
+        merged = {**defaults, **table}
+
+        ref = self.string(merged, "model", where, required=True)
+        fmt = model_format(ref)
+        if fmt == "unknown":
+            raise self.fail(f"{where} model", f"{ref!r} is neither a model file (.onnx, TorchScript "
+                            ".pt/.pth, torch.export .pt2) nor a factory \"pkg.module:callable\".")
+        weights = self.string(merged, "weights", where)
+        if weights is not None and fmt != "factory":
+            raise self.fail(f"{where} weights", f"only applies to a factory model "
+                            f"(\"pkg.module:callable\"); {ref!r} is a {fmt} file that carries its "
+                            "own weights. Remove weights.")
+        if name is None:
+            name = self.string(merged, "name", where) or _default_name(ref)
+            if not re.match(r"^[\w.-]+$", name):
+                raise self.fail(f"{where} name", f"{name!r} may hold only letters, digits, '-', "
+                                "'_' and '.' (it becomes part of test ids).")
+        data = self.string(merged, "data", where, required=True)
+        if not (data.lower().endswith(".npz") or _CALLABLE_REF.match(data)):
+            raise self.fail(f"{where} data", f"{data!r} is neither a .npz file (with arrays x "
+                            "and y) nor a loader \"pkg.module:callable\".")
+        low, high = self.input_range(merged, where)
+        output_kind = self.choice(merged, "output-kind", where, ("auto", "logits", "probabilities"), "auto")
+        device = self.string(merged, "device", where) or "auto"
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", device):
+            raise self.fail(f"{where} device", f"{device!r} is not one of \"auto\", \"cpu\", \"cuda\" "
+                            "or \"cuda:N\".")
+        spec = ModelSpec(
+            name=name,
+            model=ref,
+            data=data,
+            root=self.path.parent,
+            source=self.path,
+            weights=weights,
+            input_range=(low, high),
+            normalize=self.normalize(merged, where),
+            batch_size=self.integer(merged, "batch-size", where, 256, minimum=1),
+            max_samples=self.integer(merged, "max-samples", where, None, minimum=1),
+            seed=self.integer(merged, "seed", where, 0, minimum=0),
+            output=self.string(merged, "output", where),
+            output_kind=output_kind,
+            device=device,
+            allow_pickle=self.boolean(merged, "allow-pickle", where, False),
+            max_regression=self.fraction(merged, "max-regression", where),
+            checks=self.checks(merged.get("checks"), where, high - low),
+            table=where.strip("[]"),
+        )
+        return spec
+
+    def checks(self, raw: Any, where: str, width: float) -> tuple[CheckSpec, ...]:
+        if raw is None:
+            raise self.fail(where, "has no checks. Add at least one [[...checks]] table, e.g.\n"
+                            "  [[tool.advrobust.checks]]\n  attack = \"fgsm\"\n  eps = 0.1\n"
+                            "  min-accuracy = 0.5")
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise self.fail(f"{where} checks", "must be an array of tables ([[...checks]]).")
+        if not raw:
+            raise self.fail(f"{where} checks", "is empty; add at least one check.")
+        seen: dict[tuple, int] = {}
+        out = []
+        for index, table in enumerate(raw):
+            check = self.check(table, f"{where} checks[{index}]", width, index)
+            for eps in check.eps:
+                signature = (check.attack, eps, tuple(sorted(check.options.items(), key=str)))
+                if signature in seen:
+                    raise self.fail(f"{where} checks[{index}]", f"repeats {check.attack} at eps={eps:g} "
+                                    f"from checks[{seen[signature]}]. Merge the two checks.")
+                seen[signature] = index
+            out.append(check)
+        return tuple(out)
+
+    def check(self, table: dict, where: str, width: float, index: int) -> CheckSpec:
+        attack = self.string(table, "attack", where, required=True)
+        if attack not in self.attacks:
+            raise self.fail(f"{where} attack", f"unknown attack {attack!r}.{_did_you_mean(attack, self.attacks)} "
+                            f"Known attacks: {', '.join(sorted(self.attacks))}.")
+        info = self.attacks[attack]
+        self.unknown_keys(table, CHECK_KEYS | set(info.options), where,
+                          extra=f" (attack {attack!r} accepts: "
+                                f"{', '.join(sorted(CHECK_KEYS | set(info.options)))})")
+        if info.uses_eps:
+            eps = self.eps(table, where, width)
+        else:
+            if "eps" in table:
+                raise self.fail(f"{where} eps", f"attack {attack!r} takes no eps. Remove it.")
+            eps = (0.0,)
+        options = {}
+        for key, default in info.options.items():
+            if key in table:
+                options[key] = self.option(table[key], default, f"{where} {key}")
+        return CheckSpec(
+            attack=attack,
+            eps=eps,
+            min_accuracy=self.fraction(table, "min-accuracy", where),
+            max_drop=self.fraction(table, "max-drop", where),
+            max_regression=self.fraction(table, "max-regression", where),
+            options=options,
+            index=index,
+        )
+
+    # -- typed readers --------------------------------------------------------------------
+    def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(f"{where} {key}", f"unknown key.{_did_you_mean(key, allowed)}"
+                                f"{extra or ' Allowed keys: ' + ', '.join(sorted(allowed)) + '.'}")
+
+    def string(self, table: dict, key: str, where: str, *, required: bool = False) -> str | None:
+        if key not in table:
+            if required:
+                raise self.fail(f"{where} {key}", "is required.")
+            return None
+        value = table[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{where} {key}", f"must be a non-empty string, not {value!r}.")
+        return value
+
+    def choice(self, table: dict, key: str, where: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(table, key, where) or default
+        if value not in choices:
+            raise self.fail(f"{where} {key}", f"{value!r} is not one of {', '.join(map(repr, choices))}.")
+        return value
+
+    def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where} {key}", f"must be true or false, not {value!r}.")
+        return value
+
+    def integer(self, table: dict, key: str, where: str, default: int | None, *, minimum: int) -> int | None:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(f"{where} {key}", f"must be a whole number >= {minimum}, not {value!r}.")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, not {value!r}.")
+        return float(value)
+
+    def fraction(self, table: dict, key: str, where: str) -> float | None:
+        if key not in table:
+            return None
+        value = self.number(table[key], f"{where} {key}")
+        if not 0.0 <= value <= 1.0:
+            raise self.fail(f"{where} {key}", f"{value:g} is outside [0, 1]; accuracies are "
+                            "fractions (write 0.9 for 90%).")
+        return value
+
+    def eps(self, table: dict, where: str, width: float) -> tuple[float, ...]:
+        if "eps" not in table:
+            raise self.fail(f"{where} eps", "is required: one number or a list, in input units "
+                            "(e.g. eps = [0.05, 0.1]).")
+        raw = table["eps"]
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            raise self.fail(f"{where} eps", "is an empty list; give at least one value.")
+        out = []
+        for value in values:
+            number = self.number(value, f"{where} eps")
+            if number < 0:
+                raise self.fail(f"{where} eps", f"{number:g} is negative; eps is the L-inf size "
+                                "of the perturbation and must be >= 0.")
+            if number > width:
+                raise self.fail(f"{where} eps", f"{number:g} is larger than the whole input-range "
+                                f"(width {width:g}); such a perturbation can replace the input "
+                                "entirely. eps is in input units: check input-range.")
+            out.append(number)
+        if len(set(out)) != len(out):
+            raise self.fail(f"{where} eps", f"lists a value twice: {values!r}.")
+        return tuple(out)
+
+    def input_range(self, table: dict, where: str) -> tuple[float, float]:
+        raw = table.get("input-range", [0.0, 1.0])
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise self.fail(f"{where} input-range", f"must be [low, high], not {raw!r}.")
+        low, high = (self.number(v, f"{where} input-range") for v in raw)
+        if not low < high:
+            raise self.fail(f"{where} input-range", f"low {low:g} must be below high {high:g}.")
+        return low, high
+
+    def normalize(self, table: dict, where: str) -> Normalize | None:
+        if "normalize" not in table:
+            return None
+        raw = table["normalize"]
+        key = f"{where} normalize"
+        if not isinstance(raw, dict) or set(raw) != {"mean", "std"}:
+            raise self.fail(key, "must be { mean = [...], std = [...] } (one value per channel).")
+        mean, std = [], []
+        for name, out in (("mean", mean), ("std", std)):
+            values = raw[name] if isinstance(raw[name], list) else [raw[name]]
+            if not values:
+                raise self.fail(f"{key}.{name}", "is empty.")
+            out.extend(self.number(v, f"{key}.{name}") for v in values)
+        if len(mean) != len(std):
+            raise self.fail(key, f"mean has {len(mean)} values and std {len(std)}; give one of "
+                            "each per channel.")
+        if any(s <= 0 for s in std):
+            raise self.fail(f"{key}.std", "values must be > 0.")
+        return Normalize(tuple(mean), tuple(std))
+
+    def option(self, value: Any, default: Any, key: str) -> Any:
+        if default is None:
+            return value
+        if isinstance(default, type):  # a typed option without a default value
+            default = default()
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise self.fail(key, f"must be true or false, not {value!r}.")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, f"must be a whole number, not {value!r}.")
+            if value < 0:
+                raise self.fail(key, f"must be >= 0, not {value!r}.")
+        elif isinstance(default, float):
+            value = self.number(value, key)
+            if value < 0:
+                raise self.fail(key, f"must be >= 0, not {value!r}.")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise self.fail(key, f"must be a string, not {value!r}.")
+        if isinstance(value, list):
+            value = tuple(value)
+        return value
+
+
+def _default_name(ref: str) -> str:
+    if model_format(ref) == "factory":
+        return ref.rsplit(":", 1)[1].rsplit(".", 1)[-1]
+    return Path(ref).stem
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,287 @@
+"""Runs checks in batches: the only place that loops over data.
+
+For one model, every pending (check, eps) is computed in a single streamed pass: per batch
+one forward (or one forward + backward when a gradient attack is pending, which also
+yields the clean scores) and one forward per attacked variant. Classifiers, data handles
+and results are cached for the session, so no work is done twice.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .attacks import AttackRegistry, call_attack
+from .config import CheckSpec, ModelSpec
+from .data import EvalData
+from .errors import AdvRobustError, AttackError, DataError
+from .gate import judge
+from .results import AttackResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.base import Classifier
+
+__all__ = ["Engine", "Request"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One gate to compute: a check of a model at one eps."""
+
+    check: CheckSpec
+    eps: float
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return (self.check.index, self.eps)
+
+
+class Engine:
+    """Session-wide cache of classifiers, data and results."""
+
+    def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
+                 artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
+                 baseline: Mapping[str, float] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.registry = registry
+        self.artifacts = artifacts
+        self._load_model = load_model
+        self._on_result = on_result
+        self._progress = progress
+        self.baseline = dict(baseline or {})
+        self._classifiers: dict[str, Any] = {}
+        self._data: dict[str, EvalData] = {}
+        self._results: dict[tuple[str, tuple[int, float]], AttackResult | AdvRobustError] = {}
+        self.results: list[AttackResult] = []
+
+    # -- public ---------------------------------------------------------------------------
+    def classifier(self, spec: ModelSpec) -> "Classifier":
+        """Load once per session; a load error is remembered and re-raised for every gate."""
+        if spec.name not in self._classifiers:
+            try:
+                self._classifiers[spec.name] = self._load_model(spec)
+            except AdvRobustError as exc:
+                self._classifiers[spec.name] = exc
+        cached = self._classifiers[spec.name]
+        if isinstance(cached, AdvRobustError):
+            raise cached
+        return cached
+
+    def result(self, spec: ModelSpec, request: Request,
+               batch_with: Sequence[Request] = ()) -> AttackResult:
+        """The result of ``request``, computing it (and ``batch_with``, in the same pass
+        over the data) unless it is cached."""
+        slot = (spec.name, request.key)
+        if slot not in self._results:
+            todo = [request] + [r for r in batch_with if (spec.name, r.key) not in self._results
+                                and r.key != request.key]
+            self._run(spec, todo)
+        cached = self._results[slot]
+        if isinstance(cached, AdvRobustError):
+            raise cached
+        return cached
+
+    # -- the pass -------------------------------------------------------------------------
+    def _run(self, spec: ModelSpec, todo: list[Request]) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes = self._evaluate(spec, todo)
+        except AdvRobustError as exc:  # model or data problem: every gate of the pass says so
+            for request in todo:
+                self._results[(spec.name, request.key)] = exc
+            return
+        seconds = (time.perf_counter() - started) / max(1, len(todo))
+        for request in todo:
+            outcome = outcomes[request.key]
+            if isinstance(outcome, AttackResult):
+                outcome.seconds = seconds
+                outcome.baseline_accuracy = self.baseline.get(outcome.key)
+                verdict = judge(outcome)
+                outcome.passed, outcome.message = verdict.passed, verdict.message
+                self.results.append(outcome)
+                if self._on_result is not None:
+                    self._on_result(outcome)
+            self._results[(spec.name, request.key)] = outcome
+
+    def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
+        import torch
+
+        model = self.classifier(spec)
+        data = self._data.setdefault(spec.name, EvalData(spec))
+        attacks = {r.key: self.registry[r.check.attack] for r in todo}
+        errors: dict[tuple[int, float], AdvRobustError] = {}
+        for r in todo:
+            if attacks[r.key].needs_gradient and model.gradient_error:
+                errors[r.key] = AttackError(f"{r.check.attack} needs input gradients: "
+                                            f"{model.gradient_error}", where=spec.name)
+        rngs = {r.key: _rng(spec, r) for r in todo}
+        with model.session():
+            states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
+            counts = {r.key: [0, 0, 0] for r in todo}  # correct, clean correct, n
+            stats: dict[tuple[int, float], dict[str, float]] = {r.key: {} for r in todo}
+            wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
+            for batch in data.batches(spec.batch_size, model.dtype):
+                self._report_progress(spec, batch.offset)
+                live_grad = [r for r in wants_grad if r.key not in errors]
+                grad = None
+                if live_grad:
+                    try:
+                        grad, scores = model.loss_gradient(batch.x, batch.y)
+                    except AttackError as exc:
+                        for r in live_grad:
+                            errors[r.key] = exc
+                        scores = model.scores(batch.x)
+                else:
+                    scores = model.scores(batch.x)
+                _check_labels(batch.y, scores, data, batch.offset)
+                clean_ok = (scores.argmax(1).cpu() == batch.y)
+                for r in todo:
+                    if r.key in errors:
+                        continue
+                    keep = None
+                    if r.key in fit_sizes:
+                        index = torch.arange(batch.offset, batch.offset + len(batch.y))
+                        keep = index >= fit_sizes[r.key]
+                        if not keep.any():
+                            continue
+                    try:
+                        adv_ok = self._attacked(model, spec, r, attacks[r.key], batch, keep, grad,
+                                                scores, clean_ok, rngs[r.key], stats[r.key],
+                                                states.get(r.key))
+                    except AttackError as exc:
+                        errors[r.key] = exc
+                        continue
+                    ok = clean_ok if keep is None else clean_ok[keep]
+                    counts[r.key][0] += int(adv_ok.sum())
+                    counts[r.key][1] += int(ok.sum())
+                    counts[r.key][2] += int(ok.numel())
+        outcomes: dict[tuple[int, float], Any] = dict(errors)
+        for r in todo:
+            if r.key in errors:
+                continue
+            correct, clean_correct, n = counts[r.key]
+            if n == 0:
+                outcomes[r.key] = DataError(
+                    f"{r.check.attack} has no samples to evaluate: the fit split takes all "
+                    f"{fit_sizes.get(r.key, 0)} samples. Lower fit-samples or give more data.",
+                    where=spec.key("data"))
+                continue
+            outcomes[r.key] = AttackResult(
+                model=spec.name, attack=r.check.attack,
+                eps=r.eps if attacks[r.key].uses_eps else None,
+                correct=correct, clean_correct=clean_correct, n=n,
+                min_accuracy=r.check.min_accuracy, max_drop=r.check.max_drop,
+                max_regression=r.check.max_regression if r.check.max_regression is not None
+                else spec.max_regression,
+                check=r.check.index, options=dict(r.check.options), stats=stats[r.key],
+                artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
+            )
+        return outcomes
+
+    def _attacked(self, model: "Classifier", spec: ModelSpec, r: Request, attack: Any, batch: Any,
+                  keep: "torch.Tensor | None", grad: "torch.Tensor | None", scores: "torch.Tensor",
+                  clean_ok: "torch.Tensor", rng: np.random.Generator, stats: dict[str, float],
+                  state: Any) -> "torch.Tensor":
+        """Correctness of the model on the attacked batch (a bool per kept sample)."""
+        x, y = batch.x, batch.y
+        if keep is not None:
+            x, y = x[keep], y[keep]
+            grad = None if grad is None else grad[keep.to(grad.device)]
+            scores = scores[keep.to(scores.device)]
+        available = {
+            "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
+            "rng": lambda: rng, "grad": lambda: grad, "scores": lambda: scores,
+            "stats": lambda: stats, "state": lambda: state,
+        }
+        adversarial = call_attack(attack.perturb_function(), available, r.check.options)
+        if adversarial is x:  # the attack left the inputs alone (clean)
+            return clean_ok if keep is None else clean_ok[keep]
+        adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
+                               spec, r)
+        return model.scores(adversarial).argmax(1).cpu() == y
+
+    def _fit(self, spec: ModelSpec, model: "Classifier", data: EvalData, todo: list[Request],
+             attacks: Mapping[tuple[int, float], Any], rngs: Mapping[tuple[int, float], Any],
+             errors: dict) -> tuple[dict, dict]:
+        """Fit the attacks that learn a perturbation, on the first ``fit-samples`` samples."""
+        import torch
+
+        fitting = [r for r in todo if attacks[r.key].fit is not None and r.key not in errors]
+        states: dict[Any, Any] = {}
+        sizes: dict[tuple[int, float], int] = {}
+        if not fitting:
+            return states, sizes
+        for r in fitting:
+            sizes[r.key] = int(r.check.option("fit-samples", attacks[r.key].options.get("fit-samples", 256)))
+        batches = list(data.batches(spec.batch_size, model.dtype, stop=max(sizes.values())))
+        fit_x = torch.cat([b.x for b in batches])
+        fit_y = torch.cat([b.y for b in batches])
+        for r in fitting:
+            n = sizes[r.key]
+            self._report_progress(spec, 0, f"fitting {r.check.attack} eps={r.eps:g}")
+            available = {
+                "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
+                "eps": lambda: r.eps, "rng": lambda: rngs[r.key],
+                "batch_size": lambda: spec.batch_size,
+            }
+            try:
+                state = call_attack(attacks[r.key].fit_function(), available, r.check.options)
+            except AttackError as exc:
+                errors[r.key] = exc
+                continue
+            states[r.key] = state
+            states[(r.key, "artifacts")] = self._save_state(spec, r, state)
+        return states, sizes
+
+    def _save_state(self, spec: ModelSpec, r: Request, state: Any) -> list[Path]:
+        """A fitted perturbation is saved so a person can look at it (.npy, and a PNG)."""
+        if not hasattr(state, "detach"):
+            return []
+        from .report.artifacts import save_perturbation
+
+        stem = f"{spec.name}-{r.check.attack}-eps{r.eps:g}"
+        return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
+                                 title=f"{r.check.attack} perturbation, eps={r.eps:g}, {spec.name}")
+
+    def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
+        if self._progress is not None:
+            self._progress(f"{spec.name}: {what or f'sample {offset}'}")
+
+
+def _rng(spec: ModelSpec, r: Request) -> np.random.Generator:
+    """Every random draw derives from ``seed``, the model, the check and eps."""
+    return np.random.default_rng([spec.seed, zlib.crc32(spec.name.encode()), r.check.index,
+                                  int(round(r.eps * 1e9))])
+
+
+def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tuple[float, float],
+             spec: ModelSpec, r: Request) -> "torch.Tensor":
+    """Keep any attack honest: inside the L-inf ball of radius eps, inside input-range."""
+    import torch
+
+    if not isinstance(adversarial, torch.Tensor) or adversarial.shape != x.shape:
+        raise AttackError(f"attack {r.check.attack!r} returned "
+                          f"{getattr(adversarial, 'shape', type(adversarial).__name__)}; it must "
+                          f"return a tensor shaped like its input {tuple(x.shape)}.",
+                          where=spec.name)
+    adversarial = adversarial.to(device=x.device, dtype=x.dtype)
+    if eps is not None and (adversarial - x).abs().max() > eps * (1 + 1e-6):
+        adversarial = x + (adversarial - x).clamp(-eps, eps)
+    return adversarial.clamp(*bounds)
+
+
+def _check_labels(y: "torch.Tensor", scores: "torch.Tensor", data: EvalData, offset: int) -> None:
+    classes = scores.shape[1]
+    if int(y.max()) >= classes:
+        raise DataError(f"a label is {int(y.max())} (batch starting at sample {offset}) but the "
+                        f"model scores {classes} classes, so labels must lie in 0..{classes - 1}. "
+                        "Check that the labels match the model's class order.", where=data.where)
+
+

@@ -1,0 +1,60 @@
+"""Thresholds -> verdict and message. Numbers in, words out; no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .results import AttackResult
+
+__all__ = ["Verdict", "judge"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    message: str
+
+
+def judge(result: AttackResult) -> Verdict:
+    """Apply ``min-accuracy`` and ``max-drop`` (and a baseline's ``max-regression``, when
+    the result carries a baseline figure). Every failed threshold is named."""
+    low, high = result.interval
+    context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
+    reasons = []
+    if result.min_accuracy is not None and result.accuracy < result.min_accuracy:
+        reasons.append(f"accuracy {result.accuracy:.3f} < min-accuracy {result.min_accuracy:.3f}")
+    if result.max_drop is not None and result.drop > result.max_drop + 1e-12:
+        reasons.append(f"drop {result.drop:.3f} from clean > max-drop {result.max_drop:.3f} "
+                       f"(accuracy {result.accuracy:.3f})")
+    if result.baseline_accuracy is not None:
+        regression = regression_reason(result)
+        if regression:
+            reasons.append(regression)
+    if reasons:
+        return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")
+    bounds = [f"min-accuracy {result.min_accuracy:.3f}" if result.min_accuracy is not None else "",
+              f"max-drop {result.max_drop:.3f}" if result.max_drop is not None else ""]
+    within = ", ".join(b for b in bounds if b) or "no threshold (report only)"
+    return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f} within {within} {context}")
+
+
+def regression_reason(result: AttackResult) -> str:
+    """A fall below the baseline larger than ``max-regression`` and than sampling noise.
+
+    With ``max-regression`` unset (0.0) a fall counts only when the baseline figure lies
+    above the new result's 95% interval, so a regression is not declared on noise alone.
+    """
+    baseline = result.baseline_accuracy
+    assert baseline is not None
+    allowed = result.max_regression or 0.0
+    fall = baseline - result.accuracy
+    if result.max_regression is None:
+        _, high = result.interval
+        if baseline > high + 1e-12:
+            return (f"regression: accuracy {result.accuracy:.3f} vs baseline {baseline:.3f} "
+                    f"(baseline above the 95% interval)")
+        return ""
+    if fall > allowed + 1e-12:
+        return (f"regression: accuracy {result.accuracy:.3f} vs baseline {baseline:.3f}, "
+                f"a fall of {fall:.3f} > max-regression {allowed:.3f}")
+    return ""

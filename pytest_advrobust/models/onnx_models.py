@@ -1,0 +1,179 @@
+"""ONNX models, evaluated in onnxruntime (the runtime they ship on).
+
+Gradients come from a torch twin of the graph (:mod:`.onnx_torch`), trusted only after its
+scores match onnxruntime's on the evaluation data; a graph with an operator that has no
+gradient (``ai.onnx.ml`` trees, linear classifiers) can still be scored and attacked by
+black-box attacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import AttackError, ModelLoadError
+from .base import Classifier
+
+__all__ = ["OnnxClassifier", "load_onnx"]
+
+#: how closely the torch twin must reproduce onnxruntime's scores to be trusted
+PARITY_RTOL = 1e-3
+PARITY_ATOL = 1e-4
+
+_ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64}
+
+
+class OnnxClassifier(Classifier):
+    """An onnxruntime session, plus a lazily built torch twin for input gradients."""
+
+    def __init__(self, session: Any, proto: Any, *, output: str | None, **kwargs: Any) -> None:
+        inputs = session.get_inputs()
+        source = kwargs.get("source", "model.onnx")
+        if len(inputs) != 1:
+            raise ModelLoadError(f"the graph has {len(inputs)} inputs "
+                                 f"({', '.join(i.name for i in inputs)}); a classifier gate needs "
+                                 "exactly one (the image or feature batch).", where=source)
+        if inputs[0].type not in _ORT_DTYPES:
+            raise ModelLoadError(f"the graph input {inputs[0].name!r} has type {inputs[0].type}; "
+                                 "only float and double inputs can be perturbed.", where=source)
+        super().__init__(dtype=_ORT_DTYPES[inputs[0].type], **kwargs)
+        self.session_ = session
+        self.proto = proto
+        self.input_name = inputs[0].name
+        self.output_name, self.output_index = _choose_output(session, output, source)
+        self._twin: Any = None
+        self._twin_checked = False
+        self.gradient_error = None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy())
+        try:
+            (out,) = self.session_.run([self.output_name], {self.input_name: array})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(
+                f"onnxruntime rejected a batch of shape {array.shape} and dtype {array.dtype}: "
+                f"{' '.join(str(exc).split())[:400]} Check that the data has the shape the "
+                "model's input declares.", where=self.source) from None
+        return torch.from_numpy(np.asarray(out, dtype=np.float64 if self.dtype == torch.float64
+                                           else np.float32)).to(self.device)
+
+    def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
+        twin = self.twin()
+        return twin(x)[self.output_index]
+
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The twin's gradient, and onnxruntime's scores (what ships decides the accuracy)."""
+        shipped = self.scores(x)
+        grad, twin_scores = super().loss_gradient(x, y)
+        if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL):
+            worst = float((twin_scores.to(shipped.dtype) - shipped).abs().max())
+            self.gradient_error = (
+                f"the torch translation of this graph, used for input gradients, disagrees with "
+                f"onnxruntime by up to {worst:.3g} on the evaluation data, so its gradients cannot "
+                "be trusted. Use a black-box attack (transfer, spsa) for this model, or report "
+                "the graph to pytest-advrobust.")
+            raise AttackError(self.gradient_error, where=self.source)
+        return grad, shipped
+
+    def twin(self) -> Any:
+        if self._twin is None:
+            from .onnx_torch import UnsupportedOperator, to_torch
+
+            try:
+                self._twin = to_torch(self.proto).to(self.device)
+            except UnsupportedOperator as exc:
+                self.gradient_error = (
+                    f"gradient attacks need input gradients, and {exc} Attacks that work on this "
+                    "model: noise, transfer (from a differentiable surrogate) and spsa "
+                    "(score-based).")
+                raise AttackError(self.gradient_error, where=self.source) from None
+        return self._twin
+
+
+def load_onnx(path: Path, *, output: str | None, device: torch.device, **kwargs: Any) -> OnnxClassifier:
+    """Check the file, refuse external data outside its folder, open an inference session."""
+    import onnx
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelLoadError("file not found. Check the model key (paths are relative to "
+                             "pyproject.toml) and that the file was exported before the gates run.",
+                             where=str(path))
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"is not a readable ONNX file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'parse error'}). Re-export "
+                             "the model; the file may be truncated.", where=str(path)) from None
+    _refuse_escaping_external_data(proto, path)
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"fails onnx.checker: {' '.join(str(exc).split())[:500]} Re-export "
+                             "the model with a current exporter.", where=str(path)) from None
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime cannot load it: {' '.join(str(exc).split())[:500]}",
+                             where=str(path)) from None
+    return OnnxClassifier(session, proto, output=output, device=device, source=str(path), **kwargs)
+
+
+def _refuse_escaping_external_data(proto: Any, path: Path) -> None:
+    """External tensor data must stay inside the model's folder (no ``../`` escapes)."""
+    from onnx.external_data_helper import uses_external_data
+
+    root = path.parent.resolve()
+    for tensor in proto.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or root not in target.parents:
+            raise ModelLoadError(
+                f"initializer {tensor.name!r} points at external data {location!r}, outside the "
+                "model's folder. Refused: a model file may not read other files on this machine. "
+                "Keep external data next to the .onnx file.", where=str(path))
+
+
+def _choose_output(session: Any, wanted: str | None, source: str) -> tuple[str, int]:
+    outputs = session.get_outputs()
+    names = [o.name for o in outputs]
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelLoadError(f"the output key names {wanted!r}, but the graph's outputs are "
+                                 f"{', '.join(names)}.", where=source)
+        chosen = outputs[names.index(wanted)]
+        if not chosen.type.startswith("tensor(float") and chosen.type != "tensor(double)":
+            raise ModelLoadError(_zipmap_hint(chosen) if "seq" in chosen.type or "map" in chosen.type
+                                 else f"output {wanted!r} has type {chosen.type}; class scores "
+                                 "must be a float tensor.", where=source)
+        return wanted, names.index(wanted)
+    scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)")
+              and (o.shape is None or len(o.shape) == 2)]
+    if len(scores) == 1:
+        return scores[0].name, names.index(scores[0].name)
+    maps = [o for o in outputs if "map" in o.type]
+    if maps and not scores:
+        raise ModelLoadError(_zipmap_hint(maps[0]), where=source)
+    raise ModelLoadError(
+        f"cannot tell which output holds the class scores: outputs are "
+        f"{', '.join(f'{o.name} ({o.type}, shape {o.shape})' for o in outputs)}. Set "
+        "output = \"NAME\" to the float [batch, classes] output.", where=source)
+
+
+def _zipmap_hint(output: Any) -> str:
+    return (f"output {output.name!r} is a sequence of maps (skl2onnx's ZipMap), not a score "
+            "tensor. Re-export with options={id(model): {'zipmap': False}} so the probabilities "
+            "are a float [batch, classes] tensor.")
+
+

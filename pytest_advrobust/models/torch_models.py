@@ -1,0 +1,183 @@
+"""Torch models: a factory plus a state_dict, TorchScript archives, ``torch.export`` files."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import ModelLoadError
+from .base import Classifier
+
+__all__ = ["TorchClassifier", "load_torch_module", "borrowed"]
+
+
+class TorchClassifier(Classifier):
+    """Any callable torch module (``nn.Module``, ScriptModule, exported GraphModule)."""
+
+    def __init__(self, module: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.module = module
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._call(x)
+
+    def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._call(x)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = self.module(x)
+        except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+            raise ModelLoadError(
+                f"the model rejected a batch of shape {tuple(x.shape)} and dtype "
+                f"{str(x.dtype).replace('torch.', '')}: {_first_line(exc)} Check that the data has "
+                "the shape the model expects (flat vectors vs NCHW images) and its dtype.",
+                where=self.source) from None
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
+                                 "scores.", where=self.source)
+        return out
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with borrowed(self.module):
+            yield
+
+
+@contextlib.contextmanager
+def borrowed(module: Any) -> Iterator[None]:
+    """Evaluation mode and frozen parameters while attacks run; the user's train/eval
+    flags and ``requires_grad`` flags are restored exactly afterwards."""
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        with contextlib.suppress(NotImplementedError):  # torch.export modules refuse .eval()
+            module.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            with contextlib.suppress(NotImplementedError):
+                m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def load_torch_module(fmt: str, path: Path | None, *, factory: Any = None, weights: Path | None = None,
+                      allow_pickle: bool = False, device: torch.device) -> Any:
+    """Load a torch model in one of the supported forms; every failure is a ModelLoadError."""
+    if fmt == "factory":
+        return _from_factory(factory, weights, device)
+    assert path is not None
+    if not path.is_file():
+        raise ModelLoadError("file not found. Check the model key (paths are relative to "
+                             "pyproject.toml) and that the file was built before the gates run.",
+                             where=str(path))
+    if fmt == "export":
+        return _from_export(path, device)
+    return _from_torchscript(path, device, allow_pickle)
+
+
+def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> Any:
+    try:
+        module = factory()
+    except Exception as exc:  # the user's code: report it, do not crash
+        raise ModelLoadError(f"the model factory raised {type(exc).__name__}: {_first_line(exc)}",
+                             where=_qualname(factory)) from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"the model factory returned {type(module).__name__}, not a "
+                             "torch.nn.Module.", where=_qualname(factory))
+    if weights is not None:
+        state = load_state_dict(weights)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"the weights do not fit the model built by {_qualname(factory)}: "
+                f"{' '.join(str(exc).split())[:600]} Rebuild the weights from this model "
+                "(torch.save(model.state_dict(), path)) or fix the factory.",
+                where=str(weights)) from None
+    return module.to(device)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict, never unpickling code: ``torch.load(weights_only=True)``."""
+    if not path.is_file():
+        raise ModelLoadError("weights file not found. Check the weights key (relative to "
+                             "pyproject.toml).", where=str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot be read as a state_dict with torch.load(weights_only=True): "
+            f"{_first_line(exc)} Save it with torch.save(model.state_dict(), path); a pickled "
+            "whole model is refused because unpickling runs code from the file.",
+            where=str(path)) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError("does not hold a state_dict (a mapping of names to tensors).",
+                             where=str(path))
+    return state
+
+
+def _from_export(path: Path, device: torch.device) -> Any:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"is not a torch.export archive readable by torch "
+                             f"{torch.__version__}: {_first_line(exc)} Re-export it with "
+                             "torch.export.save(torch.export.export(model, (example,)), path).",
+                             where=str(path)) from None
+    module = program.module()
+    return module.to(device) if device.type != "cpu" else module
+
+
+def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except Exception as exc:
+        script_error = _first_line(exc)
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"is not a TorchScript archive ({script_error}). The file may be "
+                             "truncated or of another format: save the model with "
+                             "torch.jit.save(torch.jit.script(model), path), or use a factory "
+                             "\"pkg.mod:build\" plus weights.", where=str(path))
+    if not allow_pickle:
+        raise ModelLoadError(
+            "is not a TorchScript archive; it looks like a pickled model or a state_dict. "
+            "Unpickling a whole model runs code from the file, so it is refused by default. "
+            "Either save it with torch.jit.save(torch.jit.script(model), path) or torch.export, "
+            "or give model = \"pkg.mod:build\" with weights = this file (a state_dict), or, "
+            "only for a file you trust, set allow-pickle = true.", where=str(path))
+    warnings.warn(f"{path}: unpickling a whole torch model (allow-pickle = true) runs code "
+                  "from that file; only do this for files you trust.", stacklevel=2)
+    try:
+        module = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot be unpickled: {_first_line(exc)}", where=str(path)) from None
+    if not callable(module):
+        raise ModelLoadError(f"holds a {type(module).__name__}, not a model. A state_dict needs "
+                             "a factory: model = \"pkg.mod:build\", weights = this file.",
+                             where=str(path))
+    return module
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().split("\n")[0] or type(exc).__name__
+    return text if text.endswith(".") else text + "."

@@ -1,0 +1,224 @@
+"""pytest hooks only: options, markers, collection of gate items, fixtures, summary.
+
+Heavy imports (torch, onnxruntime, matplotlib) happen when a gate runs, never here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .config import ModelSpec
+from .engine import Request
+from .errors import AdvRobustError, ConfigError
+from .results import AttackResult
+from .session import Probe, RobustnessSession, register_builtins
+
+__all__ = ["GateItem", "GateFailed"]
+
+SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
+
+
+class GateFailed(Exception):
+    """A gate's accuracy fell below its thresholds; the message is the whole report."""
+
+
+# -- options and set-up --------------------------------------------------------------------
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("advrobust", "adversarial robustness gates (pytest-advrobust)")
+    group.addoption("--advrobust-config", metavar="PATH", default=None,
+                    help="pyproject.toml holding [tool.advrobust] (default: the one at the rootdir).")
+    group.addoption("--advrobust-json", metavar="PATH", default=None,
+                    help="write every gate's result as JSON ({\"version\": 1, \"results\": [...]}).")
+    group.addoption("--advrobust-artifacts", metavar="DIR", default=None,
+                    help="where fitted perturbations are saved (default: .advrobust/ at the rootdir).")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "advrobust(model=None): an adversarial robustness gate; on a hand-written test, "
+        "`model` picks which configured model the `advrobust` fixture attacks.")
+    plugin = RobustnessPlugin(config)
+    config.stash[SESSION_KEY] = plugin
+    config.pluginmanager.register(plugin, "advrobust-session")
+
+
+def _config_path(config: pytest.Config) -> Path:
+    option = config.getoption("advrobust_config")
+    if option:
+        return Path(option).resolve()
+    if config.inipath is not None and config.inipath.name == "pyproject.toml":
+        return config.inipath
+    return config.rootpath / "pyproject.toml"
+
+
+class RobustnessPlugin:
+    """Per-run state, registered as a plugin (style of pytest's own cacheprovider)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        register_builtins(config.pluginmanager)
+        path = _config_path(config)
+        artifacts = config.getoption("advrobust_artifacts")
+        try:
+            self.session = RobustnessSession(
+                config.hook, path, pytest_config=config,
+                artifacts=Path(artifacts).resolve() if artifacts else None)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+        self.path = path
+        self.results: list[dict[str, Any]] = []
+        if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
+            if str(path) not in config.args:  # gates run with every bare `pytest`
+                config.args.append(str(path))
+
+    # -- collection -------------------------------------------------------------------------
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        if self.session.config is None or file_path != self.path:
+            return None
+        return GateFile.from_parent(parent, path=file_path)
+
+    # -- results ----------------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: results computed on a worker travel up in its workeroutput."""
+        payload = getattr(node, "workeroutput", {}).get("advrobust")
+        if payload:
+            self.results.extend(json.loads(payload))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        own = [r.to_dict() for r in self.session.engine.results]
+        if hasattr(self.config, "workerinput"):
+            self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
+            return
+        self.results.extend(own)
+        target = self.config.getoption("advrobust_json")
+        if target and (self.results or self.session.config is not None):
+            from .report.json_report import write_json
+
+            write_json(Path(target), self.all_results())
+
+    def all_results(self) -> list[AttackResult]:
+        unique = {r["key"]: r for r in self.results}
+        return [AttackResult.from_dict(r) for r in unique.values()]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput") or not self.results:
+            return
+        from .report.terminal import format_table, summary_rows
+
+        results = self.all_results()
+        terminalreporter.section("advrobust")
+        for line in format_table(summary_rows(results)):
+            terminalreporter.write_line(line)
+        failed = sum(not r.passed for r in results)
+        terminalreporter.write_line(f"{len(results)} gates, {failed} failed")
+
+    # -- tests that run gates ---------------------------------------------------------------
+    def pending(self, item: "GateItem") -> list[Request]:
+        """The model's other selected gates, computed in the same pass over the data (on an
+        xdist worker only the same check's, since other gates may run elsewhere)."""
+        on_worker = hasattr(self.config, "workerinput")
+        return [other.request for other in item.session.items
+                if isinstance(other, GateItem) and other.spec.name == item.spec.name
+                and (not on_worker or other.request.check.index == item.request.check.index)]
+
+
+# -- collected nodes ----------------------------------------------------------------------
+class GateFile(pytest.File):
+    """The pyproject.toml: one child per model."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        plugin = self.config.stash[SESSION_KEY]
+        for spec in plugin.session.spec_list():
+            yield ModelGates.from_parent(self, name=spec.name, spec=spec)
+
+
+class ModelGates(pytest.Collector):
+    """One model's gates: one item per (check, eps)."""
+
+    def __init__(self, *, spec: ModelSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def collect(self) -> Iterator["GateItem"]:
+        plugin = self.config.stash[SESSION_KEY]
+        counts: dict[str, int] = {}
+        for request in plugin.session.requests(self.spec):
+            counts[_item_name(request)] = counts.get(_item_name(request), 0) + 1
+        for request in plugin.session.requests(self.spec):
+            name = _item_name(request, indexed=counts[_item_name(request)] > 1)
+            yield GateItem.from_parent(self, name=name, spec=self.spec, request=request)
+
+
+def _item_name(request: Request, indexed: bool = False) -> str:
+    check = request.check
+    label = f"{check.attack}#{check.index}" if indexed else check.attack
+    return label if check.eps == (0.0,) and check.attack == "clean" else f"{label}[eps={request.eps:g}]"
+
+
+class GateItem(pytest.Item):
+    """One robustness gate; its figures go into ``user_properties`` (JUnit properties)."""
+
+    def __init__(self, *, spec: ModelSpec, request: Request, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.request = request
+        self.result: AttackResult | None = None
+        self.add_marker("advrobust")
+        self.add_marker(pytest.mark.xdist_group(f"advrobust-{spec.name}"))
+
+    def runtest(self) -> None:
+        plugin = self.config.stash[SESSION_KEY]
+        result = plugin.session.engine.result(self.spec, self.request, batch_with=plugin.pending(self))
+        self.result = result
+        low, high = result.interval
+        self.user_properties.extend([
+            ("advrobust_model", result.model), ("advrobust_attack", result.attack),
+            ("advrobust_eps", "" if result.eps is None else f"{result.eps:g}"),
+            ("advrobust_accuracy", f"{result.accuracy:.6f}"),
+            ("advrobust_clean_accuracy", f"{result.clean_accuracy:.6f}"),
+            ("advrobust_ci_low", f"{low:.6f}"), ("advrobust_ci_high", f"{high:.6f}"),
+            ("advrobust_n", str(result.n)),
+            ("advrobust_min_accuracy", "" if result.min_accuracy is None else f"{result.min_accuracy:g}"),
+            ("advrobust_max_drop", "" if result.max_drop is None else f"{result.max_drop:g}"),
+        ])
+        if not result.passed:
+            raise GateFailed(result.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GateFailed):
+            return str(excinfo.value)
+        if isinstance(excinfo.value, AdvRobustError):
+            return f"{excinfo.value.kind}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        eps = "" if self.request.check.attack == "clean" else f" eps={self.request.eps:g}"
+        return self.path, None, f"advrobust: {self.request.check.attack}{eps} on {self.spec.name}"
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture
+def advrobust(request: pytest.FixtureRequest) -> Probe:
+    """Attack a configured model from a hand-written test: ``advrobust.fgsm(eps=0.1)``.
+
+    ``@pytest.mark.advrobust(model="NAME")`` picks the model (default: the first one).
+    """
+    plugin = request.config.stash[SESSION_KEY]
+    marker = request.node.get_closest_marker("advrobust")
+    name = marker.kwargs.get("model") if marker else None
+    try:
+        return plugin.session.probe(name)
+    except ConfigError as exc:
+        pytest.fail(f"advrobust fixture: {exc}", pytrace=False)

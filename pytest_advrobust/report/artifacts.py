@@ -1,0 +1,63 @@
+"""Fitted perturbations saved for people: the raw ``.npy`` and, with matplotlib, a PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write
+
+__all__ = ["save_perturbation", "as_image"]
+
+
+def save_perturbation(delta: np.ndarray, folder: Path, stem: str, *, title: str = "") -> list[Path]:
+    """Write ``stem.npy`` (always) and ``stem.png`` (when matplotlib is installed)."""
+    paths = [atomic_write(folder / f"{stem}.npy", lambda tmp: _save_npy(tmp, delta))]
+    image = as_image(delta)
+    if image is None:
+        return paths
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    figure, axis = plt.subplots(figsize=(3.2, 3.2), dpi=100)
+    try:
+        bound = float(np.abs(delta).max()) or 1.0
+        shown = axis.imshow(image, cmap="RdBu_r" if image.ndim == 2 else None,
+                            vmin=-bound if image.ndim == 2 else None, vmax=bound if image.ndim == 2 else None)
+        if image.ndim == 2:
+            figure.colorbar(shown, ax=axis, fraction=0.046)
+        axis.set_title(title, fontsize=8)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        figure.tight_layout()
+        paths.append(atomic_write(folder / f"{stem}.png", lambda tmp: figure.savefig(tmp, format="png")))
+    finally:
+        plt.close(figure)
+    return paths
+
+
+def as_image(delta: np.ndarray) -> np.ndarray | None:
+    """A 2-D (or H x W x 3 in [0, 1]) view of one input, when it has an image shape."""
+    array = np.asarray(delta, dtype=np.float64)
+    if array.ndim == 1:
+        side = int(math.isqrt(array.size))
+        return array.reshape(side, side) if side * side == array.size and side > 1 else None
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[0] in (1, 3):
+        if array.shape[0] == 1:
+            return array[0]
+        bound = np.abs(array).max() or 1.0
+        return np.transpose(array / (2 * bound) + 0.5, (1, 2, 0))
+    return None
+
+
+def _save_npy(tmp: Path, delta: np.ndarray) -> None:
+    with open(tmp, "wb") as handle:
+        np.save(handle, delta)
