@@ -1,0 +1,51 @@
+"""Shared fixtures. torch and onnxruntime are imported once here: pytester's in-process runs
+unload modules first imported during an inner run, and re-importing torch breaks."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime  # noqa: F401  (imported once, see above)
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LinearNet(torch.nn.Module):
+    """``x @ W.T + b`` on flat inputs: FGSM has a closed form on it."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Path:
+    """Legacy exporter (no onnxscript needed), dynamic batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, **kwargs)
+    return path
+
+
+@pytest.fixture
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Four separable Gaussian blobs in [0, 1]^8: a quick, real classification task."""
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0.25, 0.75, size=(4, 8))
+    y = np.repeat(np.arange(4), 60)
+    x = np.clip(centres[y] + rng.normal(0, 0.05, size=(240, 8)), 0, 1).astype(np.float32)
+    return x, y.astype(np.int64)
