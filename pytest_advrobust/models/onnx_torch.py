@@ -1,0 +1,924 @@
+"""A lean, differentiable torch twin of an ONNX graph.
+
+Gradient attacks (FGSM, PGD, ...) need exact input gradients, but ONNX models
+are evaluated in onnxruntime, which has none.  This module translates the
+graph node by node into torch operations so that autograd can differentiate
+it with respect to the graph inputs.  The translation is deliberately small:
+it covers the operators that classifiers exported from torch / Keras / hand
+written graphs use, and refuses everything else with ``UnsupportedOperator``
+instead of guessing.  The caller is expected to parity-check the twin against
+onnxruntime before trusting its gradients.
+
+Neither torch nor onnx is imported at module import time: the plugin must not
+pay for torch unless a gradient gate actually runs.  ``find_untranslatable``
+needs neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import onnx
+    import torch
+
+__all__ = ["UnsupportedOperator", "find_untranslatable", "to_torch"]
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+class UnsupportedOperator(Exception):
+    """The graph holds an operator we cannot translate into a differentiable torch op."""
+
+    def __init__(self, op_type: str, domain: str, node_name: str, reason: str = "") -> None:
+        self.op_type = op_type
+        self.domain = domain or "ai.onnx"
+        self.node_name = node_name
+        self.reason = reason
+        message = (
+            f"operator {op_type} (domain {self.domain}, node {node_name!r}) has no gradient-capable "
+            f"torch translation"
+        )
+        if reason:
+            message += f": {reason}"
+        super().__init__(message.rstrip(".") + ".")
+
+
+# --------------------------------------------------------------------------
+# Attribute / graph helpers (no torch needed)
+# --------------------------------------------------------------------------
+
+
+def _opset(model: Any) -> int:
+    """Opset version of the default ONNX domain (what operator semantics follow)."""
+    for imp in model.opset_import:
+        if imp.domain in _DEFAULT_DOMAINS:
+            return int(imp.version)
+    return 21
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    """Node attributes as plain Python values (strings decoded, tensors as numpy)."""
+    from onnx import AttributeProto, helper, numpy_helper
+
+    out: dict[str, Any] = {}
+    for attr in node.attribute:
+        if attr.type == AttributeProto.TENSOR:
+            out[attr.name] = numpy_helper.to_array(attr.t)
+            continue
+        value = helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        out[attr.name] = value
+    return out
+
+
+def _node_label(node: Any, index: int) -> str:
+    return node.name or f"<node {index}>"
+
+
+def _attr_problem(node: Any, attrs: dict[str, Any], opset: int) -> str:
+    """Reason why a node of a *known* op type still cannot be translated ("" if it can)."""
+    op = node.op_type
+    outputs = [o for o in node.output]
+    if op == "Pad" and attrs.get("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
+        return f"pad mode {attrs.get('mode')!r}"
+    if op == "MaxPool" and len(outputs) > 1 and outputs[1]:
+        return "the Indices output of MaxPool is not translated"
+    if op == "AveragePool" and any(d != 1 for d in attrs.get("dilations", [])):
+        return "dilated AveragePool"
+    if op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+            return f"auto_pad {attrs.get('auto_pad')!r}"
+        kernel = attrs.get("kernel_shape")
+        if kernel is not None and not 1 <= len(kernel) <= 3:
+            return f"{len(kernel)}-d kernels"
+    if op == "ConvTranspose" and attrs.get("auto_pad", "NOTSET").startswith("SAME"):
+        return "auto_pad SAME_* for ConvTranspose (pad placement differs between runtimes)"
+    if op == "BatchNormalization" and attrs.get("training_mode", 0):
+        return "training-mode BatchNormalization"
+    if op in ("Cast",) and attrs.get("to") == 8:
+        return "cast to string"
+    if op == "Constant" and not any(
+        k in attrs for k in ("value", "value_float", "value_floats", "value_int", "value_ints")
+    ):
+        return "only numeric Constant values are supported"
+    if op == "Resize":
+        return _resize_problem(attrs, opset)
+    return ""
+
+
+def _resize_problem(attrs: dict[str, Any], opset: int) -> str:
+    mode = attrs.get("mode", "nearest")
+    ctm = attrs.get("coordinate_transformation_mode", "half_pixel" if opset >= 11 else "asymmetric")
+    if attrs.get("antialias", 0) or attrs.get("axes") is not None:
+        return "Resize antialias/axes"
+    if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return "Resize keep_aspect_ratio_policy"
+    if mode == "nearest":
+        near = attrs.get("nearest_mode", "round_prefer_floor")
+        if ctm != "asymmetric" or (opset >= 11 and near != "floor"):
+            return f"nearest Resize with {ctm}/{near} (only asymmetric/floor)"
+        return ""
+    if mode == "linear":
+        if ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            return f"linear Resize with coordinate_transformation_mode {ctm!r}"
+        return ""
+    return f"Resize mode {mode!r}"
+
+
+def _problem(node: Any, opset: int) -> str | None:
+    """None if translatable, else the reason."""
+    if node.domain not in _DEFAULT_DOMAINS:
+        if node.domain == "ai.onnx.ml":
+            return "classical-ML operators (trees, SVMs, linear classifiers, ZipMap, ...) are not differentiable here"
+        return f"custom domain {node.domain!r} is unknown"
+    if node.op_type not in _HANDLERS:
+        return "no translation for this operator"
+    problem = _attr_problem(node, _attrs(node), opset)
+    return problem or None
+
+
+def find_untranslatable(model: "onnx.ModelProto") -> list[tuple[str, str, str]]:
+    """(op_type, domain, node_name) of every node ``to_torch`` cannot translate; [] if all can.
+
+    The default domain is reported as ``"ai.onnx"`` and unnamed nodes as ``"<node i>"``.
+    Cheap: no torch import, so gates can decide whether gradient attacks apply.
+    """
+    opset = _opset(model)
+    found = []
+    for i, node in enumerate(model.graph.node):
+        if _problem(node, opset) is not None:
+            found.append((node.op_type, node.domain or "ai.onnx", _node_label(node, i)))
+    return found
+
+
+# --------------------------------------------------------------------------
+# Small torch helpers used inside the closures
+# --------------------------------------------------------------------------
+
+
+def _ints(t: Any) -> list[int] | None:
+    """Shape-like argument (tensor, list or None) as a list of Python ints."""
+    if t is None:
+        return None
+    if hasattr(t, "tolist"):
+        t = t.reshape(-1).tolist()
+    return [int(v) for v in t]
+
+
+def _torch_dtype(onnx_type: int) -> "torch.dtype":
+    import torch
+
+    names = {
+        1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+        9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+    }
+    dtype = getattr(torch, names.get(onnx_type, ""), None)
+    if dtype is None:
+        raise ValueError(f"ONNX element type {onnx_type} has no torch dtype")
+    return dtype
+
+
+def _to_tensor(array: Any) -> "torch.Tensor":
+    """numpy array (from numpy_helper.to_array) -> owned torch tensor, dtype kept."""
+    import numpy as np
+    import torch
+
+    array = np.array(array, copy=True)
+    if array.dtype.kind in "OUS":
+        raise ValueError("string tensors cannot live in a torch twin")
+    if array.dtype.name == "bfloat16":  # ml_dtypes, unknown to torch.from_numpy
+        return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _same_pads(in_sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int],
+               upper: bool) -> list[int]:
+    """ONNX auto_pad SAME_* pads [b1, b2, ..., e1, e2, ...] for the given spatial sizes."""
+    begins, ends = [], []
+    for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begins.append(small if upper else big)
+        ends.append(big if upper else small)
+    return begins + ends
+
+
+def _torch_pad_arg(pads: list[int]) -> list[int]:
+    """ONNX pads [b1..bn, e1..en] (first axis first) -> F.pad order (last axis first)."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for axis in reversed(range(n)):
+        out += [pads[axis], pads[axis + n]]
+    return out
+
+
+def _spatial_pads(attrs: dict[str, Any], x: "torch.Tensor", kernel: list[int], strides: list[int],
+                  dilations: list[int]) -> list[int]:
+    """Explicit spatial pads for Conv/Pool, resolving auto_pad against the runtime shape."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    nd = len(kernel)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        return _same_pads(list(x.shape[2:]), kernel, strides, dilations, auto == "SAME_UPPER")
+    if auto == "VALID":
+        return [0] * (2 * nd)
+    return list(attrs.get("pads", [0] * (2 * nd)))
+
+
+# --------------------------------------------------------------------------
+# Operator builders: (attrs, opset, node) -> closure over torch tensors
+# --------------------------------------------------------------------------
+
+Fn = Callable[..., Any]
+
+
+def _build_unary(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+    import torch.nn.functional as F
+
+    op = node.op_type
+    alpha = attrs.get("alpha")
+    table: dict[str, Fn] = {
+        "Neg": torch.neg, "Abs": torch.abs, "Exp": torch.exp, "Log": torch.log,
+        "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Relu": torch.relu,
+        "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
+        "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round, "Sign": torch.sign,
+        "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
+        "Softplus": lambda x: torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0),
+        "Softsign": lambda x: x / (1 + x.abs()),
+        "LeakyRelu": lambda x: F.leaky_relu(x, 0.01 if alpha is None else alpha),
+        "Elu": lambda x: F.elu(x, 1.0 if alpha is None else alpha),
+        "Celu": lambda x: F.celu(x, 1.0 if alpha is None else alpha),
+        "ThresholdedRelu": lambda x: torch.where(x > (1.0 if alpha is None else alpha), x,
+                                                 torch.zeros_like(x)),
+        "Mish": lambda x: x * torch.tanh(F.softplus(x)),
+        "Gelu": lambda x: F.gelu(x, approximate=attrs.get("approximate", "none")),
+        "Identity": lambda x: x,
+    }
+    if op == "Selu":
+        a = attrs.get("alpha", 1.67326319217681884765625)
+        g = attrs.get("gamma", 1.05070102214813232421875)
+        return lambda x: g * torch.where(x > 0, x, a * (torch.exp(x) - 1))
+    if op in ("HardSigmoid", "HardSwish"):
+        a = attrs.get("alpha", 0.2 if op == "HardSigmoid" else 1 / 6)
+        b = attrs.get("beta", 0.5)
+        if op == "HardSigmoid":
+            return lambda x: torch.clamp(a * x + b, 0, 1)
+        return lambda x: x * torch.clamp(a * x + b, 0, 1)
+    if op == "PRelu":
+        return lambda x, slope: torch.where(x < 0, x * slope, x)
+    return table[op]
+
+
+def _build_binary(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    op = node.op_type
+
+    def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.is_floating_point() or b.is_floating_point():
+            return a / b
+        return torch.div(a, b, rounding_mode="trunc")
+
+    def pow_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.pow(a, b).to(a.dtype)
+
+    table: dict[str, Fn] = {
+        "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": div, "Pow": pow_,
+        "MatMul": torch.matmul, "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt,
+        "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "And": torch.logical_and,
+        "Or": torch.logical_or, "Xor": torch.logical_xor,
+    }
+    return table[op]
+
+
+def _build_variadic(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    op = node.op_type
+    combine = {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add, "Mean": torch.add}[op]
+
+    def fn(*xs: torch.Tensor) -> torch.Tensor:
+        out = functools.reduce(combine, xs)
+        return out / len(xs) if op == "Mean" else out
+
+    return fn
+
+
+def _build_where(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    return lambda c, x, y: torch.where(c, x, y)
+
+
+def _build_gemm(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
+
+    def fn(a: Any, b: Any, c: Any = None) -> Any:
+        out = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if alpha != 1.0:
+            out = out * alpha
+        if c is not None:
+            out = out + (c * beta if beta != 1.0 else c)
+        return out
+
+    return fn
+
+
+def _build_softmax(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    op = node.op_type
+    axis = attrs.get("axis", -1 if opset >= 13 else 1)
+
+    def core(x: torch.Tensor, dim: int) -> torch.Tensor:
+        if op == "Softmax":
+            return torch.softmax(x, dim)
+        if op == "LogSoftmax":
+            return torch.log_softmax(x, dim)
+        hot = torch.nn.functional.one_hot(x.argmax(dim), x.shape[dim]).to(x.dtype)
+        return hot.movedim(-1, dim)  # Hardmax
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        dim = axis % x.dim()
+        if opset >= 13:
+            return core(x, dim)
+        # opset < 13: coerce to 2-D [prod(d[:axis]), prod(d[axis:])] and normalise rows.
+        flat = x.reshape(math.prod(x.shape[:dim]), math.prod(x.shape[dim:]))
+        return core(flat, 1).reshape(x.shape)
+
+    return fn
+
+
+def _build_clip(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    if opset < 11:
+        lo, hi = attrs.get("min", -math.inf), attrs.get("max", math.inf)
+        return lambda x: torch.clamp(x, lo, hi)
+
+    def fn(x: torch.Tensor, lo: Any = None, hi: Any = None) -> torch.Tensor:
+        if lo is None and hi is None:
+            return x
+        return torch.clamp(x, lo, hi)
+
+    return fn
+
+
+def _build_dropout(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    # Inference semantics: identity; the optional mask output is all True.
+    return lambda x, *rest: (x, torch.ones_like(x, dtype=torch.bool))
+
+
+def _build_flatten(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    axis = attrs.get("axis", 1)
+
+    def fn(x: Any) -> Any:
+        a = axis % x.dim() if axis < 0 else axis
+        return x.reshape(math.prod(x.shape[:a]), math.prod(x.shape[a:]))
+
+    return fn
+
+
+def _build_reshape(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    allow_zero = attrs.get("allowzero", 0)
+
+    def fn(x: Any, shape: Any) -> Any:
+        dims = _ints(shape)
+        if not allow_zero:
+            dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        return x.reshape(dims)
+
+    return fn
+
+
+def _build_transpose(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    perm = attrs.get("perm")
+    return lambda x: x.permute(perm if perm is not None else list(reversed(range(x.dim()))))
+
+
+def _build_squeeze(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    attr_axes = attrs.get("axes")
+
+    def squeeze(x: torch.Tensor, axes: Any = None) -> torch.Tensor:
+        axes = _ints(axes) if opset >= 13 else attr_axes
+        if axes is None:
+            return x.squeeze() if x.dim() else x
+        return torch.squeeze(x, tuple(a % x.dim() for a in axes))
+
+    def unsqueeze(x: torch.Tensor, axes: Any = None) -> torch.Tensor:
+        axes = _ints(axes) if opset >= 13 else attr_axes
+        rank = x.dim() + len(axes)
+        for a in sorted(a % rank for a in axes):
+            x = x.unsqueeze(a)
+        return x
+
+    return squeeze if node.op_type == "Squeeze" else unsqueeze
+
+
+def _build_concat(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    axis = attrs["axis"]
+    return lambda *xs: torch.cat(xs, dim=axis)
+
+
+def _build_split(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    axis = attrs.get("axis", 0)
+    attr_split = attrs.get("split")
+    n_out = attrs.get("num_outputs", len(node.output))
+
+    def fn(x: Any, split: Any = None) -> tuple:
+        sizes = _ints(split) if opset >= 13 else attr_split
+        if not sizes:
+            dim = x.shape[axis]
+            sizes = math.ceil(dim / n_out)
+        return tuple(x.split(sizes, dim=axis))
+
+    return fn
+
+
+def _slice_axis(x: "torch.Tensor", axis: int, start: int, end: int, step: int) -> "torch.Tensor":
+    """One ONNX Slice axis with the spec's clamping rules, negative steps included."""
+    import torch
+
+    dim = x.shape[axis]
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        index = [slice(None)] * x.dim()
+        index[axis] = slice(start, end, step)
+        return x[tuple(index)]
+    start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    idx = torch.tensor(list(range(start, end, step)), dtype=torch.long, device=x.device)
+    return x.index_select(axis, idx)
+
+
+def _build_slice(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    def fn(x: Any, starts: Any = None, ends: Any = None, axes: Any = None, steps: Any = None) -> Any:
+        if opset < 10:
+            starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+        starts, ends = _ints(starts), _ints(ends)
+        axes = _ints(axes) or list(range(len(starts)))
+        steps = _ints(steps) or [1] * len(starts)
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            x = _slice_axis(x, a % x.dim(), s, e, st)
+        return x
+
+    return fn
+
+
+def _build_gather(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    axis = attrs.get("axis", 0)
+
+    def gather(data: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        a = axis % data.dim()
+        dim = data.shape[a]
+        idx = indices.to(torch.long)
+        idx = torch.where(idx < 0, idx + dim, idx)
+        out = data.index_select(a, idx.reshape(-1))
+        return out.reshape(data.shape[:a] + idx.shape + data.shape[a + 1:])
+
+    def gather_elements(data: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        a = axis % data.dim()
+        idx = indices.to(torch.long)
+        idx = torch.where(idx < 0, idx + data.shape[a], idx)
+        return torch.gather(data, a, idx)
+
+    return gather if node.op_type == "Gather" else gather_elements
+
+
+def _build_shape(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    start, end = attrs.get("start", 0), attrs.get("end")
+    if node.op_type == "Size":
+        return lambda x: torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
+    return lambda x: torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
+
+
+def _build_cast(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    if node.op_type == "CastLike":
+        return lambda x, like: x.to(like.dtype)
+    dtype = _torch_dtype(attrs["to"])
+    return lambda x: x.to(dtype)
+
+
+def _build_constant_of_shape(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    value = attrs.get("value")
+    fill = _to_tensor(value).reshape(-1) if value is not None else torch.zeros(1)
+
+    def fn(shape: torch.Tensor) -> torch.Tensor:
+        return fill.to(shape.device).expand(_ints(shape)).clone()
+
+    return fn
+
+
+def _build_expand(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    def fn(x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(shape))))
+
+    return fn
+
+
+def _build_tile(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    return lambda x, repeats: x.repeat(_ints(repeats))
+
+
+def _build_range(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    return lambda s, l, d: torch.arange(s.item(), l.item(), d.item(), dtype=s.dtype, device=s.device)
+
+
+def _build_pad(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+    import torch.nn.functional as F
+
+    mode = attrs.get("mode", "constant")
+
+    def index_pad(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
+        n = x.dim()
+        for axis in range(n):
+            begin, end = pads[axis], pads[axis + n]
+            if begin == 0 and end == 0:
+                continue
+            dim = x.shape[axis]
+            i = torch.arange(-begin, dim + end, device=x.device)
+            if mode == "edge":
+                i = i.clamp(0, dim - 1)
+            elif mode == "wrap":
+                i = i % dim
+            else:  # reflect, without repeating the edge element
+                period = max(2 * (dim - 1), 1)
+                i = i % period
+                i = torch.where(i >= dim, period - i, i)
+            x = x.index_select(axis, i)
+        return x
+
+    def fn(x: torch.Tensor, pads: Any = None, value: Any = None, axes: Any = None) -> torch.Tensor:
+        if opset < 11:
+            pad_list, fill = list(attrs["pads"]), attrs.get("value", 0.0)
+        else:
+            pad_list = _ints(pads)
+            fill = 0.0 if value is None or value.numel() == 0 else value.item()
+            if axes is not None:
+                ax = [a % x.dim() for a in _ints(axes)]
+                full = [0] * (2 * x.dim())
+                for k, a in enumerate(ax):
+                    full[a], full[a + x.dim()] = pad_list[k], pad_list[k + len(ax)]
+                pad_list = full
+        if mode == "constant":
+            return F.pad(x, _torch_pad_arg(pad_list), value=fill)
+        return index_pad(x, pad_list)
+
+    return fn
+
+
+def _build_conv(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch.nn.functional as F
+
+    group = attrs.get("group", 1)
+
+    def fn(x: torch.Tensor, w: torch.Tensor, b: Any = None) -> torch.Tensor:
+        nd = w.dim() - 2
+        kernel = list(attrs.get("kernel_shape", w.shape[2:]))
+        strides = list(attrs.get("strides", [1] * nd))
+        dilations = list(attrs.get("dilations", [1] * nd))
+        pads = _spatial_pads(attrs, x, kernel, strides, dilations)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+        if pads[:nd] == pads[nd:]:
+            padding: Any = pads[:nd]
+        else:
+            x, padding = F.pad(x, _torch_pad_arg(pads)), 0
+        return conv(x, w, b, strides, padding, dilations, group)
+
+    return fn
+
+
+def _build_conv_transpose(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch.nn.functional as F
+
+    group = attrs.get("group", 1)
+
+    def fn(x: torch.Tensor, w: torch.Tensor, b: Any = None) -> torch.Tensor:
+        nd = w.dim() - 2
+        kernel = list(attrs.get("kernel_shape", w.shape[2:]))
+        strides = list(attrs.get("strides", [1] * nd))
+        dilations = list(attrs.get("dilations", [1] * nd))
+        out_pad = list(attrs.get("output_padding", [0] * nd))
+        pads = [0] * (2 * nd) if attrs.get("auto_pad") == "VALID" else list(attrs.get("pads", [0] * (2 * nd)))
+        if "output_shape" in attrs:  # as onnxruntime: the odd extra pad goes to the head
+            target = list(attrs["output_shape"])[-nd:]
+            for i in range(nd):
+                full = strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+                total = full - target[i]
+                pads[i], pads[i + nd] = total - total // 2, total // 2
+        deconv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
+        # Full transposed convolution, then extend by output_padding and crop the pads.
+        y = deconv(x, w, None, strides, 0, 0, group, dilations)
+        y = F.pad(y, [v for i in reversed(range(nd)) for v in (0, out_pad[i])])
+        y = F.pad(y, [-v for i in reversed(range(nd)) for v in (pads[i], pads[i + nd])])
+        if b is not None:
+            y = y + b.reshape([1, -1] + [1] * nd)
+        return y
+
+    return fn
+
+
+def _build_pool(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+    import torch.nn.functional as F
+
+    op = node.op_type
+    kernel = list(attrs["kernel_shape"])
+    nd = len(kernel)
+    strides = list(attrs.get("strides", [1] * nd))
+    dilations = list(attrs.get("dilations", [1] * nd))
+    ceil = bool(attrs.get("ceil_mode", 0))
+    include_pad = bool(attrs.get("count_include_pad", 0))
+
+    def max_pool(x: torch.Tensor) -> torch.Tensor:
+        pads = _spatial_pads(attrs, x, kernel, strides, dilations)
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+        begin = pads[:nd]
+        if begin == pads[nd:] and all(p <= k // 2 for p, k in zip(begin, kernel)):
+            return pool(x, kernel, strides, begin, dilations, ceil)
+        x = F.pad(x, _torch_pad_arg(pads), value=-math.inf)
+        return pool(x, kernel, strides, 0, dilations, ceil)
+
+    def avg_pool(x: torch.Tensor) -> torch.Tensor:
+        pads = _spatial_pads(attrs, x, kernel, strides, dilations)
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+        begin = pads[:nd]
+        if begin == pads[nd:] and all(p <= k // 2 for p, k in zip(begin, kernel)):
+            return pool(x, kernel, strides, begin, ceil, include_pad)
+        padded = F.pad(x, _torch_pad_arg(pads))
+        summed = pool(padded, kernel, strides, 0, ceil, True)
+        if include_pad:
+            return summed
+        ones = F.pad(torch.ones_like(x[:1, :1]), _torch_pad_arg(pads))
+        return summed / pool(ones, kernel, strides, 0, ceil, True)
+
+    return max_pool if op == "MaxPool" else avg_pool
+
+
+def _build_pool_global(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    def fn(x: Any) -> Any:
+        dims = tuple(range(2, x.dim()))
+        return x.mean(dims, keepdim=True) if node.op_type == "GlobalAveragePool" else x.amax(dims, keepdim=True)
+
+    return fn
+
+
+def _build_norm(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+    import torch.nn.functional as F
+
+    op = node.op_type
+    eps = attrs.get("epsilon", 1e-5)
+
+    def batch_norm(x: Any, scale: Any, bias: Any, mean: Any, var: Any) -> Any:
+        return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
+
+    def instance_norm(x: Any, scale: Any, bias: Any) -> Any:
+        return F.instance_norm(x, weight=scale, bias=bias, eps=eps)
+
+    def layer_norm(x: Any, scale: Any, bias: Any = None) -> tuple:
+        axis = attrs.get("axis", -1) % x.dim()
+        dims = tuple(range(axis, x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        inv_std = torch.rsqrt(((x - mean) ** 2).mean(dims, keepdim=True) + eps)
+        y = (x - mean) * inv_std * scale
+        return (y if bias is None else y + bias), mean, inv_std
+
+    return {"BatchNormalization": batch_norm, "InstanceNormalization": instance_norm,
+            "LayerNormalization": layer_norm}[op]
+
+
+def _build_reduce(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    op = node.op_type
+    keep = bool(attrs.get("keepdims", 1))
+    noop_empty = bool(attrs.get("noop_with_empty_axes", 0))
+    axes_are_input = opset >= 18 or (op == "ReduceSum" and opset >= 13)
+    reducers: dict[str, Fn] = {
+        "ReduceMean": lambda x, d: x.mean(d, keepdim=keep),
+        "ReduceSum": lambda x, d: x.sum(d, keepdim=keep),
+        "ReduceMax": lambda x, d: x.amax(d, keepdim=keep),
+        "ReduceMin": lambda x, d: x.amin(d, keepdim=keep),
+        "ReduceProd": lambda x, d: _prod(x, d, keep),
+        "ReduceL1": lambda x, d: x.abs().sum(d, keepdim=keep),
+        "ReduceL2": lambda x, d: (x * x).sum(d, keepdim=keep).sqrt(),
+        "ReduceSumSquare": lambda x, d: (x * x).sum(d, keepdim=keep),
+        "ReduceLogSumExp": lambda x, d: torch.logsumexp(x, d, keepdim=keep),
+    }
+    reduce = reducers[op]
+
+    def fn(x: torch.Tensor, axes: Any = None) -> torch.Tensor:
+        axis_list = _ints(axes) if axes_are_input else attrs.get("axes")
+        if not axis_list:
+            if noop_empty:
+                return x
+            axis_list = list(range(x.dim()))
+        return reduce(x, tuple(a % x.dim() for a in axis_list))
+
+    return fn
+
+
+def _prod(x: "torch.Tensor", dims: tuple, keep: bool) -> "torch.Tensor":
+    for d in sorted(dims, reverse=True):
+        x = x.prod(d, keepdim=keep)
+    return x
+
+
+def _build_arg(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    axis, keep = attrs.get("axis", 0), bool(attrs.get("keepdims", 1))
+    last = bool(attrs.get("select_last_index", 0))
+    is_max = node.op_type == "ArgMax"
+
+    def fn(x: Any) -> Any:
+        a = axis % x.dim()
+        src = x.flip(a) if last else x
+        idx = src.argmax(a, keepdim=keep) if is_max else src.argmin(a, keepdim=keep)
+        return x.shape[a] - 1 - idx if last else idx
+
+    return fn
+
+
+def _build_einsum(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    equation = attrs["equation"]
+    return lambda *xs: torch.einsum(equation, *xs)
+
+
+def _build_resize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch.nn.functional as F
+
+    mode = attrs.get("mode", "nearest")
+    ctm = attrs.get("coordinate_transformation_mode", "half_pixel" if opset >= 11 else "asymmetric")
+
+    def fn(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None) -> Any:
+        if opset < 11:  # Resize-10: (X, scales)
+            scales, sizes = roi, None
+        nd = x.dim() - 2
+        kwargs: dict[str, Any] = {}
+        if sizes is not None and sizes.numel():
+            kwargs["size"] = _ints(sizes)[2:]
+        else:
+            kwargs["scale_factor"] = [float(s) for s in scales.reshape(-1).tolist()[2:]]
+        if mode == "nearest":
+            return F.interpolate(x, mode="nearest", **kwargs)
+        torch_mode = ("linear", "bilinear", "trilinear")[nd - 1]
+        return F.interpolate(x, mode=torch_mode, align_corners=ctm == "align_corners", **kwargs)
+
+    return fn
+
+
+_HANDLERS: dict[str, Callable[[dict[str, Any], int, Any], Fn]] = {
+    **dict.fromkeys(
+        ["Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf",
+         "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Not", "Softplus", "Softsign",
+         "LeakyRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "Mish", "Gelu", "HardSigmoid",
+         "HardSwish", "PRelu", "Identity"],
+        _build_unary,
+    ),
+    **dict.fromkeys(
+        ["Add", "Sub", "Mul", "Div", "Pow", "MatMul", "Equal", "Less", "Greater", "LessOrEqual",
+         "GreaterOrEqual", "And", "Or", "Xor"],
+        _build_binary,
+    ),
+    **dict.fromkeys(["Max", "Min", "Sum", "Mean"], _build_variadic),
+    "Where": _build_where,
+    "Gemm": _build_gemm,
+    **dict.fromkeys(["Softmax", "LogSoftmax", "Hardmax"], _build_softmax),
+    "Clip": _build_clip,
+    "Dropout": _build_dropout,
+    "Flatten": _build_flatten,
+    "Reshape": _build_reshape,
+    "Transpose": _build_transpose,
+    **dict.fromkeys(["Squeeze", "Unsqueeze"], _build_squeeze),
+    "Concat": _build_concat,
+    "Split": _build_split,
+    "Slice": _build_slice,
+    **dict.fromkeys(["Gather", "GatherElements"], _build_gather),
+    **dict.fromkeys(["Shape", "Size"], _build_shape),
+    **dict.fromkeys(["Cast", "CastLike"], _build_cast),
+    "Constant": None,  # type: ignore[dict-item]  # folded into buffers by the twin itself
+    "ConstantOfShape": _build_constant_of_shape,
+    "Expand": _build_expand,
+    "Tile": _build_tile,
+    "Range": _build_range,
+    "Pad": _build_pad,
+    "Conv": _build_conv,
+    "ConvTranspose": _build_conv_transpose,
+    **dict.fromkeys(["MaxPool", "AveragePool"], _build_pool),
+    **dict.fromkeys(["GlobalAveragePool", "GlobalMaxPool"], _build_pool_global),
+    **dict.fromkeys(["BatchNormalization", "InstanceNormalization", "LayerNormalization"], _build_norm),
+    **dict.fromkeys(
+        ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+         "ReduceSumSquare", "ReduceLogSumExp"],
+        _build_reduce,
+    ),
+    **dict.fromkeys(["ArgMax", "ArgMin"], _build_arg),
+    "Einsum": _build_einsum,
+    "Resize": _build_resize,
+}
+
+
+def _constant_value(attrs: dict[str, Any]) -> Any:
+    """numpy value of a Constant node (numeric forms only; checked by _attr_problem)."""
+    import numpy as np
+
+    if "value" in attrs:
+        return attrs["value"]
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    return np.array(attrs["value_ints"], dtype=np.int64)
+
+
+@functools.cache
+def _twin_class() -> type:
+    """The torch.nn.Module subclass, created on first use so torch loads lazily."""
+    import torch
+
+    class OnnxTorchTwin(torch.nn.Module):
+        """Differentiable evaluation of an ONNX graph: a topological walk over per-node closures."""
+
+        def __init__(self, model: Any) -> None:
+            from onnx import numpy_helper
+
+            super().__init__()
+            graph, opset = model.graph, _opset(model)
+            self._constants: list[tuple[str, str]] = []  # (onnx value name, buffer name)
+            for init in graph.initializer:
+                self._add_constant(init.name, numpy_helper.to_array(init))
+            known = {name for name, _ in self._constants}
+            self.input_names = [i.name for i in graph.input if i.name not in known]
+            self.output_names = [o.name for o in graph.output]
+            self._steps: list[tuple[Fn, list[str], list[str]]] = []
+            for i, node in enumerate(graph.node):
+                problem = _problem(node, opset)
+                if problem is not None:
+                    raise UnsupportedOperator(node.op_type, node.domain, _node_label(node, i), problem)
+                attrs = _attrs(node)
+                if node.op_type == "Constant":
+                    self._add_constant(node.output[0], _constant_value(attrs))
+                    continue
+                fn = _HANDLERS[node.op_type](attrs, opset, node)
+                self._steps.append((fn, list(node.input), list(node.output)))
+
+        def _add_constant(self, name: str, array: Any) -> None:
+            buffer = f"_const{len(self._constants)}"
+            self.register_buffer(buffer, _to_tensor(array))
+            self._constants.append((name, buffer))
+
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if len(inputs) != len(self.input_names):
+                raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+            env: dict[str, Any] = {name: getattr(self, buf) for name, buf in self._constants}
+            env.update(zip(self.input_names, inputs))
+            for fn, ins, outs in self._steps:
+                # Optional inputs are "" in ONNX; trailing ones are simply absent.
+                result = fn(*[env[n] if n else None for n in ins])
+                if not isinstance(result, tuple):
+                    result = (result,)
+                for name, value in zip(outs, result):
+                    if name:
+                        env[name] = value
+            return tuple(env[n] for n in self.output_names)
+
+    return OnnxTorchTwin
+
+
+def to_torch(model: "onnx.ModelProto") -> "torch.nn.Module":
+    """Translate an ONNX graph into a differentiable torch module (the gradient twin).
+
+    ``forward`` takes the graph's non-initializer inputs positionally and returns a
+    tuple with one tensor per graph output.  Initializers and Constant values are
+    buffers (no grad).  Raises UnsupportedOperator for the first untranslatable node.
+    """
+    return _twin_class()(model).eval()
