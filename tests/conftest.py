@@ -13,6 +13,29 @@ import torch
 
 torch.set_num_threads(1)
 
+
+def _import_lazily_loaded_torch_modules() -> None:
+    """Touch every torch feature the tests and inner runs use, so its lazily imported
+    modules load here, outside any pytester snapshot (which would unload them)."""
+    import io
+    import tempfile
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    optimiser = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 2)).sum().backward()
+    optimiser.step()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model), f"{folder}/m.pt")
+        torch.jit.load(f"{folder}/m.pt")
+        torch.export.save(torch.export.export(model, (torch.zeros(1, 2),)), f"{folder}/m.pt2")
+        torch.export.load(f"{folder}/m.pt2").module()(torch.zeros(1, 2))
+        export_onnx(model, torch.zeros(1, 2), Path(folder) / "m.onnx")
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +72,6 @@ def blobs() -> tuple[np.ndarray, np.ndarray]:
     y = np.repeat(np.arange(4), 60)
     x = np.clip(centres[y] + rng.normal(0, 0.05, size=(240, 8)), 0, 1).astype(np.float32)
     return x, y.astype(np.int64)
+
+
+_import_lazily_loaded_torch_modules()

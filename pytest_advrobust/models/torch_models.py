@@ -146,7 +146,9 @@ def _from_export(path: Path, device: torch.device) -> Any:
 
 def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
     try:
-        return torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch deprecates TorchScript; users still ship it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device)
     except Exception as exc:
         script_error = _first_line(exc)
     if not zipfile.is_zipfile(path):
