@@ -220,9 +220,17 @@ class Engine:
             return states, sizes
         for r in fitting:
             sizes[r.key] = int(r.check.option("fit-samples", attacks[r.key].options.get("fit-samples", 256)))
-        batches = list(data.batches(spec.batch_size, model.dtype, stop=max(sizes.values())))
+        batches = list(data.batches(spec.batch_size, model.dtype, stop=max(sizes.values()) + 1))
         fit_x = torch.cat([b.x for b in batches])
         fit_y = torch.cat([b.y for b in batches])
+        for r in fitting:
+            if len(fit_y) <= sizes[r.key]:
+                errors[r.key] = DataError(
+                    f"{r.check.attack} fits its perturbation on the first fit-samples = "
+                    f"{sizes[r.key]} samples and evaluates on the rest, but the data has only "
+                    f"{len(fit_y)}. Lower fit-samples in this check or give more data.",
+                    where=spec.key("data"))
+        fitting = [r for r in fitting if r.key not in errors]
         for r in fitting:
             n = sizes[r.key]
             self._report_progress(spec, 0, f"fitting {r.check.attack} eps={r.eps:g}")

@@ -45,3 +45,26 @@ def write_project(root: Path, x: np.ndarray, y: np.ndarray, checks: str, *, extr
         batch-size = 64
         ''') + textwrap.dedent(extra) + textwrap.dedent(checks))
     return root / "pyproject.toml"
+
+
+def gate_session(root: Path, model_ref: str, x: np.ndarray, y: np.ndarray, *, checks: str = "",
+                 extra: str = ""):
+    """A :class:`RobustnessSession` (no pytest run) over ``data.npz`` and a model file."""
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    np.savez(root / "data.npz", x=x, y=y)
+    if not checks:
+        checks = '[[tool.advrobust.checks]]\nattack = "clean"\n'
+    (root / "pyproject.toml").write_text(
+        f'[tool.advrobust]\nmodel = "{model_ref}"\ndata = "data.npz"\nbatch-size = 64\n'
+        + textwrap.dedent(extra) + "\n" + textwrap.dedent(checks))
+    return RobustnessSession(plugin_manager().hook, root / "pyproject.toml")
+
+
+def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return path
