@@ -219,7 +219,7 @@ class _Reader:
     # -- one model ------------------------------------------------------------------------
     def model(self, table: dict, defaults: dict, *, name: str | None) -> ModelSpec:
         where = f"[{SECTION}]" if name is None else f"[{SECTION}.models.{name}]"
-        allowed = MODEL_KEYS if name is None else MODEL_KEYS - {"name"}
+        allowed = MODEL_KEYS | TOP_ONLY_KEYS if name is None else MODEL_KEYS - {"name"}
         self.unknown_keys(table, allowed, where)
         merged = {**defaults, **table}
 

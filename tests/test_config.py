@@ -1,0 +1,116 @@
+"""[tool.advrobust] validation: every mistake named by key and file, before any model loads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_advrobust.config import AttackOptions, parse_config
+from pytest_advrobust.errors import ConfigError
+
+ATTACKS = {
+    "clean": AttackOptions(uses_eps=False),
+    "fgsm": AttackOptions(),
+    "noise": AttackOptions(),
+    "universal": AttackOptions(options={"fit-samples": 256, "steps": 40, "step-size": float}),
+}
+PATH = Path("/project/pyproject.toml")
+
+
+def parse(table: dict):
+    return parse_config(table, path=PATH, attacks=ATTACKS)
+
+
+def single(**overrides) -> dict:
+    table = {"model": "models/digits.onnx", "data": "pkg.data:load",
+             "checks": [{"attack": "fgsm", "eps": [0.05, 0.1], "min-accuracy": 0.6}]}
+    table.update(overrides)
+    return table
+
+
+def test_single_model_defaults_and_name_from_file_stem() -> None:
+    config = parse(single())
+    (spec,) = config.models
+    assert spec.name == "digits" and spec.model_format == "onnx"
+    assert spec.input_range == (0.0, 1.0) and spec.batch_size == 256 and spec.seed == 0
+    assert spec.checks[0].eps == (0.05, 0.1) and spec.checks[0].min_accuracy == 0.6
+    assert spec.resolve(spec.model) == Path("/project/models/digits.onnx")
+
+
+def test_factory_name_and_named_models_inherit_top_level_settings() -> None:
+    config = parse({
+        "data": "pkg.data:load", "input-range": [-1, 1], "seed": 3,
+        "checks": [{"attack": "clean", "min-accuracy": 0.9}],
+        "models": {
+            "torch": {"model": "pkg.model:build", "weights": "w.pt"},
+            "onnx": {"model": "m.onnx", "checks": [{"attack": "noise", "eps": 0.1}]},
+        },
+    })
+    torch_spec, onnx_spec = config.models
+    assert torch_spec.name == "torch" and torch_spec.model_format == "factory"
+    assert torch_spec.input_range == (-1.0, 1.0) and onnx_spec.seed == 3
+    assert [c.attack for c in torch_spec.checks] == ["clean"]
+    assert [c.attack for c in onnx_spec.checks] == ["noise"]
+    assert parse(single(model="pkg.model:build_mlp")).models[0].name == "build_mlp"
+
+
+def test_options_reach_the_check_with_types_enforced() -> None:
+    table = single(checks=[{"attack": "universal", "eps": 0.1, "fit-samples": 100, "step-size": 1}])
+    check = parse(table).models[0].checks[0]
+    assert check.options == {"fit-samples": 100, "step-size": 1.0}
+    with pytest.raises(ConfigError, match=r"checks\[0\] steps: must be a whole number"):
+        parse(single(checks=[{"attack": "universal", "eps": 0.1, "steps": 2.5}]))
+
+
+@pytest.mark.parametrize("table, message", [
+    (single(modle="x.onnx"), r"\[tool.advrobust\] modle: unknown key. Did you mean 'model'\?"),
+    (single(checks=[{"attack": "fgsn", "eps": 0.1}]), r"unknown attack 'fgsn'. Did you mean 'fgsm'\?.*Known attacks: clean, fgsm, noise, universal"),
+    (single(checks=[{"attack": "fgsm", "eps": -0.1}]), r"checks\[0\] eps: -0.1 is negative"),
+    (single(checks=[{"attack": "fgsm", "eps": "0.1"}]), r"eps: must be a finite number, not '0.1'"),
+    (single(checks=[{"attack": "fgsm", "eps": 2.0}]), r"larger than the whole input-range"),
+    (single(checks=[{"attack": "fgsm"}]), r"checks\[0\] eps: is required"),
+    (single(checks=[{"attack": "clean", "eps": 0.1}]), r"attack 'clean' takes no eps"),
+    (single(checks=[{"attack": "fgsm", "eps": 0.1, "min-accuracy": 60}]), r"min-accuracy: 60 is outside \[0, 1\]"),
+    (single(checks=[{"attack": "fgsm", "eps": 0.1, "max-drop": -0.1}]), r"max-drop: -0.1 is outside \[0, 1\]"),
+    (single(checks=[{"attack": "fgsm", "eps": 0.1, "min_accuracy": 0.5}]), r"min_accuracy: unknown key. Did you mean 'min-accuracy'\?"),
+    (single(checks=[]), r"checks: is empty"),
+    (single(checks=None), r"has no checks"),
+    (single(model="model.h5"), r"neither a model file"),
+    (single(data="data.csv"), r"neither a .npz file"),
+    (single(**{"input-range": [1, 0]}), r"low 1 must be below high 0"),
+    (single(**{"batch-size": 0}), r"batch-size: must be a whole number >= 1"),
+    (single(normalize={"mean": [0.5, 0.5], "std": [0.2]}), r"mean has 2 values and std 1"),
+    (single(normalize={"mean": [0.5], "std": [0]}), r"std: values must be > 0"),
+    (single(weights="w.pt"), r"weights: only applies to a factory model"),
+    (single(device="tpu"), r"device: 'tpu' is not one of"),
+    ({"data": "a.npz"}, r"names no model"),
+    (single(models={"digits": {"model": "b.onnx"}}), r"the model name 'digits' is used twice"),
+    (single(checks=[{"attack": "fgsm", "eps": [0.1, 0.1]}]), r"lists a value twice"),
+])
+def test_mistakes_name_the_key_and_file(table, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        parse(table)
+    assert str(PATH) in str(info.value)
+
+
+def test_no_section_means_no_gates(tmp_path) -> None:
+    from pytest_advrobust.config import load_config
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert load_config(tmp_path / "pyproject.toml", ATTACKS) is None
+    (tmp_path / "pyproject.toml").write_text("[tool.advrobust\nmodel = 1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(tmp_path / "pyproject.toml", ATTACKS)
+
+
+def test_config_reading_imports_no_torch() -> None:
+    import subprocess
+
+    code = ("import sys; from pytest_advrobust.config import parse_config, AttackOptions; "
+            "from pathlib import Path; parse_config({'model': 'a.onnx', 'data': 'a.npz', "
+            "'checks': [{'attack': 'clean'}]}, path=Path('p'), attacks={'clean': AttackOptions(uses_eps=False)}); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
