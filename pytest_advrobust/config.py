@@ -123,7 +123,7 @@ class ModelSpec:
 
     def key(self, name: str) -> str:
         """How a person finds this model's ``name`` key in the file."""
-        return f"[{self.table}] {name}"
+        return f"{self.source.name} [{self.table}] {name}"
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,15 @@ class Engine:
                 if live_grad:
                     try:
                         grad, scores = model.loss_gradient(batch.x, batch.y)
+                    except DataError as exc:  # labels the model cannot score
+                        raise DataError(str(exc), where=exc.where or data.where) from None
                     except AttackError as exc:
                         for r in live_grad:
                             errors[r.key] = exc
                         scores = model.scores(batch.x)
                 else:
                     scores = model.scores(batch.x)
-                _check_labels(batch.y, scores, data, batch.offset)
+                _check_labels(batch.y, model.num_classes, data, batch.offset)
                 clean_ok = (scores.argmax(1).cpu() == batch.y)
                 for r in todo:
                     if r.key in errors:
@@ -223,6 +225,9 @@ class Engine:
         batches = list(data.batches(spec.batch_size, model.dtype, stop=max(sizes.values()) + 1))
         fit_x = torch.cat([b.x for b in batches])
         fit_y = torch.cat([b.y for b in batches])
+        if model.num_classes is None:
+            model.scores(batches[0].x)
+        _check_labels(fit_y, model.num_classes, data, 0)
         for r in fitting:
             if len(fit_y) <= sizes[r.key]:
                 errors[r.key] = DataError(
@@ -285,8 +290,9 @@ def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tup
     return adversarial.clamp(*bounds)
 
 
-def _check_labels(y: "torch.Tensor", scores: "torch.Tensor", data: EvalData, offset: int) -> None:
-    classes = scores.shape[1]
+def _check_labels(y: "torch.Tensor", classes: int | None, data: EvalData, offset: int) -> None:
+    if classes is None:
+        return
     if int(y.max()) >= classes:
         raise DataError(f"a label is {int(y.max())} (batch starting at sample {offset}) but the "
                         f"model scores {classes} classes, so labels must lie in 0..{classes - 1}. "

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..errors import AttackError, ModelLoadError
+from ..errors import AttackError, DataError, ModelLoadError
 
 __all__ = ["Classifier", "detect_output_kind", "loss_per_sample"]
 
@@ -112,6 +112,10 @@ class Classifier:
             leaf = x.detach().to(self.device, self.dtype).requires_grad_(True)
             out = self._differentiable_forward(self.normalize(leaf))
             self._check_scores(out.detach(), x)
+            if int(y.max()) >= out.shape[1]:
+                raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
+                                f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
+                                "the labels match the model's class order.")
             loss = loss_per_sample(out, y.to(self.device), self.output_kind).sum()
             (grad,) = torch.autograd.grad(loss, leaf)
         return grad.detach(), out.detach()
