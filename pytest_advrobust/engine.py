@@ -75,21 +75,22 @@ class Engine:
         return cached
 
     def result(self, spec: ModelSpec, request: Request,
-               batch_with: Sequence[Request] = ()) -> AttackResult:
+               batch_with: Sequence[Request] = (), *, gate: bool = True) -> AttackResult:
         """The result of ``request``, computing it (and ``batch_with``, in the same pass
-        over the data) unless it is cached."""
+        over the data) unless it is cached. Only gates (not a fixture's ad-hoc calls) go
+        into :attr:`results` and the result hook."""
         slot = (spec.name, request.key)
         if slot not in self._results:
             todo = [request] + [r for r in batch_with if (spec.name, r.key) not in self._results
                                 and r.key != request.key]
-            self._run(spec, todo)
+            self._run(spec, todo, gate=gate)
         cached = self._results[slot]
         if isinstance(cached, AdvRobustError):
             raise cached
         return cached
 
     # -- the pass -------------------------------------------------------------------------
-    def _run(self, spec: ModelSpec, todo: list[Request]) -> None:
+    def _run(self, spec: ModelSpec, todo: list[Request], *, gate: bool = True) -> None:
         started = time.perf_counter()
         try:
             outcomes = self._evaluate(spec, todo)
@@ -105,9 +106,10 @@ class Engine:
                 outcome.baseline_accuracy = self.baseline.get(outcome.key)
                 verdict = judge(outcome)
                 outcome.passed, outcome.message = verdict.passed, verdict.message
-                self.results.append(outcome)
-                if self._on_result is not None:
-                    self._on_result(outcome)
+                if gate:
+                    self.results.append(outcome)
+                    if self._on_result is not None:
+                        self._on_result(outcome)
             self._results[(spec.name, request.key)] = outcome
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:

@@ -146,7 +146,7 @@ class Probe:
         value = float(eps) if uses_eps else 0.0
         if value < 0:
             raise ConfigError(f"eps must be >= 0, not {eps!r}.", where=f"advrobust.{name}()")
-        return self._session.engine.result(self.spec, Request(check, value))
+        return self._session.engine.result(self.spec, Request(check, value), gate=False)
 
     def clean(self) -> AttackResult:
         return self.attack("clean")
