@@ -49,8 +49,10 @@ class Engine:
     def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
                  artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
                  baseline: Mapping[str, float] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 specs: Callable[[str], ModelSpec] | None = None) -> None:
         self.registry = registry
+        self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
         self.artifacts = artifacts
         self._load_model = load_model
         self._on_result = on_result
@@ -199,6 +201,7 @@ class Engine:
             "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
             "rng": lambda: rng, "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: stats, "state": lambda: state,
+            "surrogates": lambda: self._surrogates(spec, r, model),
         }
         adversarial = call_attack(attack.perturb_function(), available, r.check.options)
         if adversarial is x:  # the attack left the inputs alone (clean)
@@ -206,6 +209,29 @@ class Engine:
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
                                spec, r)
         return model.scores(adversarial).argmax(1).cpu() == y
+
+    def _surrogates(self, spec: ModelSpec, r: Request, model: "Classifier") -> list["Classifier"]:
+        """The classifiers a check's ``surrogate`` option names, loaded through the cache."""
+        names = r.check.option("surrogate")
+        names = (names,) if isinstance(names, str) else tuple(names or ())
+        if not names or self._specs is None:
+            raise AttackError(f"{r.check.attack} needs surrogate = \"NAME\" (another model of "
+                              "the config) to craft its inputs on.", where=spec.name)
+        out = []
+        for name in names:
+            try:
+                surrogate = self.classifier(self._specs(name))
+            except AdvRobustError as exc:
+                raise AttackError(f"surrogate {name!r} of {r.check.attack} cannot be used: {exc}",
+                                  where=spec.name) from None
+            if tuple(surrogate.input_range) != tuple(model.input_range):
+                raise AttackError(
+                    f"surrogate {name!r} takes inputs in input-range {list(surrogate.input_range)} "
+                    f"but {spec.name!r} takes {list(model.input_range)}; a transferred input must "
+                    "be valid for both. Give both models the same input-range (use normalize for "
+                    "what differs inside).", where=spec.name)
+            out.append(surrogate)
+        return out
 
     def _fit(self, spec: ModelSpec, model: "Classifier", data: EvalData, todo: list[Request],
              attacks: Mapping[tuple[int, float], Any], rngs: Mapping[tuple[int, float], Any],
