@@ -467,8 +467,8 @@ class _Reader:
         return Normalize(tuple(mean), tuple(std))
 
     def option(self, value: Any, default: Any, key: str) -> Any:
-        if default is None:
-            return value
+        if default is None:  # any value; lists become tuples so a check stays hashable
+            return tuple(value) if isinstance(value, list) else value
         if isinstance(default, type):  # a typed option without a default value
             default = default()
         if isinstance(default, bool):

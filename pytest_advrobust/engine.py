@@ -121,8 +121,7 @@ class Engine:
         errors: dict[tuple[int, float], AdvRobustError] = {}
         for r in todo:
             if attacks[r.key].needs_gradient and model.gradient_error:
-                errors[r.key] = AttackError(f"{r.check.attack} needs input gradients: "
-                                            f"{model.gradient_error}", where=spec.name)
+                errors[r.key] = _no_gradient(spec, r, model)
         rngs = {r.key: _rng(spec, r) for r in todo}
         with model.session():
             states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
@@ -138,7 +137,7 @@ class Engine:
                         grad, scores = model.loss_gradient(batch.x, batch.y)
                     except AttackError as exc:
                         for r in live_grad:
-                            errors[r.key] = exc
+                            errors[r.key] = _no_gradient(spec, r, model, exc)
                         scores = model.scores(batch.x)
                 else:
                     scores = model.scores(batch.x)
@@ -158,7 +157,8 @@ class Engine:
                                                 scores, clean_ok, rngs[r.key], stats[r.key],
                                                 states.get(r.key))
                     except AttackError as exc:
-                        errors[r.key] = exc
+                        errors[r.key] = (_no_gradient(spec, r, model, exc) if model.gradient_error
+                                         and attacks[r.key].needs_gradient else exc)
                         continue
                     ok = clean_ok if keep is None else clean_ok[keep]
                     counts[r.key][0] += int(adv_ok.sum())
@@ -260,7 +260,7 @@ class Engine:
             try:
                 state = call_attack(attacks[r.key].fit_function(), available, r.check.options)
             except AttackError as exc:
-                errors[r.key] = exc
+                errors[r.key] = _no_gradient(spec, r, model, exc) if model.gradient_error else exc
                 continue
             states[r.key] = state
             states[(r.key, "artifacts")] = self._save_state(spec, r, state)
@@ -279,6 +279,17 @@ class Engine:
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
         if self._progress is not None:
             self._progress(f"{spec.name}: {what or f'sample {offset}'}")
+
+
+def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
+                 exc: AttackError | None = None) -> AttackError:
+    """A gradient attack on a model without a usable gradient: the reason, and what works."""
+    reason = model.gradient_error or (str(exc) if exc is not None else "no input gradient")
+    if "transfer" not in reason:
+        reason += (" Attacks that need no gradient of this model: noise, transfer (from a "
+                   "differentiable surrogate) and spsa (score-based).")
+    return AttackError(f"{r.check.attack} needs input gradients, which this model cannot give: "
+                       f"{reason}", where=spec.name)
 
 
 def _rng(spec: ModelSpec, r: Request) -> np.random.Generator:
