@@ -163,3 +163,13 @@ class Probe:
 
     def universal(self, eps: float, **options: Any) -> AttackResult:
         return self.attack("universal", eps, **options)
+
+    def pgd(self, eps: float, **options: Any) -> AttackResult:
+        return self.attack("pgd", eps, **options)
+
+    def transfer(self, eps: float, surrogate: str | list[str], **options: Any) -> AttackResult:
+        """Inputs crafted on the configured model(s) ``surrogate``, evaluated on this one."""
+        return self.attack("transfer", eps, surrogate=surrogate, **options)
+
+    def spsa(self, eps: float, **options: Any) -> AttackResult:
+        return self.attack("spsa", eps, **options)

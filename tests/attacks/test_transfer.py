@@ -115,3 +115,7 @@ def test_transfer_from_torch_to_its_onnx_export_equals_fgsm_on_itself(tmp_path: 
         fgsm, moved = results[("fgsm", eps)], results[("transfer", eps)]
         assert moved.correct == fgsm.correct and moved.n == fgsm.n == 540
         assert moved.accuracy < moved.clean_accuracy - 0.2  # the attack does bite
+    probe = session.probe("mlp-onnx")  # the fixture's API, validated like the config
+    assert probe.transfer(0.1, surrogate="mlp").correct == results[("fgsm", 0.1)].correct
+    with pytest.raises(ConfigError, match="the model under test itself"):
+        probe.transfer(0.1, surrogate="mlp-onnx")
