@@ -41,7 +41,7 @@ VIA = ("fgsm", "pgd")
 
 
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
-             surrogates: Sequence[Any], *, surrogate: Any = None, via: str = "fgsm", steps: int = 10,
+             surrogates: Sequence[Any], *, via: str = "fgsm", steps: int = 10,
              step_size: float | None = None) -> "torch.Tensor":
     """Craft on ``surrogates`` (their summed loss), hand the result to the target unchanged."""
     if via not in VIA:
