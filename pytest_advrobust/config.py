@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
 
@@ -170,10 +170,14 @@ def load_config(path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessC
     return parse_config(section, path=path, attacks=attacks)
 
 
-def parse_config(section: Any, *, path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessConfig:
-    """Validate a ``[tool.advrobust]`` table (already parsed from TOML)."""
+def parse_config(section: Any, *, path: Path, attacks: Mapping[str, AttackOptions],
+                 others: Sequence[ModelSpec] = ()) -> RobustnessConfig:
+    """Validate a ``[tool.advrobust]`` table (already parsed from TOML); ``others`` are
+    models defined elsewhere that a check's ``surrogate`` may also name."""
     reader = _Reader(path, attacks)
-    return reader.config(section)
+    config = reader.config(section)
+    reader.surrogates(config.models, others)
+    return config
 
 
 class _Reader:
@@ -321,6 +325,44 @@ class _Reader:
             index=index,
         )
 
+    # -- across models --------------------------------------------------------------------
+    def surrogates(self, models: Sequence[ModelSpec], others: Sequence[ModelSpec]) -> None:
+        """A check's ``surrogate`` (transfer attacks) names other models of the config that
+        take the same raw inputs; checked here, before any model loads."""
+        pool = {spec.name: spec for spec in others}
+        pool.update({spec.name: spec for spec in models})
+        for spec in models:
+            for check in spec.checks:
+                declared = "surrogate" in self.attacks[check.attack].options
+                key = f"[{spec.table}] checks[{check.index}] surrogate"
+                if "surrogate" not in check.options:
+                    if declared:
+                        raise self.fail(key, f"is required by attack {check.attack!r}: the name of "
+                                        "another model of this config to craft the inputs on, or "
+                                        "a list of names (an ensemble), e.g. surrogate = \"mlp-torch\".")
+                    continue
+                value = check.options["surrogate"]
+                names = (value,) if isinstance(value, str) else value
+                if not isinstance(names, tuple) or not names or not all(
+                        isinstance(name, str) and name for name in names):
+                    raise self.fail(key, f"must be a model name or a non-empty list of names, "
+                                    f"not {value!r}.")
+                for name in names:
+                    if name == spec.name:
+                        raise self.fail(key, f"names {name!r}, the model under test itself; a "
+                                        "transfer attack crafts its inputs on another model. Name "
+                                        f"another model ({', '.join(sorted(set(pool) - {name})) or 'none defined'}) "
+                                        "or use fgsm/pgd on this one.")
+                    if name not in pool:
+                        raise self.fail(key, f"no model named {name!r}.{_did_you_mean(name, pool)} "
+                                        f"Models of this config: {', '.join(sorted(pool))}.")
+                    if pool[name].input_range != spec.input_range:
+                        raise self.fail(key, f"{name!r} takes input-range "
+                                        f"{list(pool[name].input_range)} but {spec.name!r} takes "
+                                        f"{list(spec.input_range)}; a transferred input must be "
+                                        "valid for both. Give both the same input-range (put what "
+                                        "differs in normalize).")
+
     # -- typed readers --------------------------------------------------------------------
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
         for key in table:
@@ -425,8 +467,8 @@ class _Reader:
         return Normalize(tuple(mean), tuple(std))
 
     def option(self, value: Any, default: Any, key: str) -> Any:
-        if default is None:
-            return value
+        if default is None:  # any value; lists become tuples so a check stays hashable
+            return tuple(value) if isinstance(value, list) else value
         if isinstance(default, type):  # a typed option without a default value
             default = default()
         if isinstance(default, bool):

@@ -49,8 +49,10 @@ class Engine:
     def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
                  artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
                  baseline: Mapping[str, float] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 specs: Callable[[str], ModelSpec] | None = None) -> None:
         self.registry = registry
+        self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
         self.artifacts = artifacts
         self._load_model = load_model
         self._on_result = on_result
@@ -121,8 +123,7 @@ class Engine:
         errors: dict[tuple[int, float], AdvRobustError] = {}
         for r in todo:
             if attacks[r.key].needs_gradient and model.gradient_error:
-                errors[r.key] = AttackError(f"{r.check.attack} needs input gradients: "
-                                            f"{model.gradient_error}", where=spec.name)
+                errors[r.key] = _no_gradient(spec, r, model)
         rngs = {r.key: _rng(spec, r) for r in todo}
         with model.session():
             states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
@@ -140,7 +141,7 @@ class Engine:
                         raise DataError(str(exc), where=exc.where or data.where) from None
                     except AttackError as exc:
                         for r in live_grad:
-                            errors[r.key] = exc
+                            errors[r.key] = _no_gradient(spec, r, model, exc)
                         scores = model.scores(batch.x)
                 else:
                     scores = model.scores(batch.x)
@@ -160,7 +161,8 @@ class Engine:
                                                 scores, clean_ok, rngs[r.key], stats[r.key],
                                                 states.get(r.key))
                     except AttackError as exc:
-                        errors[r.key] = exc
+                        errors[r.key] = (_no_gradient(spec, r, model, exc) if model.gradient_error
+                                         and attacks[r.key].needs_gradient else exc)
                         continue
                     ok = clean_ok if keep is None else clean_ok[keep]
                     counts[r.key][0] += int(adv_ok.sum())
@@ -203,6 +205,7 @@ class Engine:
             "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
             "rng": lambda: rng, "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: stats, "state": lambda: state,
+            "surrogates": lambda: self._surrogates(spec, r, model),
         }
         adversarial = call_attack(attack.perturb_function(), available, r.check.options)
         if adversarial is x:  # the attack left the inputs alone (clean)
@@ -210,6 +213,29 @@ class Engine:
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
                                spec, r)
         return model.scores(adversarial).argmax(1).cpu() == y
+
+    def _surrogates(self, spec: ModelSpec, r: Request, model: "Classifier") -> list["Classifier"]:
+        """The classifiers a check's ``surrogate`` option names, loaded through the cache."""
+        names = r.check.option("surrogate")
+        names = (names,) if isinstance(names, str) else tuple(names or ())
+        if not names or self._specs is None:
+            raise AttackError(f"{r.check.attack} needs surrogate = \"NAME\" (another model of "
+                              "the config) to craft its inputs on.", where=spec.name)
+        out = []
+        for name in names:
+            try:
+                surrogate = self.classifier(self._specs(name))
+            except AdvRobustError as exc:
+                raise AttackError(f"surrogate {name!r} of {r.check.attack} cannot be used: {exc}",
+                                  where=spec.name) from None
+            if tuple(surrogate.input_range) != tuple(model.input_range):
+                raise AttackError(
+                    f"surrogate {name!r} takes inputs in input-range {list(surrogate.input_range)} "
+                    f"but {spec.name!r} takes {list(model.input_range)}; a transferred input must "
+                    "be valid for both. Give both models the same input-range (use normalize for "
+                    "what differs inside).", where=spec.name)
+            out.append(surrogate)
+        return out
 
     def _fit(self, spec: ModelSpec, model: "Classifier", data: EvalData, todo: list[Request],
              attacks: Mapping[tuple[int, float], Any], rngs: Mapping[tuple[int, float], Any],
@@ -249,7 +275,7 @@ class Engine:
             try:
                 state = call_attack(attacks[r.key].fit_function(), available, r.check.options)
             except AttackError as exc:
-                errors[r.key] = exc
+                errors[r.key] = _no_gradient(spec, r, model, exc) if model.gradient_error else exc
                 continue
             states[r.key] = state
             states[(r.key, "artifacts")] = self._save_state(spec, r, state)
@@ -268,6 +294,17 @@ class Engine:
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
         if self._progress is not None:
             self._progress(f"{spec.name}: {what or f'sample {offset}'}")
+
+
+def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
+                 exc: AttackError | None = None) -> AttackError:
+    """A gradient attack on a model without a usable gradient: the reason, and what works."""
+    reason = model.gradient_error or (str(exc) if exc is not None else "no input gradient")
+    if "transfer" not in reason:
+        reason += (" Attacks that need no gradient of this model: noise, transfer (from a "
+                   "differentiable surrogate) and spsa (score-based).")
+    return AttackError(f"{r.check.attack} needs input gradients, which this model cannot give: "
+                       f"{reason}", where=spec.name)
 
 
 def _rng(spec: ModelSpec, r: Request) -> np.random.Generator:

@@ -61,6 +61,7 @@ class RobustnessSession:
             on_result=lambda result: hook.pytest_advrobust_result(result=result),
             baseline=baseline,
             progress=progress,
+            specs=self.spec,
         )
         self._adhoc: dict[tuple, int] = {}
 
@@ -97,15 +98,18 @@ class RobustnessSession:
     def probe(self, model: str | None = None) -> "Probe":
         return Probe(self, self.spec(model))
 
-    def adhoc_check(self, attack: str, options: Mapping[str, Any]) -> CheckSpec:
-        """A check made from a hand-written call, validated like a config entry."""
+    def adhoc_check(self, attack: str, options: Mapping[str, Any],
+                    model: ModelSpec | None = None) -> CheckSpec:
+        """A check made from a hand-written call on ``model``, validated like a config entry."""
         from .config import parse_config
 
         spec_table = {"model": "x.onnx", "data": "x.npz",
                       "checks": [{"attack": attack, **({"eps": 0.0} if self._uses_eps(attack) else {}),
                                   **dict(options)}]}
+        if model is not None:
+            spec_table.update(name=model.name, **{"input-range": list(model.input_range)})
         parsed = parse_config(spec_table, path=Path(f"<advrobust.{attack}()>"),
-                              attacks=self.registry.config_options())
+                              attacks=self.registry.config_options(), others=self.spec_list())
         template = parsed.models[0].checks[0]
         signature = (attack, tuple(sorted(template.options.items(), key=str)))
         index = self._adhoc.setdefault(signature, 10_000 + len(self._adhoc))
@@ -139,7 +143,7 @@ class Probe:
     def attack(self, name: str, eps: float | None = None, **options: Any) -> AttackResult:
         """Run any registered attack; options use the config's keys (``fit_samples`` works too)."""
         options = {key.replace("_", "-"): value for key, value in options.items()}
-        check = self._session.adhoc_check(name, options)
+        check = self._session.adhoc_check(name, options, self.spec)
         uses_eps = self._session.registry[name].uses_eps
         if uses_eps and eps is None:
             raise ConfigError(f"{name} needs eps, e.g. advrobust.attack({name!r}, eps=0.1).")
@@ -159,3 +163,13 @@ class Probe:
 
     def universal(self, eps: float, **options: Any) -> AttackResult:
         return self.attack("universal", eps, **options)
+
+    def pgd(self, eps: float, **options: Any) -> AttackResult:
+        return self.attack("pgd", eps, **options)
+
+    def transfer(self, eps: float, surrogate: str | list[str], **options: Any) -> AttackResult:
+        """Inputs crafted on the configured model(s) ``surrogate``, evaluated on this one."""
+        return self.attack("transfer", eps, surrogate=surrogate, **options)
+
+    def spsa(self, eps: float, **options: Any) -> AttackResult:
+        return self.attack("spsa", eps, **options)

@@ -15,8 +15,10 @@ from ..config import AttackOptions
 
 __all__ = ["Attack", "AttackRegistry"]
 
-#: Arguments the engine can hand an attack; an attack function names the ones it needs.
-ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state")
+#: Arguments the engine can hand an attack; an attack function names the ones it needs
+#: (``surrogates``: the loaded classifiers its ``surrogate`` option names).
+ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state",
+                    "surrogates")
 
 
 @dataclass(frozen=True)

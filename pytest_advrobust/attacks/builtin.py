@@ -24,3 +24,12 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
                         options={"fit-samples": 256, "steps": 40, "step-size": float},
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
+    registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
+                        options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1},
+                        description="projected gradient descent, L-inf, never weaker than fgsm"))
+    registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
+                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float},
+                        description="inputs crafted on surrogate models, evaluated on this one"))
+    registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
+                        options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
+                        description="score-based black-box attack (SPSA), no gradient needed"))

@@ -86,9 +86,8 @@ class OnnxClassifier(Classifier):
                 self._twin = to_torch(self.proto).to(self.device)
             except UnsupportedOperator as exc:
                 self.gradient_error = (
-                    f"gradient attacks need input gradients, and {exc} Attacks that work on this "
-                    "model: noise, transfer (from a differentiable surrogate) and spsa "
-                    "(score-based).")
+                    f"{exc} Attacks that work on this model: noise, transfer (from a "
+                    "differentiable surrogate) and spsa (score-based).")
                 raise AttackError(self.gradient_error, where=self.source) from None
         return self._twin
 
