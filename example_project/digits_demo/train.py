@@ -1,6 +1,8 @@
-"""Train the digits MLP with a fixed seed, save its state_dict and export its ONNX twin.
+"""Train the digits MLP with a fixed seed, save its state_dict and export its ONNX twin;
+fit a scikit-learn logistic regression and export it with skl2onnx (a model with no
+torch graph, gated by black-box attacks).
 
-    python -m digits_demo.train          # writes models/mlp.pt and models/mlp.onnx
+    python -m digits_demo.train          # writes models/mlp.pt, mlp.onnx, logreg.onnx
 
 Takes a few seconds on a laptop CPU.
 """
@@ -47,6 +49,19 @@ def export(model: nn.Module, folder: Path) -> None:
                           dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
 
 
+def export_logistic_regression(folder: Path) -> float:
+    """A scikit-learn model as it ships: ONNX with ai.onnx.ml operators, probabilities out."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = train_set()
+    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x, y)
+    onnx_model = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
+    (folder / "logreg.onnx").write_bytes(onnx_model.SerializeToString())
+    x_test, y_test = test_set()
+    return float(clf.score(x_test, y_test))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=HERE / "models")
@@ -55,10 +70,12 @@ def main() -> None:
     torch.set_num_threads(1)
     model = train(args.epochs)
     export(model, args.out)
+    logreg_accuracy = export_logistic_regression(args.out)
     x, y = test_set()
     with torch.no_grad():
         accuracy = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-    print(f"trained digits MLP: test accuracy {accuracy:.3f}; wrote {args.out}/mlp.pt and mlp.onnx")
+    print(f"trained digits MLP: test accuracy {accuracy:.3f}; logistic regression "
+          f"{logreg_accuracy:.3f}; wrote mlp.pt, mlp.onnx, logreg.onnx to {args.out}")
     np.testing.assert_array_less(0.9, accuracy)
 
 

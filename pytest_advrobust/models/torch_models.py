@@ -117,7 +117,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError("weights file not found. Check the weights key (relative to "
                              "pyproject.toml).", where=str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot be read as a state_dict with torch.load(weights_only=True): "
