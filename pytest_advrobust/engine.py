@@ -183,7 +183,8 @@ class Engine:
                 else spec.max_regression,
                 check=r.check.index, options=dict(r.check.options), stats=stats[r.key],
                 artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
-                fingerprint=fingerprint(spec, r.check, r.eps if attacks[r.key].uses_eps else None, n),
+                fingerprint=fingerprint(spec, r.check, r.eps if attacks[r.key].uses_eps else None, n,
+                                        attacks[r.key]),
             )
         return outcomes
 

@@ -37,8 +37,10 @@ def file_hash(path: Path) -> str:
     return _HASHES[slot]
 
 
-def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int) -> dict[str, Any]:
-    """The measurement's identity beyond its key (model, attack, eps, options)."""
+def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int,
+                attack: Any = None) -> dict[str, Any]:
+    """The measurement's identity beyond its key (model, attack, eps, options). The seed is
+    part of it only for an attack that draws random numbers (``attack`` takes ``rng``)."""
     if spec.model_format == "factory":
         model = spec.model + (f" + {file_hash(spec.resolve(spec.weights))}" if spec.weights else "")
     else:
@@ -53,7 +55,7 @@ def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int
         "attack": check.attack,
         "eps": eps,
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(check.options.items())},
-        "seed": spec.seed,
+        "seed": spec.seed if attack is None or _draws_random(attack) else None,
         "input_range": list(spec.input_range),
         "normalize": None if spec.normalize is None else
         {"mean": list(spec.normalize.mean), "std": list(spec.normalize.std)},
@@ -65,3 +67,10 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if not old or not new:
         return []
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _draws_random(attack: Any) -> bool:
+    from .attacks import _accepts
+
+    functions = [attack.perturb_function()] + ([attack.fit_function()] if attack.fit is not None else [])
+    return any(_accepts(function, "rng") for function in functions)

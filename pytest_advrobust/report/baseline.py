@@ -147,9 +147,9 @@ def comparison_lines(comparison: Comparison, results: Iterable[AttackResult]) ->
              f"{len(comparison.new)} new, {len(comparison.changed)} changed config, "
              f"{len(comparison.not_run)} in the baseline but not run"]
     lines += [f"regression: {by_key[k].label}" for k in regressions]
-    lines += [f"new gate (not in the baseline): {by_key[k].label}" for k in comparison.new]
     lines += [f"changed config, not compared: {by_key[k].label} (differs in {', '.join(fields)})"
               for k, fields in comparison.changed.items()]
+    lines += [f"new gate (not in the baseline): {by_key[k].label}" for k in comparison.new]
     lines += [f"not run (removed or deselected): {k}" for k in comparison.not_run]
     return lines
 
