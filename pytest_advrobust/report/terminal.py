@@ -47,7 +47,8 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
     for r in ordered(results):
         low, high = r.interval
         if r.baseline_accuracy is not None:
-            delta = f"{r.accuracy - r.baseline_accuracy:+.3f} (was {r.baseline_accuracy:.3f})"
+            change = round(r.accuracy - r.baseline_accuracy, 4) + 0.0  # no "-0.000"
+            delta = f"{change:+.3f} (was {r.baseline_accuracy:.3f})"
         else:
             delta = (comparison.note(r.key) if comparison is not None else "") or "-"
         cells = {"model": r.model, "attack": r.attack, "eps": "-" if r.eps is None else f"{r.eps:g}",

@@ -49,3 +49,15 @@ def test_bad_files_name_themselves(tmp_path, text, words) -> None:
     with pytest.raises(BaselineError, match=words) as info:
         load_baseline(path)
     assert str(path) in str(info.value)
+
+
+def test_rounded_figures_read_back_exactly(tmp_path) -> None:
+    """A strict max-regression = 0.0 must not fail on the file's 6-digit rounding."""
+    from pytest_advrobust.gate import judge
+
+    result = AttackResult(model="m", attack="fgsm", eps=0.1, correct=223, clean_correct=525, n=540,
+                          max_regression=0.0)
+    entries = load_baseline(write_baseline(tmp_path / "b.json", [result]))
+    assert entries[result.key].accuracy == 223 / 540
+    result.baseline_accuracy = entries[result.key].accuracy
+    assert judge(result).passed

@@ -41,3 +41,9 @@ def test_markdown_has_verdict_table_and_failures(tmp_path) -> None:
     target.write_text("# before\n")
     append_markdown(target, text)
     assert target.read_text() == "# before\n\n" + text
+
+
+def test_no_negative_zero_delta() -> None:
+    same = AttackResult(model="m", attack="fgsm", eps=0.1, correct=223, clean_correct=525, n=540,
+                        baseline_accuracy=0.412963)
+    assert summary_rows([same], verbose=True)[0][-2] == "+0.000 (was 0.413)"
