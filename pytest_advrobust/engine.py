@@ -20,7 +20,8 @@ from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
 from .data import EvalData
 from .errors import AdvRobustError, AttackError, DataError
-from .gate import judge
+from .fingerprint import fingerprint
+from .gate import baseline_figure, judge
 from .results import AttackResult
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class Engine:
 
     def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
                  artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
-                 baseline: Mapping[str, float] | None = None,
+                 baseline: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None,
                  specs: Callable[[str], ModelSpec] | None = None) -> None:
         self.registry = registry
@@ -105,7 +106,7 @@ class Engine:
             outcome = outcomes[request.key]
             if isinstance(outcome, AttackResult):
                 outcome.seconds = seconds
-                outcome.baseline_accuracy = self.baseline.get(outcome.key)
+                outcome.baseline_accuracy = baseline_figure(self.baseline.get(outcome.key), outcome)
                 verdict = judge(outcome)
                 outcome.passed, outcome.message = verdict.passed, verdict.message
                 if gate:
@@ -188,6 +189,8 @@ class Engine:
                 else spec.max_regression,
                 check=r.check.index, options=dict(r.check.options), stats=stats[r.key],
                 artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
+                fingerprint=fingerprint(spec, r.check, r.eps if attacks[r.key].uses_eps else None, n,
+                                        attacks[r.key]),
             )
         return outcomes
 
@@ -293,7 +296,10 @@ class Engine:
 
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
         if self._progress is not None:
-            self._progress(f"{spec.name}: {what or f'sample {offset}'}")
+            batch = f"batch {offset // spec.batch_size + 1}"
+            if spec.max_samples:
+                batch += f"/{-(-spec.max_samples // spec.batch_size)}"
+            self._progress(f"{spec.name}: {what or f'{batch} (from sample {offset})'}")
 
 
 def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .results import AttackResult
 
-__all__ = ["Verdict", "judge"]
+__all__ = ["Verdict", "judge", "baseline_figure", "regression_reason"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,19 @@ def judge(result: AttackResult) -> Verdict:
               f"max-drop {result.max_drop:.3f}" if result.max_drop is not None else ""]
     within = ", ".join(b for b in bounds if b) or "no threshold (report only)"
     return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f} within {within} {context}")
+
+
+def baseline_figure(entry: Any, result: AttackResult) -> float | None:
+    """The baseline accuracy to judge ``result`` against: ``entry`` is a number, or an object
+    with ``accuracy`` and ``fingerprint``; None when absent or measured on something else."""
+    if entry is None:
+        return None
+    if isinstance(entry, (int, float)):
+        return float(entry)
+    old = getattr(entry, "fingerprint", None)
+    if old and result.fingerprint and old != result.fingerprint:
+        return None
+    return float(entry.accuracy)
 
 
 def regression_reason(result: AttackResult) -> str:

@@ -6,6 +6,8 @@ Heavy imports (torch, onnxruntime, matplotlib) happen when a gate runs, never he
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +22,8 @@ from .session import Probe, RobustnessSession, register_builtins
 __all__ = ["GateItem", "GateFailed"]
 
 SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
+#: progress of long passes (``--log-cli-level=INFO`` shows it live; captured otherwise)
+progress_log = logging.getLogger("pytest_advrobust")
 
 
 class GateFailed(Exception):
@@ -41,6 +45,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write every gate's result as JSON ({\"version\": 1, \"results\": [...]}).")
     group.addoption("--advrobust-artifacts", metavar="DIR", default=None,
                     help="where fitted perturbations are saved (default: .advrobust/ at the rootdir).")
+    group.addoption("--advrobust-markdown", metavar="PATH", default=None,
+                    help="write the summary as a Markdown table (also appended to "
+                         "$GITHUB_STEP_SUMMARY whenever that variable is set).")
+    group.addoption("--advrobust-save-baseline", metavar="PATH", default=None,
+                    help="save this run's results as a baseline file (JSON, written atomically).")
+    group.addoption("--advrobust-baseline", metavar="PATH", default=None,
+                    help="compare against a saved baseline: a gate whose accuracy fell fails "
+                         "as a regression (rule: max-regression, see docs/reports.md).")
+    group.addoption("--advrobust-plots", metavar="DIR", default=None,
+                    help="write PNG plots (robustness curves, universal perturbations, "
+                         "linearity); needs pip install pytest-advrobust[plots].")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,13 +85,19 @@ class RobustnessPlugin:
         register_builtins(config.pluginmanager)
         path = _config_path(config)
         artifacts = config.getoption("advrobust_artifacts")
+        self.baseline = _load_baseline(config)
+        if config.getoption("advrobust_plots"):
+            _require_matplotlib()
         try:
             self.session = RobustnessSession(
                 config.hook, path, pytest_config=config,
-                artifacts=Path(artifacts).resolve() if artifacts else None)
+                artifacts=Path(artifacts).resolve() if artifacts else None,
+                baseline=self.baseline, progress=self._progress)
         except ConfigError as exc:
             raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
         self.path = path
+        self.current = ""  # the gate running now, for progress lines
+        self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
@@ -107,6 +128,45 @@ class RobustnessPlugin:
             from .report.json_report import write_json
 
             write_json(Path(target), self.all_results())
+        if self.results:
+            self._write_reports(self.all_results())
+
+    def _write_reports(self, results: list[AttackResult]) -> None:
+        """Markdown (and GitHub's step summary), the baseline file and the plots."""
+        option = self.config.getoption
+        if option("advrobust_markdown") or os.environ.get("GITHUB_STEP_SUMMARY"):
+            from .report.markdown import append_markdown, to_markdown, write_markdown
+
+            text = to_markdown(results, self.comparison(results))
+            if option("advrobust_markdown"):
+                self.notes.append(f"markdown: {write_markdown(Path(option('advrobust_markdown')), text)}")
+            if os.environ.get("GITHUB_STEP_SUMMARY"):
+                append_markdown(Path(os.environ["GITHUB_STEP_SUMMARY"]), text)
+        if option("advrobust_save_baseline"):
+            from .report.baseline import write_baseline
+
+            self.notes.append(f"baseline saved: {write_baseline(Path(option('advrobust_save_baseline')), results)}")
+        if option("advrobust_plots"):
+            from .linearity import model_curves
+            from .report.plots import write_plots
+
+            session = self.session
+            written, problems = write_plots(
+                results, Path(option("advrobust_plots")),
+                linearity=lambda name: model_curves(session.engine, session.spec(name)))
+            self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
+            self.notes.extend(f"plot skipped: {problem}" for problem in problems)
+
+    def comparison(self, results: list[AttackResult]) -> Any:
+        """How the run relates to ``--advrobust-baseline`` (None without one)."""
+        if self.baseline is None:
+            return None
+        from .report.baseline import compare
+
+        return compare(self.baseline, results)
+
+    def _progress(self, message: str) -> None:
+        progress_log.info("advrobust %s: %s", self.current or "probe", message)
 
     def all_results(self) -> list[AttackResult]:
         unique = {r["key"]: r for r in self.results}
@@ -115,14 +175,25 @@ class RobustnessPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if hasattr(self.config, "workerinput") or not self.results:
             return
-        from .report.terminal import format_table, summary_rows
+        from .report.terminal import format_table, headers, summary_rows, verdict_line
 
         results = self.all_results()
+        verbose = self.config.get_verbosity() > 0
+        comparison = self.comparison(results)
         terminalreporter.section("advrobust")
-        for line in format_table(summary_rows(results)):
+        rows = summary_rows(results, verbose=verbose, comparison=comparison)
+        for line in format_table(rows, headers(verbose, comparison is not None)):
             terminalreporter.write_line(line)
-        failed = sum(not r.passed for r in results)
-        terminalreporter.write_line(f"{len(results)} gates, {failed} failed")
+        terminalreporter.write_line(verdict_line(results))
+        for note in self.notes:
+            if verbose or note.startswith("plot skipped"):
+                terminalreporter.write_line(note)
+        if comparison is not None:
+            from .report.baseline import comparison_lines
+
+            terminalreporter.section("advrobust baseline", sep="-")
+            for line in comparison_lines(comparison, results):
+                terminalreporter.write_line(line)
 
     # -- tests that run gates ---------------------------------------------------------------
     def pending(self, item: "GateItem") -> list[Request]:
@@ -132,6 +203,28 @@ class RobustnessPlugin:
         return [other.request for other in item.session.items
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
                 and (not on_worker or other.request.check.index == item.request.check.index)]
+
+
+def _load_baseline(config: pytest.Config) -> Any:
+    """``--advrobust-baseline``'s entries (key -> BaselineEntry), or None; a bad file is a
+    usage error naming it, before any model loads."""
+    option = config.getoption("advrobust_baseline")
+    if not option:
+        return None
+    from .report.baseline import BaselineError, load_baseline
+
+    try:
+        return load_baseline(Path(option).resolve())
+    except BaselineError as exc:
+        raise pytest.UsageError(f"pytest-advrobust --advrobust-baseline: {exc}") from None
+
+
+def _require_matplotlib() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise pytest.UsageError("pytest-advrobust: --advrobust-plots needs matplotlib, which is "
+                                "not installed. Install the extra: pip install pytest-advrobust[plots]")
 
 
 # -- collected nodes ----------------------------------------------------------------------
@@ -179,10 +272,18 @@ class GateItem(pytest.Item):
         self.add_marker(pytest.mark.xdist_group(f"advrobust-{spec.name}"))
 
     def runtest(self) -> None:
+        from .report.terminal import threshold_text
+
         plugin = self.config.stash[SESSION_KEY]
-        result = plugin.session.engine.result(self.spec, self.request, batch_with=plugin.pending(self))
+        plugin.current = self.name
+        try:
+            result = plugin.session.engine.result(self.spec, self.request, batch_with=plugin.pending(self))
+        finally:
+            plugin.current = ""
         self.result = result
         low, high = result.interval
+        baseline = result.baseline_accuracy
+        # set before any failure is raised, so failing gates carry their figures in JUnit too
         self.user_properties.extend([
             ("advrobust_model", result.model), ("advrobust_attack", result.attack),
             ("advrobust_eps", "" if result.eps is None else f"{result.eps:g}"),
@@ -192,6 +293,8 @@ class GateItem(pytest.Item):
             ("advrobust_n", str(result.n)),
             ("advrobust_min_accuracy", "" if result.min_accuracy is None else f"{result.min_accuracy:g}"),
             ("advrobust_max_drop", "" if result.max_drop is None else f"{result.max_drop:g}"),
+            ("advrobust_threshold", threshold_text(result)),
+            ("advrobust_baseline_accuracy", "" if baseline is None else f"{baseline:.6f}"),
         ])
         if not result.passed:
             raise GateFailed(result.message)

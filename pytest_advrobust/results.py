@@ -41,6 +41,8 @@ class AttackResult:
     stats: dict[str, float] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     baseline_accuracy: float | None = None
+    #: what it was measured on (see ``fingerprint.py``); a baseline compares like with like
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property

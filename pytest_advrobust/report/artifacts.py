@@ -9,26 +9,39 @@ import numpy as np
 
 from .files import atomic_write
 
-__all__ = ["save_perturbation", "as_image"]
+__all__ = ["save_perturbation", "render_perturbation", "as_image"]
 
 
 def save_perturbation(delta: np.ndarray, folder: Path, stem: str, *, title: str = "") -> list[Path]:
     """Write ``stem.npy`` (always) and ``stem.png`` (when matplotlib is installed)."""
     paths = [atomic_write(folder / f"{stem}.npy", lambda tmp: _save_npy(tmp, delta))]
+    png = folder / f"{stem}.png"
+    if render_perturbation(delta, png, title=title):
+        paths.append(png)
+    return paths
+
+
+def render_perturbation(delta: np.ndarray, path: Path, *, title: str = "",
+                        any_shape: bool = False) -> bool:
+    """Draw ``delta`` as an image (diverging colours around 0) into ``path``; False when
+    matplotlib is missing or ``delta`` has no image shape (``any_shape``: draw it as a row)."""
     image = as_image(delta)
     if image is None:
-        return paths
+        if not any_shape:
+            return False
+        image = np.asarray(delta, dtype=np.float64).reshape(1, -1)
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        return paths
-    figure, axis = plt.subplots(figsize=(3.2, 3.2), dpi=100)
+        return False
+    wide = image.ndim == 2 and image.shape[1] > 4 * image.shape[0]
+    figure, axis = plt.subplots(figsize=(6.4, 2.0) if wide else (3.6, 3.2), dpi=100)
     try:
         bound = float(np.abs(delta).max()) or 1.0
-        shown = axis.imshow(image, cmap="RdBu_r" if image.ndim == 2 else None,
+        shown = axis.imshow(image, cmap="RdBu_r" if image.ndim == 2 else None, aspect="auto" if wide else None,
                             vmin=-bound if image.ndim == 2 else None, vmax=bound if image.ndim == 2 else None)
         if image.ndim == 2:
             figure.colorbar(shown, ax=axis, fraction=0.046)
@@ -36,10 +49,10 @@ def save_perturbation(delta: np.ndarray, folder: Path, stem: str, *, title: str 
         axis.set_xticks([])
         axis.set_yticks([])
         figure.tight_layout()
-        paths.append(atomic_write(folder / f"{stem}.png", lambda tmp: figure.savefig(tmp, format="png")))
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     finally:
         plt.close(figure)
-    return paths
+    return True
 
 
 def as_image(delta: np.ndarray) -> np.ndarray | None:

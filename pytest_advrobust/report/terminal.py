@@ -1,40 +1,84 @@
-"""The one summary table printed at the end of a run."""
+"""The one summary table printed at the end of a run (and reused by the Markdown report)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..results import AttackResult
 
-__all__ = ["summary_rows", "format_table"]
+if TYPE_CHECKING:
+    from .baseline import Comparison
 
-HEADERS = ("model", "attack", "eps", "accuracy", "95% CI", "clean", "threshold", "vs baseline", "status")
+__all__ = ["summary_rows", "format_table", "headers", "ordered", "threshold_text", "verdict_line"]
+
+#: every column, in order; the compact table keeps the ones in COMPACT
+COLUMNS = ("model", "attack", "eps", "accuracy", "95% CI", "clean", "n", "threshold",
+           "vs baseline", "status")
+COMPACT = ("model", "attack", "eps", "accuracy", "95% CI", "threshold", "status")
+HEADERS = COLUMNS
 
 
-def summary_rows(results: Iterable[AttackResult]) -> list[tuple[str, ...]]:
+def ordered(results: Iterable[AttackResult]) -> list[AttackResult]:
+    """Results in config order: model, check, eps."""
+    return sorted(results, key=lambda r: (r.model, r.check, -1.0 if r.eps is None else r.eps))
+
+
+def threshold_text(r: AttackResult) -> str:
+    limits = []
+    if r.min_accuracy is not None:
+        limits.append(f">= {r.min_accuracy:.3f}")
+    if r.max_drop is not None:
+        limits.append(f"drop <= {r.max_drop:.3f}")
+    return ", ".join(limits) or "-"
+
+
+def headers(verbose: bool = False, with_baseline: bool = False) -> tuple[str, ...]:
+    """The columns shown: compact by default (plus "vs baseline" when one was given)."""
+    if verbose:
+        return COLUMNS
+    return tuple(c for c in COLUMNS if c in COMPACT or (with_baseline and c == "vs baseline"))
+
+
+def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
+                 comparison: "Comparison | None" = None) -> list[tuple[str, ...]]:
+    """One row of cells per gate, for the columns :func:`headers` names."""
+    shown = headers(verbose, comparison is not None)
     rows = []
-    for r in sorted(results, key=lambda r: (r.model, r.check, -1.0 if r.eps is None else r.eps)):
+    for r in ordered(results):
         low, high = r.interval
-        limits = []
-        if r.min_accuracy is not None:
-            limits.append(f">= {r.min_accuracy:.3f}")
-        if r.max_drop is not None:
-            limits.append(f"drop <= {r.max_drop:.3f}")
-        delta = "" if r.baseline_accuracy is None else f"{r.accuracy - r.baseline_accuracy:+.3f}"
-        rows.append((r.model, r.attack, "-" if r.eps is None else f"{r.eps:g}", f"{r.accuracy:.3f}",
-                     f"{low:.3f}-{high:.3f}", f"{r.clean_accuracy:.3f}", ", ".join(limits) or "-",
-                     delta or "-", "PASS" if r.passed else "FAIL"))
+        if r.baseline_accuracy is not None:
+            change = round(r.accuracy - r.baseline_accuracy, 4) + 0.0  # no "-0.000"
+            delta = f"{change:+.3f} (was {r.baseline_accuracy:.3f})"
+        else:
+            delta = (comparison.note(r.key) if comparison is not None else "") or "-"
+        cells = {"model": r.model, "attack": r.attack, "eps": "-" if r.eps is None else f"{r.eps:g}",
+                 "accuracy": f"{r.accuracy:.3f}", "95% CI": f"{low:.3f}-{high:.3f}",
+                 "clean": f"{r.clean_accuracy:.3f}", "n": str(r.n), "threshold": threshold_text(r),
+                 "vs baseline": delta, "status": "PASS" if r.passed else "FAIL"}
+        rows.append(tuple(cells[c] for c in shown))
     return rows
+
+
+def verdict_line(results: Iterable[AttackResult]) -> str:
+    """``12 gates, 1 failed`` (or ``all 12 gates passed``)."""
+    results = list(results)
+    failed = sum(not r.passed for r in results)
+    if failed:
+        return f"{len(results)} gates, {failed} failed"
+    return f"all {len(results)} gates passed"
 
 
 def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...] = HEADERS,
                  markdown: bool = False) -> list[str]:
     """Aligned plain-text columns, or a GitHub-flavoured Markdown table."""
     if markdown:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|")
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        return lines + ["| " + " | ".join(row) + " |" for row in rows]
+        return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
+
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
     return [line(headers)] + [line(row) for row in rows]

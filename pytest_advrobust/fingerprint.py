@@ -1,0 +1,76 @@
+"""What a result was measured on, so a baseline is only compared with a like measurement.
+
+A fingerprint is a small JSON-able dict: the model (file content hash, or factory and
+weights hash), the data (source, content hash of a .npz, and the number of samples),
+the attack, eps, its options, the seed and the input space. Two results with the same key
+but different fingerprints are "changed config, not compared".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import CheckSpec, ModelSpec
+
+__all__ = ["fingerprint", "file_hash", "differences"]
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """``sha256:`` and the first 16 hex digits of a file's content (cached by size+mtime);
+    ``missing`` when the file cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    slot = (str(path), stat.st_size, stat.st_mtime_ns)
+    if slot not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHES[slot] = "sha256:" + digest.hexdigest()[:16]
+    return _HASHES[slot]
+
+
+def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int,
+                attack: Any = None) -> dict[str, Any]:
+    """The measurement's identity beyond its key (model, attack, eps, options). The seed is
+    part of it only for an attack that draws random numbers (``attack`` takes ``rng``)."""
+    if spec.model_format == "factory":
+        model = spec.model + (f" + {file_hash(spec.resolve(spec.weights))}" if spec.weights else "")
+    else:
+        model = file_hash(spec.resolve(spec.model))
+    data = spec.data
+    if data.lower().endswith(".npz"):
+        data = f"{Path(data).name} {file_hash(spec.resolve(data))}"
+    return {
+        "model": model,
+        "data": data,
+        "n": n,
+        "attack": check.attack,
+        "eps": eps,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(check.options.items())},
+        "seed": spec.seed if attack is None or _draws_random(attack) else None,
+        "input_range": list(spec.input_range),
+        "normalize": None if spec.normalize is None else
+        {"mean": list(spec.normalize.mean), "std": list(spec.normalize.std)},
+    }
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The fingerprint fields that differ, by name (empty when either side has none)."""
+    if not old or not new:
+        return []
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _draws_random(attack: Any) -> bool:
+    from .attacks import _accepts
+
+    functions = [attack.perturb_function()] + ([attack.fit_function()] if attack.fit is not None else [])
+    return any(_accepts(function, "rng") for function in functions)

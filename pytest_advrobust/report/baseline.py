@@ -1,0 +1,171 @@
+"""Baselines: a run's results saved as a plain versioned JSON file, and compared later.
+
+``--advrobust-save-baseline PATH`` writes (atomically)::
+
+    {"format": "pytest-advrobust-baseline", "version": 1,
+     "results": {"<gate key>": {"model", "attack", "eps", "accuracy", "ci_low", "ci_high",
+                                "correct", "n", "fingerprint": {...}}}}
+
+``--advrobust-baseline PATH`` loads one; each gate is compared with the entry of the same
+key when the fingerprints agree (see ``gate.regression_reason`` for the rule).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import AdvRobustError
+from ..fingerprint import differences
+from ..results import AttackResult
+from .files import atomic_write_text
+
+__all__ = ["BaselineEntry", "BaselineError", "Comparison", "compare", "load_baseline",
+           "to_baseline", "write_baseline", "FORMAT", "VERSION"]
+
+FORMAT = "pytest-advrobust-baseline"
+VERSION = 1
+
+
+class BaselineError(AdvRobustError):
+    """A baseline file that is missing, unreadable or not a baseline."""
+
+    kind = "baseline error"
+
+
+@dataclass(frozen=True)
+class BaselineEntry:
+    """One gate's figure in a baseline file."""
+
+    key: str
+    accuracy: float
+    n: int = 0
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Comparison:
+    """How a run relates to its baseline, gate by gate (keys), for the summary."""
+
+    compared: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+    changed: dict[str, list[str]] = field(default_factory=dict)  # key -> fields that differ
+
+    def note(self, key: str) -> str:
+        """The summary's "vs baseline" cell for a gate with no figure to compare."""
+        if key in self.changed:
+            return "changed config"
+        if key in self.new:
+            return "new"
+        return ""
+
+
+def to_baseline(results: Iterable[AttackResult]) -> str:
+    """Deterministic text (sorted keys, no timestamps), so a committed baseline diffs well."""
+    entries = {}
+    for r in results:
+        low, high = r.interval
+        entries[r.key] = {"model": r.model, "attack": r.attack, "eps": r.eps,
+                          "accuracy": round(r.accuracy, 6), "ci_low": round(low, 6),
+                          "ci_high": round(high, 6), "correct": r.correct, "n": r.n,
+                          "fingerprint": r.fingerprint}
+    document = {"format": FORMAT, "version": VERSION, "results": entries}
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def write_baseline(path: Path, results: Iterable[AttackResult]) -> Path:
+    return atomic_write_text(path, to_baseline(results))
+
+
+def load_baseline(path: Path) -> dict[str, BaselineEntry]:
+    """Gate key -> entry. Every problem is a :class:`BaselineError` naming the file."""
+    hint = "Write one with --advrobust-save-baseline PATH on a run you trust."
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BaselineError(f"the baseline file does not exist. {hint}", where=where) from None
+    except OSError as exc:
+        raise BaselineError(f"cannot read the baseline file ({exc.strerror}).", where=where) from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise BaselineError(f"is not valid JSON ({exc}); the file is damaged. {hint}",
+                            where=where) from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise BaselineError(f"is not a pytest-advrobust baseline (no \"format\": \"{FORMAT}\"). "
+                            f"{hint} (An --advrobust-json report is not a baseline.)", where=where)
+    if document.get("version") != VERSION:
+        raise BaselineError(f"has baseline version {document.get('version')!r}; this "
+                            f"pytest-advrobust reads version {VERSION}. {hint}", where=where)
+    raw = document.get("results")
+    if not isinstance(raw, dict):
+        raise BaselineError(f"\"results\" must be an object of gate key -> figures. {hint}",
+                            where=where)
+    entries = {}
+    for key, item in raw.items():
+        try:
+            accuracy = float(item["accuracy"])
+            if not 0.0 <= accuracy <= 1.0:
+                raise ValueError(accuracy)
+            exact = _exact(item)
+            if exact is not None and abs(exact - accuracy) <= 1e-6:
+                accuracy = exact  # the stored figure is rounded; a hand-edited one wins
+            entries[key] = BaselineEntry(key=key, accuracy=accuracy, n=int(item.get("n", 0)),
+                                         fingerprint=dict(item.get("fingerprint") or {}),
+                                         label=_label(item, key))
+        except (KeyError, TypeError, ValueError):
+            raise BaselineError(f"the entry {key!r} has no valid \"accuracy\" (a number in [0, 1]). "
+                                f"{hint}", where=where) from None
+    return entries
+
+
+def compare(baseline: dict[str, BaselineEntry], results: Iterable[AttackResult]) -> Comparison:
+    """Sort each gate of the run (and each baseline entry) into compared/new/changed/not run."""
+    out = Comparison()
+    seen = set()
+    for r in sorted(results, key=lambda r: r.key):
+        seen.add(r.key)
+        entry = baseline.get(r.key)
+        if entry is None:
+            out.new.append(r.key)
+        elif entry.fingerprint and r.fingerprint and entry.fingerprint != r.fingerprint:
+            out.changed[r.key] = differences(entry.fingerprint, r.fingerprint)
+        else:
+            out.compared.append(r.key)
+    out.not_run = sorted(k for k in baseline if k not in seen)
+    return out
+
+
+def comparison_lines(comparison: Comparison, results: Iterable[AttackResult]) -> list[str]:
+    """The summary's "baseline" section: what was and was not compared, in words."""
+    by_key = {r.key: r for r in results}
+    regressions = [k for k in comparison.compared if "regression" in by_key[k].message
+                   and not by_key[k].passed]
+    lines = [f"{len(comparison.compared)} compared, {len(regressions)} regressed, "
+             f"{len(comparison.new)} new, {len(comparison.changed)} changed config, "
+             f"{len(comparison.not_run)} in the baseline but not run"]
+    lines += [f"regression: {by_key[k].label}" for k in regressions]
+    lines += [f"changed config, not compared: {by_key[k].label} (differs in {', '.join(fields)})"
+              for k, fields in comparison.changed.items()]
+    lines += [f"new gate (not in the baseline): {by_key[k].label}" for k in comparison.new]
+    lines += [f"not run (removed or deselected): {k}" for k in comparison.not_run]
+    return lines
+
+
+def _label(item: dict[str, Any], key: str) -> str:
+    eps = item.get("eps")
+    if "attack" in item and "model" in item:
+        return f"{item['attack']}{'' if eps is None else f' eps={eps:g}'} on {item['model']}"
+    return key
+
+
+def _exact(item: dict[str, Any]) -> float | None:
+    correct, n = item.get("correct"), item.get("n")
+    if isinstance(correct, int) and isinstance(n, int) and n > 0:
+        return correct / n
+    return None

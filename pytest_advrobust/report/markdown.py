@@ -1,0 +1,45 @@
+"""``--advrobust-markdown PATH`` and ``$GITHUB_STEP_SUMMARY``: the summary as Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from ..results import AttackResult
+from .files import atomic_write_text
+from .terminal import format_table, headers, ordered, summary_rows, verdict_line
+
+if TYPE_CHECKING:
+    from .baseline import Comparison
+
+__all__ = ["to_markdown", "write_markdown", "append_markdown"]
+
+
+def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None" = None) -> str:
+    """A one-line verdict, the full table (with 95% intervals), failing gates' messages and,
+    with a baseline, what was and was not compared."""
+    results = ordered(results)
+    failed = [r for r in results if not r.passed]
+    mark = ":x:" if failed else ":white_check_mark:"
+    lines = [f"### {mark} advrobust: {verdict_line(results)}", ""]
+    lines += format_table(summary_rows(results, verbose=True, comparison=comparison),
+                          headers(True, comparison is not None), markdown=True)
+    if failed:
+        lines += ["", "**Failing gates**", ""]
+        lines += [f"- `{r.message}`" for r in failed]
+    if comparison is not None:
+        from .baseline import comparison_lines
+
+        lines += ["", "**Baseline**", ""]
+        lines += [f"- {line}" for line in comparison_lines(comparison, results)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, text: str) -> Path:
+    return atomic_write_text(path, text)
+
+
+def append_markdown(path: Path, text: str) -> None:
+    """Append to a file another process owns (GitHub's step summary): no rename, one write."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if handle.tell() else "") + text)
