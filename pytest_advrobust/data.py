@@ -101,11 +101,18 @@ class EvalData:
             raise DataError(f"the loader returned {type(produced).__name__}; it must return "
                             "(inputs, labels) or an iterable of (inputs, labels) batches.",
                             where=self.where)
+        shape = None
         for index, item in enumerate(self._guard(produced)):
             if not (isinstance(item, (tuple, list)) and len(item) >= 2):
                 raise DataError(f"batch {index} from the loader is a {type(item).__name__}; each "
                                 "batch must be an (inputs, labels) pair.", where=self.where)
-            yield self._check_pair(item[0], item[1], f"batch {index}")
+            x, y = self._check_pair(item[0], item[1], f"batch {index}")
+            if shape is not None and x.shape[1:] != shape:
+                raise DataError(f"batch {index} holds inputs of shape {x.shape[1:]} but earlier "
+                                f"batches {shape}; every sample must have the same shape.",
+                                where=self.where)
+            shape = x.shape[1:]
+            yield x, y
 
     def _call(self, loader: Callable[[], Any]) -> Any:
         try:
@@ -158,6 +165,9 @@ class EvalData:
         if x.ndim < 1 or len(x) != len(y):
             raise DataError(f"{what} has {len(x) if x.ndim else 0} inputs but {len(y)} labels.",
                             where=self.where)
+        if len(x) and x.size == 0:
+            raise DataError(f"inputs in {what} have shape {x.shape}: samples with no values. "
+                            "Check how the inputs are built.", where=self.where)
         return x, y
 
 

@@ -178,3 +178,17 @@ def test_model_state_is_restored_exactly(tmp_path, task) -> None:
 def test_every_error_is_one_of_the_named_types() -> None:
     for cls in (DataError, ModelLoadError):
         assert issubclass(cls, AdvRobustError)
+
+
+def test_batches_of_different_shapes_from_a_loader(tmp_path, task) -> None:
+    w, x, y = task
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    (tmp_path / "loaders_b.py").write_text(
+        "import numpy as np\n"
+        "def batches():\n"
+        "    yield np.zeros((4, 6), np.float32), np.zeros(4, np.int64)\n"
+        "    yield np.zeros((4, 5), np.float32), np.zeros(4, np.int64)\n")
+    session = gate_session(tmp_path, "m.pt", x, y)
+    object.__setattr__(session.spec(), "data", "loaders_b:batches")
+    with pytest.raises(DataError, match=r"batch 1 holds inputs of shape \(5,\) but earlier batches \(6,\)"):
+        run(session)
