@@ -49,10 +49,12 @@ class Engine:
     def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
                  artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
                  baseline: Mapping[str, float] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 load_data: Callable[[ModelSpec], Any] | None = None) -> None:
         self.registry = registry
         self.artifacts = artifacts
         self._load_model = load_model
+        self._load_data = load_data
         self._on_result = on_result
         self._progress = progress
         self.baseline = dict(baseline or {})
@@ -114,7 +116,9 @@ class Engine:
         import torch
 
         model = self.classifier(spec)
-        data = self._data.setdefault(spec.name, EvalData(spec))
+        if spec.name not in self._data:
+            self._data[spec.name] = EvalData(spec, self._load_data)
+        data = self._data[spec.name]
         attacks = {r.key: self.registry[r.check.attack] for r in todo}
         errors: dict[tuple[int, float], AdvRobustError] = {}
         for r in todo:
