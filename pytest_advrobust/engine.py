@@ -128,6 +128,9 @@ class Engine:
         rngs = {r.key: _rng(spec, r) for r in todo}
         with model.session():
             states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
+            limits = {r.key: int(r.check.option(attacks[r.key].samples_key,
+                                                attacks[r.key].options.get(attacks[r.key].samples_key)))
+                      for r in todo if attacks[r.key].samples_key}
             counts = {r.key: [0, 0, 0] for r in todo}  # correct, clean correct, n
             stats: dict[tuple[int, float], dict[str, float]] = {r.key: {} for r in todo}
             wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
@@ -150,9 +153,9 @@ class Engine:
                     if r.key in errors:
                         continue
                     keep = None
-                    if r.key in fit_sizes:
+                    if r.key in fit_sizes or r.key in limits:
                         index = torch.arange(batch.offset, batch.offset + len(batch.y))
-                        keep = index >= fit_sizes[r.key]
+                        keep = (index >= fit_sizes.get(r.key, 0)) & (index < limits.get(r.key, index[-1] + 1))
                         if not keep.any():
                             continue
                     try:
@@ -177,6 +180,7 @@ class Engine:
                     f"{fit_sizes.get(r.key, 0)} samples. Lower fit-samples or give more data.",
                     where=spec.key("data"))
                 continue
+            describe = attacks[r.key].describe_function()
             outcomes[r.key] = AttackResult(
                 model=spec.name, attack=r.check.attack,
                 eps=r.eps if attacks[r.key].uses_eps else None,
@@ -186,6 +190,7 @@ class Engine:
                 else spec.max_regression,
                 check=r.check.index, options=dict(r.check.options), stats=stats[r.key],
                 artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
+                details=describe(stats[r.key]) if describe is not None else "",
             )
         return outcomes
 

@@ -42,6 +42,8 @@ class AttackResult:
     artifacts: list[str] = field(default_factory=list)
     baseline_accuracy: float | None = None
     seconds: float = 0.0
+    #: what the attack found, in words (e.g. the hypothesis attack's shrunk counterexample)
+    details: str = ""
 
     @property
     def accuracy(self) -> float:

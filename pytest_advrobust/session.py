@@ -20,11 +20,26 @@ from .results import AttackResult
 __all__ = ["RobustnessSession", "Probe", "plugin_manager"]
 
 
-def plugin_manager() -> pluggy.PluginManager:
-    """A stand-alone manager with our hooks and built-ins, for use outside pytest."""
+class _StandaloneManager(pluggy.PluginManager):
+    """Outside pytest: like pytest, unmarked ``pytest_advrobust_*`` functions (in a
+    conftest.py) are hook implementations."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("pytest_advrobust_") and callable(getattr(plugin, name)):
+            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False,
+                    "tryfirst": False, "trylast": False, "specname": None}
+        return opts
+
+
+def plugin_manager(plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """A stand-alone manager with our hooks, ``plugins`` and the built-ins, for use outside
+    pytest."""
     from . import hookspecs
 
-    manager = pluggy.PluginManager("pytest")
+    manager = _StandaloneManager("pytest")
+    for plugin in plugins:
+        manager.register(plugin)
     manager.add_hookspecs(hookspecs)
     register_builtins(manager)
     return manager

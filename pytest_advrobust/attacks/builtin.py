@@ -24,3 +24,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
                         options={"fit-samples": 256, "steps": 40, "step-size": float},
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
+    search = "pytest_advrobust.attacks.search"
+    registry.add(Attack("hypothesis", f"{search}:hypothesis_search", describe=f"{search}:describe_search",
+                        samples_key="samples", options={"max-examples": 100, "samples": 16},
+                        description="hypothesis searches the eps ball for a flip and shrinks it"))
