@@ -15,9 +15,11 @@ Works on numpy arrays and never imports torch; ``predict`` is whatever the test 
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, find, settings
@@ -99,6 +101,23 @@ def search_settings(max_examples: int = 100) -> settings:
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
 
 
+@contextlib.contextmanager
+def _storage_outside_project() -> Iterator[None]:
+    """hypothesis caches source constants under ``./.hypothesis``; during a search run by
+    the plugin that goes to a temporary folder, so nothing is written into the project.
+    The previous setting (the user's, or pytest's hypothesis plugin's) is restored."""
+    from hypothesis import configuration
+
+    attribute = "_" "_hypothesis_home_directory"  # module global, read to restore it
+    previous = getattr(configuration, attribute, None)
+    with tempfile.TemporaryDirectory(prefix="advrobust-hypothesis-") as folder:
+        configuration.set_hypothesis_home_dir(folder)
+        try:
+            yield
+        finally:
+            configuration.set_hypothesis_home_dir(previous)
+
+
 @dataclass(frozen=True)
 class Counterexample:
     """A perturbation that changes a prediction."""
@@ -131,8 +150,9 @@ def find_flip(predict: Callable[[np.ndarray], int], center: Any, label: int, eps
         return int(predict(_near(center, delta, eps, input_range))) != int(label)
 
     try:
-        delta = find(linf_perturbations(center.shape, eps, center.dtype), flips,
-                     settings=search_settings(max_examples), random=random.Random(seed))
+        with _storage_outside_project():
+            delta = find(linf_perturbations(center.shape, eps, center.dtype), flips,
+                         settings=search_settings(max_examples), random=random.Random(seed))
     except NoSuchExample:
         return None
     found = delta
