@@ -210,3 +210,15 @@ def test_hypothesis_attack_reports_the_shrunk_counterexample(pytester: pytest.Py
     index, size = int(stats["counterexample_sample"]), stats["counterexample_max_delta"]
     assert 0 < size <= 0.3 + 1e-6 and stats["counterexample_label"] == y[index]
     assert "smallest flip found" in runs[0]["details"]
+
+
+def test_result_hook_sees_every_result_under_xdist(pytester: pytest.Pytester, trained) -> None:
+    x, y, model = trained
+    write_project(pytester.path, x, y, CHECKS, model=model)
+    pytester.makeconftest(CONFTEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--advrobust-json", "out.json")
+    result.assert_outcomes(passed=3, failed=1)
+    report = json.loads((pytester.path / "out.json").read_text())["results"]
+    sink = [json.loads(line) for line in (pytester.path / "sink.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in sink) == sorted(r["key"] for r in report)
+    assert len(report) == 4
