@@ -122,3 +122,21 @@ def test_module_state_is_restored_bit_for_bit() -> None:
                for n, p in model.named_parameters())
     assert [m.training for m in model.modules()] == before_modes
     assert [p.requires_grad for p in model.parameters()] == before_flags
+
+
+def test_a_classifier_without_gradients_runs_black_box_attacks_only() -> None:
+    model, x, y = _two_class_linear()
+    weight = model.linear.weight.detach().numpy()
+
+    class NumpyModel(pytest_advrobust.Classifier):
+        gradient_error = "the model is served by numpy"
+
+        def _forward(self, batch):
+            return torch.from_numpy(batch.numpy() @ weight.T)
+
+    served = NumpyModel(name="served", input_range=(0.0, 1.0))
+    noise = pytest_advrobust.attack(served, x, y, "noise", eps=0.05)
+    assert noise.accuracy == pytest_advrobust.attack(model, x, y, "noise", eps=0.05).accuracy
+    with pytest.raises(pytest_advrobust.AttackError, match="fgsm needs input gradients: the model "
+                                                           "is served by numpy"):
+        pytest_advrobust.attack(served, x, y, "fgsm", eps=0.05)
