@@ -175,10 +175,11 @@ class Engine:
                 continue
             correct, clean_correct, n = counts[r.key]
             if n == 0:
-                outcomes[r.key] = DataError(
-                    f"{r.check.attack} has no samples to evaluate: the fit split takes all "
-                    f"{fit_sizes.get(r.key, 0)} samples. Lower fit-samples or give more data.",
-                    where=spec.key("data"))
+                why = (f"the fit split takes all {fit_sizes[r.key]} samples. Lower fit-samples or "
+                       "give more data." if r.key in fit_sizes else
+                       f"{attacks[r.key].samples_key} = 0 selects none. Raise it.")
+                outcomes[r.key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
+                                            where=spec.key("data"))
                 continue
             describe = attacks[r.key].describe_function()
             outcomes[r.key] = AttackResult(
@@ -209,7 +210,8 @@ class Engine:
             "rng": lambda: rng, "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: stats, "state": lambda: state,
         }
-        adversarial = call_attack(attack.perturb_function(), available, r.check.options)
+        adversarial = call_attack(attack.perturb_function(), available,
+                                  attack.with_defaults(r.check.options))
         if adversarial is x:  # the attack left the inputs alone (clean)
             return clean_ok if keep is None else clean_ok[keep]
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
@@ -241,7 +243,8 @@ class Engine:
                 "batch_size": lambda: spec.batch_size,
             }
             try:
-                state = call_attack(attacks[r.key].fit_function(), available, r.check.options)
+                state = call_attack(attacks[r.key].fit_function(), available,
+                                    attacks[r.key].with_defaults(r.check.options))
             except AttackError as exc:
                 errors[r.key] = exc
                 continue

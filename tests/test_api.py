@@ -140,3 +140,13 @@ def test_a_classifier_without_gradients_runs_black_box_attacks_only() -> None:
     with pytest.raises(pytest_advrobust.AttackError, match="fgsm needs input gradients: the model "
                                                            "is served by numpy"):
         pytest_advrobust.attack(served, x, y, "fgsm", eps=0.05)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"samples": 0}, pytest_advrobust.DataError, "samples = 0 selects none"),
+    ({"max_examples": 0}, pytest_advrobust.AttackError, "max-examples = 0: hypothesis needs"),
+])
+def test_hypothesis_attack_rejects_empty_searches(options, error, match) -> None:
+    model, x, y = _two_class_linear()
+    with pytest.raises(error, match=match):
+        pytest_advrobust.attack(model, x, y, "hypothesis", eps=0.05, **options)

@@ -66,8 +66,15 @@ def test_custom_attack_gates_projects_clips_and_reports(pytester: pytest.Pyteste
     x, y, model = trained
     write_project(pytester.path, x, y, CHECKS, model=model)
     pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_custom='''
+        def test_custom_attack_from_the_fixture(advrobust):
+            assert advrobust.attack("push", eps=0.5, factor=3.0).accuracy == 0.5
+    ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-json", "out.json")
-    report = {(r["attack"], r["eps"]): r for r in json.loads((pytester.path / "out.json").read_text())["results"]}
+    results = json.loads((pytester.path / "out.json").read_text())["results"]
+    report = {(r["attack"], r["eps"]): r for r in results if r["key"] != "blob::push[eps=0.5]{factor=3.0}"}
+    # the fixture's call (direction left at its declared default "up") is reported too
+    assert [r["accuracy"] for r in results if r["key"] == "blob::push[eps=0.5]{factor=3.0}"] == [0.5]
     # independent figures: clip(x + eps) for shift; push with factor 3 is projected back onto
     # the eps ball (x + eps), then clipped
     shift = {eps: _accuracy(model, np.clip(x + eps, 0, 1), y) for eps in (0.1, 0.5)}
@@ -79,16 +86,16 @@ def test_custom_attack_gates_projects_clips_and_reports(pytester: pytest.Pyteste
     assert report[("push", 0.5)]["options"] == {"factor": 3.0, "direction": "up"}
     # the user's "fgsm" replaced the built-in one (which takes this model below 0.5 at 0.3)
     assert report[("fgsm", 0.3)]["accuracy"] == report[("fgsm", 0.3)]["clean_accuracy"] == 1.0
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines([
         f"*shift eps=0.5 on blob: accuracy {shift[0.5]:.3f} < min-accuracy 0.900*",
         "blob*shift*0.1*1.000*PASS",
         "blob*shift*0.5*FAIL",
         "blob*push*0.5*PASS",
     ])
-    # the result hook saw every result, once
+    # the result hook saw every result: the four gates' and the fixture's
     sink = [json.loads(line) for line in (pytester.path / "sink.jsonl").read_text().splitlines()]
-    assert sorted(r["key"] for r in sink) == sorted(r["key"] for r in report.values())
+    assert sorted(r["key"] for r in sink) == sorted(r["key"] for r in results) and len(sink) == 5
 
 
 @pytest.mark.parametrize("entry, message", [

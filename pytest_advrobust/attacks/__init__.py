@@ -46,6 +46,12 @@ class Attack:
     def fit_function(self) -> Callable[..., Any] | None:
         return None if self.fit is None else _resolve(self.fit)
 
+    def with_defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A check's options plus the declared defaults of the keys it leaves out."""
+        defaults = {key: value for key, value in self.options.items()
+                    if value is not None and not isinstance(value, type)}
+        return {**defaults, **options}
+
     def describe_function(self) -> Callable[..., str] | None:
         return None if self.describe is None else _resolve(self.describe)
 

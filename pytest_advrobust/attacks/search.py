@@ -29,8 +29,12 @@ def hypothesis_search(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: flo
     """Per sample, the flip hypothesis found (or the sample unchanged)."""
     import torch
 
+    from ..errors import AttackError
     from ..strategies import find_flip
 
+    if max_examples < 1:
+        raise AttackError(f"max-examples = {max_examples}: hypothesis needs at least 1 example "
+                          "per sample. Raise it (default 100).", where="hypothesis")
     def predict(point: np.ndarray) -> int:
         return int(model.scores(torch.from_numpy(point[None])).argmax(1)[0])
 
