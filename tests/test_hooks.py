@@ -157,10 +157,16 @@ def test_custom_loaders_claim_unknown_references(pytester: pytest.Pytester, blob
     result.stdout.fnmatch_lines(["*pyproject.toml::blob::clean PASSED*"])
     report = json.loads((pytester.path / "out.json").read_text())["results"]
     fgsm = next(r for r in report if r["attack"] == "fgsm")
-    # the same model through the built-in loader gives the same figure
-    x, y = blobs
-    write_project(pytester.path / "..", x, y, "")  # weights are deterministic
     assert fgsm["n"] == 240 and fgsm["accuracy"] < 0.5
+    # the same model and data through the built-in loaders give the same figure
+    path = pytester.path / "pyproject.toml"
+    path.write_text(path.read_text().replace('"custom://blob"', '"blobmodel:build"\nweights = "weights.pt"')
+                    .replace('"custom://blobs"', '"data.npz"'))
+    (pytester.path / "conftest.py").unlink()
+    builtin = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-json", "builtin.json")
+    builtin.assert_outcomes(passed=2)
+    again = json.loads((pytester.path / "builtin.json").read_text())["results"]
+    assert next(r for r in again if r["attack"] == "fgsm")["accuracy"] == fgsm["accuracy"]
 
 
 def test_unclaimed_reference_fails_its_gates_clearly(pytester: pytest.Pytester, blobs) -> None:
