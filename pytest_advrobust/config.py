@@ -113,7 +113,8 @@ class ModelSpec:
 
     @property
     def model_format(self) -> str:
-        """``onnx``, ``export``, ``torchscript`` or ``factory``."""
+        """``onnx``, ``export``, ``torchscript``, ``factory``, or ``unknown`` (left to a
+        ``pytest_advrobust_load_model`` hook)."""
         return model_format(self.model)
 
     def resolve(self, ref: str) -> Path:
@@ -153,8 +154,13 @@ def model_format(ref: str) -> str:
     return "unknown"
 
 
-def load_config(path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessConfig | None:
-    """Read ``[tool.advrobust]`` from a pyproject.toml; ``None`` when the file has none."""
+def load_config(path: Path, attacks: Mapping[str, AttackOptions], *, custom_models: bool = False,
+                custom_data: bool = False) -> RobustnessConfig | None:
+    """Read ``[tool.advrobust]`` from a pyproject.toml; ``None`` when the file has none.
+
+    ``custom_models`` / ``custom_data``: a ``pytest_advrobust_load_model`` /
+    ``load_data`` hook is implemented, so references the built-ins do not know are let
+    through for it to claim."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -167,14 +173,17 @@ def load_config(path: Path, attacks: Mapping[str, AttackOptions]) -> RobustnessC
     section = document.get("tool", {}).get("advrobust")
     if section is None:
         return None
-    return parse_config(section, path=path, attacks=attacks)
+    return parse_config(section, path=path, attacks=attacks, custom_models=custom_models,
+                        custom_data=custom_data)
 
 
 def parse_config(section: Any, *, path: Path, attacks: Mapping[str, AttackOptions],
-                 others: Sequence[ModelSpec] = ()) -> RobustnessConfig:
+                 others: Sequence[ModelSpec] = (), custom_models: bool = False,
+                 custom_data: bool = False) -> RobustnessConfig:
     """Validate a ``[tool.advrobust]`` table (already parsed from TOML); ``others`` are
-    models defined elsewhere that a check's ``surrogate`` may also name."""
-    reader = _Reader(path, attacks)
+    models defined elsewhere that a check's ``surrogate`` may also name; ``custom_models`` /
+    ``custom_data`` let references through that a user's loader hook will claim."""
+    reader = _Reader(path, attacks, custom_models=custom_models, custom_data=custom_data)
     config = reader.config(section)
     reader.surrogates(config.models, others)
     return config
@@ -183,9 +192,12 @@ def parse_config(section: Any, *, path: Path, attacks: Mapping[str, AttackOption
 class _Reader:
     """Walks the table once, naming the exact key of every mistake it finds."""
 
-    def __init__(self, path: Path, attacks: Mapping[str, AttackOptions]) -> None:
+    def __init__(self, path: Path, attacks: Mapping[str, AttackOptions], *,
+                 custom_models: bool = False, custom_data: bool = False) -> None:
         self.path = path
         self.attacks = attacks
+        self.custom_models = custom_models
+        self.custom_data = custom_data
 
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{key}: {message}", where=str(self.path))
@@ -229,11 +241,11 @@ class _Reader:
 
         ref = self.string(merged, "model", where, required=True)
         fmt = model_format(ref)
-        if fmt == "unknown":
+        if fmt == "unknown" and not self.custom_models:
             raise self.fail(f"{where} model", f"{ref!r} is neither a model file (.onnx, TorchScript "
                             ".pt/.pth, torch.export .pt2) nor a factory \"pkg.module:callable\".")
         weights = self.string(merged, "weights", where)
-        if weights is not None and fmt != "factory":
+        if weights is not None and fmt not in ("factory", "unknown"):
             raise self.fail(f"{where} weights", f"only applies to a factory model "
                             f"(\"pkg.module:callable\"); {ref!r} is a {fmt} file that carries its "
                             "own weights. Remove weights.")
@@ -243,7 +255,7 @@ class _Reader:
                 raise self.fail(f"{where} name", f"{name!r} may hold only letters, digits, '-', "
                                 "'_' and '.' (it becomes part of test ids).")
         data = self.string(merged, "data", where, required=True)
-        if not (data.lower().endswith(".npz") or _CALLABLE_REF.match(data)):
+        if not (data.lower().endswith(".npz") or _CALLABLE_REF.match(data) or self.custom_data):
             raise self.fail(f"{where} data", f"{data!r} is neither a .npz file (with arrays x "
                             "and y) nor a loader \"pkg.module:callable\".")
         low, high = self.input_range(merged, where)
@@ -494,7 +506,7 @@ class _Reader:
 def _default_name(ref: str) -> str:
     if model_format(ref) == "factory":
         return ref.rsplit(":", 1)[1].rsplit(".", 1)[-1]
-    return Path(ref).stem
+    return re.sub(r"[^\w.-]", "-", Path(ref).stem).strip("-") or "model"
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+import re
+
 import numpy as np
 
 from .errors import DataError
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .config import ModelSpec
 
 __all__ = ["Batch", "EvalData"]
+
+_CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,12 @@ class Batch:
 class EvalData:
     """The evaluation set of one model: re-iterable, validated batch by batch."""
 
-    def __init__(self, spec: "ModelSpec") -> None:
+    def __init__(self, spec: "ModelSpec", custom: Callable[["ModelSpec"], Any] | None = None) -> None:
+        """``custom(spec)``: the ``pytest_advrobust_load_data`` hook; None from it (or no
+        hook) means the built-in sources."""
         self.spec = spec
         self.where = spec.key("data")
+        self._custom = custom
         self._arrays: tuple[Any, Any] | None = None
 
     @property
@@ -87,12 +94,18 @@ class EvalData:
         if self._arrays is not None:
             yield self._arrays
             return
-        if self.spec.data.lower().endswith(".npz"):
+        produced = None if self._custom is None else self._call(lambda: self._custom(self.spec))
+        if produced is None and self.spec.data.lower().endswith(".npz"):
             self._arrays = self._npz(self.spec.resolve(self.spec.data))
             yield self._arrays
             return
-        loader = import_callable(self.spec.data, self.spec.root, key=self.where, error=DataError)
-        produced = self._call(loader)
+        if produced is None and not _CALLABLE_REF.match(self.spec.data):
+            raise DataError(f"no loader claimed {self.spec.data!r}: no pytest_advrobust_load_data "
+                            "hook returned data for it, and the built-in sources are a .npz file "
+                            "and \"pkg.module:callable\".", where=self.where)
+        if produced is None:
+            loader = import_callable(self.spec.data, self.spec.root, key=self.where, error=DataError)
+            produced = self._call(loader)
         if _is_pair_of_arrays(produced):
             self._arrays = self._check_pair(produced[0], produced[1], "the loader's result")
             yield self._arrays

@@ -51,11 +51,13 @@ class Engine:
                  artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
                  baseline: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 specs: Callable[[str], ModelSpec] | None = None) -> None:
+                 specs: Callable[[str], ModelSpec] | None = None,
+                 load_data: Callable[[ModelSpec], Any] | None = None) -> None:
         self.registry = registry
         self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
         self.artifacts = artifacts
         self._load_model = load_model
+        self._load_data = load_data
         self._on_result = on_result
         self._progress = progress
         self.baseline = dict(baseline or {})
@@ -119,7 +121,9 @@ class Engine:
         import torch
 
         model = self.classifier(spec)
-        data = self._data.setdefault(spec.name, EvalData(spec))
+        if spec.name not in self._data:
+            self._data[spec.name] = EvalData(spec, self._load_data)
+        data = self._data[spec.name]
         attacks = {r.key: self.registry[r.check.attack] for r in todo}
         errors: dict[tuple[int, float], AdvRobustError] = {}
         for r in todo:
@@ -128,6 +132,9 @@ class Engine:
         rngs = {r.key: _rng(spec, r) for r in todo}
         with model.session():
             states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
+            limits = {r.key: int(r.check.option(attacks[r.key].samples_key,
+                                                attacks[r.key].options.get(attacks[r.key].samples_key)))
+                      for r in todo if attacks[r.key].samples_key}
             counts = {r.key: [0, 0, 0] for r in todo}  # correct, clean correct, n
             stats: dict[tuple[int, float], dict[str, float]] = {r.key: {} for r in todo}
             wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
@@ -152,9 +159,9 @@ class Engine:
                     if r.key in errors:
                         continue
                     keep = None
-                    if r.key in fit_sizes:
+                    if r.key in fit_sizes or r.key in limits:
                         index = torch.arange(batch.offset, batch.offset + len(batch.y))
-                        keep = index >= fit_sizes[r.key]
+                        keep = (index >= fit_sizes.get(r.key, 0)) & (index < limits.get(r.key, index[-1] + 1))
                         if not keep.any():
                             continue
                     try:
@@ -175,11 +182,13 @@ class Engine:
                 continue
             correct, clean_correct, n = counts[r.key]
             if n == 0:
-                outcomes[r.key] = DataError(
-                    f"{r.check.attack} has no samples to evaluate: the fit split takes all "
-                    f"{fit_sizes.get(r.key, 0)} samples. Lower fit-samples or give more data.",
-                    where=spec.key("data"))
+                why = (f"the fit split takes all {fit_sizes[r.key]} samples. Lower fit-samples or "
+                       "give more data." if r.key in fit_sizes else
+                       f"{attacks[r.key].samples_key} = 0 selects none. Raise it.")
+                outcomes[r.key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
+                                            where=spec.key("data"))
                 continue
+            describe = attacks[r.key].describe_function()
             outcomes[r.key] = AttackResult(
                 model=spec.name, attack=r.check.attack,
                 eps=r.eps if attacks[r.key].uses_eps else None,
@@ -191,6 +200,7 @@ class Engine:
                 artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
                 fingerprint=fingerprint(spec, r.check, r.eps if attacks[r.key].uses_eps else None, n,
                                         attacks[r.key]),
+                details=describe(stats[r.key]) if describe is not None else "",
             )
         return outcomes
 
@@ -210,7 +220,8 @@ class Engine:
             "stats": lambda: stats, "state": lambda: state,
             "surrogates": lambda: self._surrogates(spec, r, model),
         }
-        adversarial = call_attack(attack.perturb_function(), available, r.check.options)
+        adversarial = call_attack(attack.perturb_function(), available,
+                                  attack.with_defaults(r.check.options))
         if adversarial is x:  # the attack left the inputs alone (clean)
             return clean_ok if keep is None else clean_ok[keep]
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
@@ -276,7 +287,8 @@ class Engine:
                 "batch_size": lambda: spec.batch_size,
             }
             try:
-                state = call_attack(attacks[r.key].fit_function(), available, r.check.options)
+                state = call_attack(attacks[r.key].fit_function(), available,
+                                    attacks[r.key].with_defaults(r.check.options))
             except AttackError as exc:
                 errors[r.key] = _no_gradient(spec, r, model, exc) if model.gradient_error else exc
                 continue

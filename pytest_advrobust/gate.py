@@ -31,6 +31,8 @@ def judge(result: AttackResult) -> Verdict:
         regression = regression_reason(result)
         if regression:
             reasons.append(regression)
+    if result.details:
+        context = f"{context}; {result.details}"
     if reasons:
         return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")
     bounds = [f"min-accuracy {result.min_accuracy:.3f}" if result.min_accuracy is not None else "",

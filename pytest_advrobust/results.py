@@ -44,6 +44,8 @@ class AttackResult:
     #: what it was measured on (see ``fingerprint.py``); a baseline compares like with like
     fingerprint: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: what the attack found, in words (e.g. the hypothesis attack's shrunk counterexample)
+    details: str = ""
 
     @property
     def accuracy(self) -> float:

@@ -14,20 +14,46 @@ import pluggy
 from .attacks import AttackRegistry
 from .config import CheckSpec, ModelSpec, RobustnessConfig, load_config
 from .engine import Engine, Request
-from .errors import ConfigError
+from .errors import AdvRobustError, ConfigError, ModelLoadError
 from .results import AttackResult
 
 __all__ = ["RobustnessSession", "Probe", "plugin_manager"]
 
 
-def plugin_manager() -> pluggy.PluginManager:
-    """A stand-alone manager with our hooks and built-ins, for use outside pytest."""
+class _StandaloneManager(pluggy.PluginManager):
+    """Outside pytest: like pytest, unmarked ``pytest_advrobust_*`` functions (in a
+    conftest.py) are hook implementations."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("pytest_advrobust_") and callable(getattr(plugin, name)):
+            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False,
+                    "tryfirst": False, "trylast": False, "specname": None}
+        return opts
+
+
+def plugin_manager(plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """A stand-alone manager with our hooks, ``plugins`` and the built-ins, for use outside
+    pytest."""
     from . import hookspecs
 
-    manager = pluggy.PluginManager("pytest")
+    manager = _StandaloneManager("pytest")
+    for plugin in plugins:
+        manager.register(plugin)
     manager.add_hookspecs(hookspecs)
     register_builtins(manager)
     return manager
+
+
+#: plugin names of our built-in hook implementations
+BUILTIN_PLUGINS = ("advrobust-attacks", "advrobust-loaders")
+
+
+def has_custom_impl(hook: Any, name: str) -> bool:
+    """Whether anyone besides our built-ins implements the hook ``name``."""
+    caller = getattr(hook, name, None)
+    return caller is not None and any(impl.plugin_name not in BUILTIN_PLUGINS
+                                      for impl in caller.get_hookimpls())
 
 
 def register_builtins(manager: Any) -> None:
@@ -48,15 +74,20 @@ class RobustnessSession:
         self.hook = hook
         self.path = path
         self.registry = AttackRegistry()
+        self.pytest_config = pytest_config
         hook.pytest_advrobust_add_attacks(registry=self.registry)
         self.config: RobustnessConfig | None = None
         if path is not None and path.is_file():
-            self.config = load_config(path, self.registry.config_options())
+            self.config = load_config(
+                path, self.registry.config_options(),
+                custom_models=has_custom_impl(hook, "pytest_advrobust_load_model"),
+                custom_data=has_custom_impl(hook, "pytest_advrobust_load_data"))
         root = path.parent if path is not None else Path.cwd()
         self.artifacts = artifacts if artifacts is not None else root / ".advrobust"
         self.engine = Engine(
             self.registry,
-            load_model=lambda spec: hook.pytest_advrobust_load_model(spec=spec, config=pytest_config),
+            load_model=self.load_model,
+            load_data=lambda spec: hook.pytest_advrobust_load_data(spec=spec, config=pytest_config),
             artifacts=self.artifacts,
             on_result=lambda result: hook.pytest_advrobust_result(result=result),
             baseline=baseline,
@@ -64,6 +95,26 @@ class RobustnessSession:
             specs=self.spec,
         )
         self._adhoc: dict[tuple, int] = {}
+
+    def load_model(self, spec: ModelSpec) -> Any:
+        """Ask the ``pytest_advrobust_load_model`` hooks; a torch module is wrapped."""
+        from .models import wrap_module
+        from .models.base import Classifier
+
+        try:
+            loaded = self.hook.pytest_advrobust_load_model(spec=spec, config=self.pytest_config)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # a user's loader: report it as theirs
+            raise ModelLoadError(f"loading raised {type(exc).__name__}: {exc}",
+                                 where=spec.key("model")) from exc
+        if isinstance(loaded, Classifier):
+            return loaded
+        if loaded is None or not callable(loaded):
+            raise ModelLoadError(f"no pytest_advrobust_load_model hook returned a model for "
+                                 f"{spec.model!r} (got {type(loaded).__name__}); return a "
+                                 "Classifier or a torch module.", where=spec.key("model"))
+        return wrap_module(loaded, spec)
 
     def spec(self, name: str | None = None) -> ModelSpec:
         """A model of the config by name (the first one when ``name`` is None)."""

@@ -32,6 +32,11 @@ class Attack:
     needs_gradient: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: ``describe(stats) -> str``: words for the result (a counterexample), appended to its
+    #: gate message; called once after the pass
+    describe: Callable[..., str] | str | None = None
+    #: the check key that caps how many samples (the first N) the attack is evaluated on
+    samples_key: str | None = None
 
     @property
     def config_options(self) -> AttackOptions:
@@ -42,6 +47,15 @@ class Attack:
 
     def fit_function(self) -> Callable[..., Any] | None:
         return None if self.fit is None else _resolve(self.fit)
+
+    def with_defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A check's options plus the declared defaults of the keys it leaves out."""
+        defaults = {key: value for key, value in self.options.items()
+                    if value is not None and not isinstance(value, type)}
+        return {**defaults, **options}
+
+    def describe_function(self) -> Callable[..., str] | None:
+        return None if self.describe is None else _resolve(self.describe)
 
     def wants(self, argument: str) -> bool:
         """Whether the perturb function takes ``argument`` (so the engine computes it)."""
@@ -63,12 +77,15 @@ class AttackRegistry:
         needs_gradient: bool = False,
         fit: Callable[..., Any] | str | None = None,
         description: str = "",
+        describe: Callable[..., str] | str | None = None,
+        samples_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
 
         def register(perturb: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Attack(name, perturb, fit, uses_eps, needs_gradient, dict(options or {}),
-                            description or (perturb.__doc__ or "").strip().split("\n")[0]))
+                            description or (perturb.__doc__ or "").strip().split("\n")[0],
+                            describe, samples_key))
             return perturb
 
         return register

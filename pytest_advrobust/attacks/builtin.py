@@ -33,3 +33,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
     registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
                         description="score-based black-box attack (SPSA), no gradient needed"))
+    search = "pytest_advrobust.attacks.search"
+    registry.add(Attack("hypothesis", f"{search}:hypothesis_search", describe=f"{search}:describe_search",
+                        samples_key="samples", options={"max-examples": 100, "samples": 16},
+                        description="hypothesis searches the eps ball for a flip and shrinks it"))

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ..config import ModelSpec
     from .base import Classifier
 
-__all__ = ["load_classifier", "resolve_device"]
+__all__ = ["load_classifier", "resolve_device", "wrap_module"]
 
 
 def resolve_device(name: str) -> Any:
@@ -45,6 +45,11 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
         normalize=(spec.normalize.mean, spec.normalize.std) if spec.normalize else None,
     )
     fmt = spec.model_format
+    if fmt == "unknown":
+        raise ModelLoadError(f"no loader claimed {spec.model!r}: no pytest_advrobust_load_model "
+                             "hook returned a model for it, and the built-in loader knows only "
+                             ".onnx, TorchScript .pt/.pth, torch.export .pt2 and \"pkg.mod:factory\".",
+                             where=spec.key("model"))
     if fmt == "onnx":
         from .onnx_models import load_onnx
 
@@ -63,6 +68,22 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
         source = str(path)
     dtype = next((p.dtype for p in _parameters(module) if p.is_floating_point()), torch.float32)
     return TorchClassifier(module, device=device, dtype=dtype, source=source, **common)
+
+
+def wrap_module(module: Any, spec: "ModelSpec") -> "Classifier":
+    """A torch module (or any callable from tensors to scores) behind the Classifier
+    interface, with the spec's input range, normalisation and output kind; left on its
+    own device and dtype (nothing is moved or copied)."""
+    import torch
+
+    from .torch_models import TorchClassifier
+
+    params = [p for p in _parameters(module) if p.is_floating_point()]
+    return TorchClassifier(
+        module, name=spec.name, input_range=spec.input_range, output_kind=spec.output_kind,
+        normalize=(spec.normalize.mean, spec.normalize.std) if spec.normalize else None,
+        device=params[0].device if params else torch.device("cpu"),
+        dtype=params[0].dtype if params else torch.float32, source=spec.model)
 
 
 def _parameters(module: Any) -> list:
