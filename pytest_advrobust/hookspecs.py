@@ -69,6 +69,6 @@ def pytest_advrobust_load_data(spec: "ModelSpec", config: Any) -> Any:
 
 @hookspec
 def pytest_advrobust_result(result: "AttackResult") -> None:
-    """Called with every result (gates and ``advrobust`` fixture calls) as soon as it is
-    computed and judged, in the process that computed it (an xdist worker, under ``-n``):
+    """Called with every gate result as soon as it is computed and judged (a hand-written
+    test's ``advrobust`` fixture calls are its own business and are not reported), in the process that computed it (an xdist worker, under ``-n``):
     send it to a dashboard, MLflow, a chat channel."""

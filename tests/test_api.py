@@ -137,8 +137,8 @@ def test_a_classifier_without_gradients_runs_black_box_attacks_only() -> None:
     served = NumpyModel(name="served", input_range=(0.0, 1.0))
     noise = pytest_advrobust.attack(served, x, y, "noise", eps=0.05)
     assert noise.accuracy == pytest_advrobust.attack(model, x, y, "noise", eps=0.05).accuracy
-    with pytest.raises(pytest_advrobust.AttackError, match="fgsm needs input gradients: the model "
-                                                           "is served by numpy"):
+    with pytest.raises(pytest_advrobust.AttackError, match="fgsm needs input gradients, which this "
+                                                           "model cannot give: the model is served by numpy"):
         pytest_advrobust.attack(served, x, y, "fgsm", eps=0.05)
 
 
