@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -129,6 +129,9 @@ class Engine:
             wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
             for batch in data.batches(spec.batch_size, model.dtype):
                 self._report_progress(spec, batch.offset)
+                # batches are made on the CPU; attacks see them on the model's device
+                batch = replace(batch, x=batch.x.to(model.device, non_blocking=True),
+                                y=batch.y.to(model.device, non_blocking=True))
                 live_grad = [r for r in wants_grad if r.key not in errors]
                 grad = None
                 if live_grad:
@@ -141,13 +144,14 @@ class Engine:
                 else:
                     scores = model.scores(batch.x)
                 _check_labels(batch.y, scores, data, batch.offset)
-                clean_ok = (scores.argmax(1).cpu() == batch.y)
+                clean_ok = scores.argmax(1).to(batch.y.device) == batch.y
                 for r in todo:
                     if r.key in errors:
                         continue
                     keep = None
                     if r.key in fit_sizes:
-                        index = torch.arange(batch.offset, batch.offset + len(batch.y))
+                        index = torch.arange(batch.offset, batch.offset + len(batch.y),
+                                             device=batch.y.device)
                         keep = index >= fit_sizes[r.key]
                         if not keep.any():
                             continue
@@ -205,7 +209,7 @@ class Engine:
             return clean_ok if keep is None else clean_ok[keep]
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
                                spec, r)
-        return model.scores(adversarial).argmax(1).cpu() == y
+        return model.scores(adversarial).argmax(1).to(y.device) == y
 
     def _fit(self, spec: ModelSpec, model: "Classifier", data: EvalData, todo: list[Request],
              attacks: Mapping[tuple[int, float], Any], rngs: Mapping[tuple[int, float], Any],
@@ -272,9 +276,14 @@ def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tup
                           f"return a tensor shaped like its input {tuple(x.shape)}.",
                           where=spec.name)
     adversarial = adversarial.to(device=x.device, dtype=x.dtype)
-    if eps is not None and (adversarial - x).abs().max() > eps * (1 + 1e-6):
-        adversarial = x + (adversarial - x).clamp(-eps, eps)
-    return adversarial.clamp(*bounds)
+    if eps is None:
+        return adversarial.clamp(*bounds)
+    # min(max(adv, x - eps), x + eps): exactly ``adv`` where it is inside the ball, and no
+    # reduction or host sync per eps; the clip to input-range reuses the same buffer
+    projected = torch.sub(x, eps)
+    torch.maximum(adversarial, projected, out=projected)
+    torch.minimum(projected, torch.add(x, eps), out=projected)
+    return projected.clamp_(*bounds)
 
 
 def _check_labels(y: "torch.Tensor", scores: "torch.Tensor", data: EvalData, offset: int) -> None:
