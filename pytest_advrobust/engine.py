@@ -14,17 +14,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
-from .data import EvalData
 from .errors import AdvRobustError, AttackError, DataError
 from .gate import judge
 from .results import AttackResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not at start-up
+    import numpy as np
     import torch
+
+    from .data import EvalData
 
     from .models.base import Classifier
 
@@ -57,7 +57,7 @@ class Engine:
         self._progress = progress
         self.baseline = dict(baseline or {})
         self._classifiers: dict[str, Any] = {}
-        self._data: dict[str, EvalData] = {}
+        self._data: dict[str, "EvalData"] = {}
         self._results: dict[tuple[str, tuple[int, float]], AttackResult | AdvRobustError] = {}
         self.results: list[AttackResult] = []
 
@@ -112,6 +112,8 @@ class Engine:
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
         import torch
+
+        from .data import EvalData
 
         model = self.classifier(spec)
         data = self._data.setdefault(spec.name, EvalData(spec))
@@ -191,7 +193,7 @@ class Engine:
 
     def _attacked(self, model: "Classifier", spec: ModelSpec, r: Request, attack: Any, batch: Any,
                   keep: "torch.Tensor | None", grad: "torch.Tensor | None", scores: "torch.Tensor",
-                  clean_ok: "torch.Tensor", rng: np.random.Generator, stats: dict[str, float],
+                  clean_ok: "torch.Tensor", rng: "np.random.Generator", stats: dict[str, float],
                   state: Any) -> "torch.Tensor":
         """Correctness of the model on the attacked batch (a bool per kept sample)."""
         x, y = batch.x, batch.y
@@ -259,8 +261,10 @@ class Engine:
             self._progress(f"{spec.name}: {what or f'sample {offset}'}")
 
 
-def _rng(spec: ModelSpec, r: Request) -> np.random.Generator:
+def _rng(spec: ModelSpec, r: Request) -> "np.random.Generator":
     """Every random draw derives from ``seed``, the model, the check and eps."""
+    import numpy as np
+
     return np.random.default_rng([spec.seed, zlib.crc32(spec.name.encode()), r.check.index,
                                   int(round(r.eps * 1e9))])
 

@@ -127,11 +127,13 @@ class RobustnessPlugin:
     # -- tests that run gates ---------------------------------------------------------------
     def pending(self, item: "GateItem") -> list[Request]:
         """The model's other selected gates, computed in the same pass over the data (on an
-        xdist worker only the same check's, since other gates may run elsewhere)."""
+        xdist worker only the same check's, since other gates may run elsewhere, plus clean
+        checks, which ride along for free: every pass computes the clean scores anyway)."""
         on_worker = hasattr(self.config, "workerinput")
         return [other.request for other in item.session.items
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
-                and (not on_worker or other.request.check.index == item.request.check.index)]
+                and (not on_worker or other.request.check.index == item.request.check.index
+                     or other.request.check.attack == "clean")]
 
 
 # -- collected nodes ----------------------------------------------------------------------
