@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from .config import ModelSpec
-from .engine import Request
 from .errors import AdvRobustError, ConfigError
-from .results import AttackResult
-from .session import Probe, RobustnessSession, register_builtins
+
+if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
+    from .config import ModelSpec
+    from .engine import Request
+    from .results import AttackResult
+    from .session import Probe, RobustnessSession
 
 __all__ = ["GateItem", "GateFailed"]
 
@@ -53,6 +55,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "advrobust-session")
 
 
+def _may_configure_gates(path: Path) -> bool:
+    """Cheap test before any import: a pyproject.toml that never says ``advrobust`` has no
+    [tool.advrobust] table (a file that does is parsed, and validated, in full)."""
+    try:
+        return b"advrobust" in path.read_bytes()
+    except OSError:
+        return False
+
+
 def _config_path(config: pytest.Config) -> Path:
     option = config.getoption("advrobust_config")
     if option:
@@ -67,24 +78,39 @@ class RobustnessPlugin:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        register_builtins(config.pluginmanager)
         path = _config_path(config)
-        artifacts = config.getoption("advrobust_artifacts")
-        try:
-            self.session = RobustnessSession(
-                config.hook, path, pytest_config=config,
-                artifacts=Path(artifacts).resolve() if artifacts else None)
-        except ConfigError as exc:
-            raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
         self.path = path
         self.results: list[dict[str, Any]] = []
+        self._session: RobustnessSession | None = None
+        if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
+            return
+        try:
+            self._session = self._build_session()
+        except ConfigError as exc:
+            raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))
 
+    @property
+    def session(self) -> "RobustnessSession":
+        """The run's session; built on first use where no [tool.advrobust] was seen (the
+        ``advrobust`` fixture then reports the missing table)."""
+        if self._session is None:
+            self._session = self._build_session()
+        return self._session
+
+    def _build_session(self) -> "RobustnessSession":
+        from .session import RobustnessSession, register_builtins
+
+        register_builtins(self.config.pluginmanager)
+        artifacts = self.config.getoption("advrobust_artifacts")
+        return RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
+                                 artifacts=Path(artifacts).resolve() if artifacts else None)
+
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        if self.session.config is None or file_path != self.path:
+        if self._session is None or self.session.config is None or file_path != self.path:
             return None
         return GateFile.from_parent(parent, path=file_path)
 
@@ -97,18 +123,20 @@ class RobustnessPlugin:
             self.results.extend(json.loads(payload))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        own = [r.to_dict() for r in self.session.engine.results]
+        own = [r.to_dict() for r in self._session.engine.results] if self._session else []
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
             return
         self.results.extend(own)
         target = self.config.getoption("advrobust_json")
-        if target and (self.results or self.session.config is not None):
+        if target and (self.results or (self._session and self._session.config is not None)):
             from .report.json_report import write_json
 
             write_json(Path(target), self.all_results())
 
-    def all_results(self) -> list[AttackResult]:
+    def all_results(self) -> list["AttackResult"]:
+        from .results import AttackResult
+
         unique = {r["key"]: r for r in self.results}
         return [AttackResult.from_dict(r) for r in unique.values()]
 
