@@ -126,7 +126,13 @@ def main() -> None:
                         help="OMP_NUM_THREADS for both sides (0: library defaults). 1 keeps "
                              "timings stable on a shared machine, where spinning OpenMP threads "
                              "slow down several-fold when other jobs hold the cores")
+    parser.add_argument("--bytecode-cache", action="store_true",
+                        help="unset PYTHONDONTWRITEBYTECODE for both sides: with it set, pytest "
+                             "re-compiles (assertion-rewrites) every plugin module it imports on "
+                             "every run, which most CI set-ups do not pay")
     args = parser.parse_args()
+    if args.bytecode_cache:
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     samples = args.samples or (1024 if args.quick else 3072)
@@ -172,7 +178,8 @@ def main() -> None:
         rows.append(("(context) python -c 'import torch', s", floor, None, None))
 
     print(f"\npytest-advrobust benchmark: torch {torch.__version__}, {os.cpu_count()} cpus, "
-          f"torch threads {torch.get_num_threads()}, median of {repeats} (start-up {repeats + 4})")
+          f"torch threads {torch.get_num_threads()}, median of {repeats} (start-up {repeats + 4}), "
+          f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}")
     print(f"{'measurement':<46} {'ours':>9} {'baseline':>9} {'ratio':>6} {'target':>7}  ok")
     for name, ours, plain, target in rows:
         if target is None:
