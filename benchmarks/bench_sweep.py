@@ -106,6 +106,25 @@ def per_step(root: Path, x, y, steps: int, batch_size: int, repeats: int) -> lis
     return rows
 
 
+def in_process(project: Path, batch_size: int, repeats: int) -> tuple:
+    """The engine's own overhead: one pass of the torch sweep, imports and pytest excluded."""
+    import baselines
+
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    def ours() -> float:
+        started = time.perf_counter()
+        RobustnessSession(plugin_manager().hook, project / "pyproject.toml").run_all()
+        return time.perf_counter() - started
+
+    def plain() -> float:
+        started = time.perf_counter()
+        baselines.main("torch", project, EPS, batch_size)
+        return time.perf_counter() - started
+
+    return ("(in-process) engine pass, torch sweep, s", *side_by_side(ours, plain, repeats, True), 1.25)
+
+
 def pgd_per_step(model, module, x, y, steps: int, batch_size: int, repeats: int) -> tuple:
     """HOOK (PGD): ``attacks/pgd.py`` lives on another branch. When it is merged, time its
     perturb function here per step against the plain loop below; until then the row says so."""
@@ -161,6 +180,7 @@ def main() -> None:
                 repeats)
             rows.append((f"clean + fgsm x{len(EPS)} eps, {kind}, {samples} imgs, s", ours, plain, 1.25))
 
+        rows.append(in_process(torch_project, bs, 3))
         rows += per_step(root, x[:512], y[:512], 2 if args.quick else 4, bs, repeats)
 
         stream = workload.stream_project(root / "stream", batch_size=bs)
