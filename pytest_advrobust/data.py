@@ -9,6 +9,7 @@ written to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -68,14 +69,15 @@ class EvalData:
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             x = torch.tensor(xs, dtype=dtype)
             y = torch.tensor(ys, dtype=torch.int64)
-            if not torch.isfinite(x).all():
+            smallest, largest = (float(v) for v in torch.aminmax(x))  # NaN propagates: one pass
+            if not (math.isfinite(smallest) and math.isfinite(largest)):
                 bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
                 raise DataError(f"inputs hold NaN or inf ({bad} samples in the batch starting at "
                                 f"sample {offset}). Clean the data before gating on it.",
                                 where=self.where)
-            if x.min() < low - tolerance or x.max() > high + tolerance:
+            if smallest < low - tolerance or largest > high + tolerance:
                 raise DataError(
-                    f"inputs range over [{float(x.min()):.4g}, {float(x.max()):.4g}] (batch starting "
+                    f"inputs range over [{smallest:.4g}, {largest:.4g}] (batch starting "
                     f"at sample {offset}) but input-range is [{low:g}, {high:g}]. eps and clipping "
                     "act in these units, so they must match the data: set input-range to the "
                     "data's range, or feed raw (unnormalised) data and use normalize.",
@@ -213,11 +215,26 @@ def _rechunk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, start: 
             pending_y.append(y[lo - begin:hi - begin])
             pending += hi - lo
         while pending >= size:
-            xs, ys = np.concatenate(pending_x), np.concatenate(pending_y)
-            yield xs[:size], ys[:size], emitted
+            yield _take(pending_x, size), _take(pending_y, size), emitted
             emitted += size
-            pending_x, pending_y, pending = [xs[size:]], [ys[size:]], pending - size
+            pending -= size
         if stop is not None and position >= stop:
             break
     if pending:
-        yield np.concatenate(pending_x), np.concatenate(pending_y), emitted
+        yield _take(pending_x, pending), _take(pending_y, pending), emitted
+
+
+def _take(parts: list[np.ndarray], size: int) -> np.ndarray:
+    """Remove the first ``size`` samples from ``parts`` (views, no copy of the remainder:
+    concatenating everything pending per batch would copy a whole array once per batch)."""
+    taken = []
+    while size:
+        head = parts[0]
+        if len(head) <= size:
+            taken.append(parts.pop(0))
+            size -= len(head)
+        else:
+            taken.append(head[:size])
+            parts[0] = head[size:]
+            size = 0
+    return taken[0] if len(taken) == 1 else np.concatenate(taken)

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
-from .data import EvalData
 from .errors import AdvRobustError, AttackError, DataError
 from .fingerprint import fingerprint
 from .gate import baseline_figure, judge
 from .results import AttackResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not at start-up
+    import numpy as np
     import torch
+
+    from .data import EvalData
 
     from .models.base import Classifier
 
@@ -62,7 +62,7 @@ class Engine:
         self._progress = progress
         self.baseline = dict(baseline or {})
         self._classifiers: dict[str, Any] = {}
-        self._data: dict[str, EvalData] = {}
+        self._data: dict[str, "EvalData"] = {}
         self._results: dict[tuple[str, tuple[int, float]], AttackResult | AdvRobustError] = {}
         self.results: list[AttackResult] = []
 
@@ -120,6 +120,8 @@ class Engine:
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
         import torch
 
+        from .data import EvalData
+
         model = self.classifier(spec)
         if spec.name not in self._data:
             self._data[spec.name] = EvalData(spec, self._load_data)
@@ -140,6 +142,9 @@ class Engine:
             wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
             for batch in data.batches(spec.batch_size, model.dtype):
                 self._report_progress(spec, batch.offset)
+                # batches are made on the CPU; attacks see them on the model's device
+                batch = replace(batch, x=batch.x.to(model.device, non_blocking=True),
+                                y=batch.y.to(model.device, non_blocking=True))
                 live_grad = [r for r in wants_grad if r.key not in errors]
                 grad = None
                 if live_grad:
@@ -154,13 +159,14 @@ class Engine:
                 else:
                     scores = model.scores(batch.x)
                 _check_labels(batch.y, model.num_classes, data, batch.offset)
-                clean_ok = (scores.argmax(1).cpu() == batch.y)
+                clean_ok = scores.argmax(1).to(batch.y.device) == batch.y
                 for r in todo:
                     if r.key in errors:
                         continue
                     keep = None
                     if r.key in fit_sizes or r.key in limits:
-                        index = torch.arange(batch.offset, batch.offset + len(batch.y))
+                        index = torch.arange(batch.offset, batch.offset + len(batch.y),
+                                             device=batch.y.device)
                         keep = (index >= fit_sizes.get(r.key, 0)) & (index < limits.get(r.key, index[-1] + 1))
                         if not keep.any():
                             continue
@@ -206,7 +212,7 @@ class Engine:
 
     def _attacked(self, model: "Classifier", spec: ModelSpec, r: Request, attack: Any, batch: Any,
                   keep: "torch.Tensor | None", grad: "torch.Tensor | None", scores: "torch.Tensor",
-                  clean_ok: "torch.Tensor", rng: np.random.Generator, stats: dict[str, float],
+                  clean_ok: "torch.Tensor", rng: "np.random.Generator", stats: dict[str, float],
                   state: Any) -> "torch.Tensor":
         """Correctness of the model on the attacked batch (a bool per kept sample)."""
         x, y = batch.x, batch.y
@@ -226,7 +232,7 @@ class Engine:
             return clean_ok if keep is None else clean_ok[keep]
         adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
                                spec, r)
-        return model.scores(adversarial).argmax(1).cpu() == y
+        return model.scores(adversarial).argmax(1).to(y.device) == y
 
     def _surrogates(self, spec: ModelSpec, r: Request, model: "Classifier") -> list["Classifier"]:
         """The classifiers a check's ``surrogate`` option names, loaded through the cache."""
@@ -325,8 +331,10 @@ def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
                        f"{reason}", where=spec.name)
 
 
-def _rng(spec: ModelSpec, r: Request) -> np.random.Generator:
+def _rng(spec: ModelSpec, r: Request) -> "np.random.Generator":
     """Every random draw derives from ``seed``, the model, the check and eps."""
+    import numpy as np
+
     return np.random.default_rng([spec.seed, zlib.crc32(spec.name.encode()), r.check.index,
                                   int(round(r.eps * 1e9))])
 
@@ -342,9 +350,14 @@ def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tup
                           f"return a tensor shaped like its input {tuple(x.shape)}.",
                           where=spec.name)
     adversarial = adversarial.to(device=x.device, dtype=x.dtype)
-    if eps is not None and (adversarial - x).abs().max() > eps * (1 + 1e-6):
-        adversarial = x + (adversarial - x).clamp(-eps, eps)
-    return adversarial.clamp(*bounds)
+    if eps is None:
+        return adversarial.clamp(*bounds)
+    # min(max(adv, x - eps), x + eps): exactly ``adv`` where it is inside the ball, and no
+    # reduction or host sync per eps; the clip to input-range reuses the same buffer
+    projected = torch.sub(x, eps)
+    torch.maximum(adversarial, projected, out=projected)
+    torch.minimum(projected, torch.add(x, eps), out=projected)
+    return projected.clamp_(*bounds)
 
 
 def _check_labels(y: "torch.Tensor", classes: int | None, data: EvalData, offset: int) -> None:

@@ -9,15 +9,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from .config import ModelSpec
-from .engine import Request
 from .errors import AdvRobustError, ConfigError
-from .results import AttackResult
-from .session import Probe, RobustnessSession, register_builtins
+
+if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
+    from .config import ModelSpec
+    from .engine import Request
+    from .results import AttackResult
+    from .session import Probe, RobustnessSession
 
 __all__ = ["GateItem", "GateFailed"]
 
@@ -68,6 +70,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "advrobust-session")
 
 
+def _may_configure_gates(path: Path) -> bool:
+    """Cheap test before any import: a pyproject.toml that never says ``advrobust`` has no
+    [tool.advrobust] table (a file that does is parsed, and validated, in full)."""
+    try:
+        return b"advrobust" in path.read_bytes()
+    except OSError:
+        return False
+
+
 def _config_path(config: pytest.Config) -> Path:
     option = config.getoption("advrobust_config")
     if option:
@@ -82,30 +93,45 @@ class RobustnessPlugin:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        register_builtins(config.pluginmanager)
         path = _config_path(config)
-        artifacts = config.getoption("advrobust_artifacts")
         self.baseline = _load_baseline(config)
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
-        try:
-            self.session = RobustnessSession(
-                config.hook, path, pytest_config=config,
-                artifacts=Path(artifacts).resolve() if artifacts else None,
-                baseline=self.baseline, progress=self._progress)
-        except ConfigError as exc:
-            raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
         self.path = path
         self.current = ""  # the gate running now, for progress lines
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
+        self._session: RobustnessSession | None = None
+        if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
+            return
+        try:
+            self._session = self._build_session()
+        except ConfigError as exc:
+            raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))
 
+    @property
+    def session(self) -> "RobustnessSession":
+        """The run's session; built on first use where no [tool.advrobust] was seen (the
+        ``advrobust`` fixture then reports the missing table)."""
+        if self._session is None:
+            self._session = self._build_session()
+        return self._session
+
+    def _build_session(self) -> "RobustnessSession":
+        from .session import RobustnessSession, register_builtins
+
+        register_builtins(self.config.pluginmanager)
+        artifacts = self.config.getoption("advrobust_artifacts")
+        return RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
+                                 artifacts=Path(artifacts).resolve() if artifacts else None,
+                                 baseline=self.baseline, progress=self._progress)
+
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        if self.session.config is None or file_path != self.path:
+        if self._session is None or self.session.config is None or file_path != self.path:
             return None
         return GateFile.from_parent(parent, path=file_path)
 
@@ -118,13 +144,13 @@ class RobustnessPlugin:
             self.results.extend(json.loads(payload))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        own = [r.to_dict() for r in self.session.engine.results]
+        own = [r.to_dict() for r in self._session.engine.results] if self._session else []
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
             return
         self.results.extend(own)
         target = self.config.getoption("advrobust_json")
-        if target and (self.results or self.session.config is not None):
+        if target and (self.results or (self._session and self._session.config is not None)):
             from .report.json_report import write_json
 
             write_json(Path(target), self.all_results())
@@ -168,7 +194,9 @@ class RobustnessPlugin:
     def _progress(self, message: str) -> None:
         progress_log.info("advrobust %s: %s", self.current or "probe", message)
 
-    def all_results(self) -> list[AttackResult]:
+    def all_results(self) -> list["AttackResult"]:
+        from .results import AttackResult
+
         unique = {r["key"]: r for r in self.results}
         return [AttackResult.from_dict(r) for r in unique.values()]
 
@@ -198,11 +226,13 @@ class RobustnessPlugin:
     # -- tests that run gates ---------------------------------------------------------------
     def pending(self, item: "GateItem") -> list[Request]:
         """The model's other selected gates, computed in the same pass over the data (on an
-        xdist worker only the same check's, since other gates may run elsewhere)."""
+        xdist worker only the same check's, since other gates may run elsewhere, plus clean
+        checks, which ride along for free: every pass computes the clean scores anyway)."""
         on_worker = hasattr(self.config, "workerinput")
         return [other.request for other in item.session.items
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
-                and (not on_worker or other.request.check.index == item.request.check.index)]
+                and (not on_worker or other.request.check.index == item.request.check.index
+                     or other.request.check.attack == "clean")]
 
 
 def _load_baseline(config: pytest.Config) -> Any:

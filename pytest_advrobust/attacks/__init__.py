@@ -6,6 +6,7 @@ returns the perturbed batch; the engine owns batching, caching, projection and c
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -113,8 +114,7 @@ def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[
                 options: Mapping[str, Any]) -> Any:
     """Call ``function`` with the engine arguments it names (each computed only if asked)
     and the check's options (``fit-samples`` -> ``fit_samples``)."""
-    parameters = inspect.signature(function).parameters
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    parameters, takes_all = _signature(function)
     kwargs = {key.replace("-", "_"): value for key, value in options.items()}
     for name, produce in available.items():
         if name in parameters or (takes_all and name in ENGINE_ARGUMENTS[:5]):
@@ -124,8 +124,15 @@ def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[
     return function(**kwargs)
 
 
+@functools.lru_cache(maxsize=256)
+def _signature(function: Callable[..., Any]) -> tuple[frozenset[str], bool]:
+    """Parameter names and whether it takes ``**kwargs``: read once per function, not per batch."""
+    parameters = inspect.signature(function).parameters
+    return frozenset(parameters), any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 def _accepts(function: Callable[..., Any], argument: str) -> bool:
-    return argument in inspect.signature(function).parameters
+    return argument in _signature(function)[0]
 
 
 def _resolve(ref: Callable[..., Any] | str) -> Callable[..., Any]:
