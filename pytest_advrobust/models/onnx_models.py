@@ -124,9 +124,10 @@ def load_onnx(path: Path, *, output: str | None, device: torch.device, **kwargs:
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # one thread budget for both runtimes: the user's torch.set_num_threads / OMP_NUM_THREADS
-    # (onnxruntime would otherwise start a pool per core beside torch's and oversubscribe)
-    options.intra_op_num_threads = torch.get_num_threads()
+    # onnxruntime and torch take turns (scores, then the twin's gradient), never run at once:
+    # onnxruntime keeps its default pool (one thread per core, as in a plain script), but its
+    # threads must not spin-wait between runs and steal the cores from torch's turn
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
