@@ -192,3 +192,12 @@ def test_batches_of_different_shapes_from_a_loader(tmp_path, task) -> None:
     object.__setattr__(session.spec(), "data", "loaders_b:batches")
     with pytest.raises(DataError, match=r"batch 1 holds inputs of shape \(5,\) but earlier batches \(6,\)"):
         run(session)
+
+
+def test_allow_pickle_loads_a_whole_model_with_a_warning(tmp_path, task) -> None:
+    w, x, y = task
+    torch.save(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "whole.pt")
+    session = gate_session(tmp_path, "whole.pt", x, y, extra="allow-pickle = true\n")
+    with pytest.warns(UserWarning, match=r"unpickling a whole torch model \(allow-pickle = true\) runs code"):
+        (result,) = run(session)
+    assert result.accuracy == 1.0 and result.n == 50

@@ -1,0 +1,68 @@
+"""The main job: the example project trains, exports and passes its own gates; its
+commented-out check fails with the documented message when switched on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("example") / "example_project"
+    shutil.copytree(ROOT / "example_project", folder,
+                    ignore=shutil.ignore_patterns("models", ".advrobust", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "digits_demo.train"], cwd=folder, check=True,
+                   capture_output=True, text=True, env=_env())
+    return folder
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=folder, capture_output=True, text=True, env=_env())
+
+
+def test_example_gates_pass_and_show_the_seed(example: Path) -> None:
+    run = _pytest(example, "--advrobust-json", "report.json")
+    assert run.returncode == 0, run.stdout[-3000:]
+    results = {r["key"]: r for r in json.loads((example / "report.json").read_text())["results"]}
+    assert all(r["passed"] for r in results.values())
+    assert {r["model"] for r in results.values()} == {"mlp-torch", "mlp-onnx", "logreg-onnx"}
+    fgsm, noise = results["mlp-torch::fgsm[eps=0.1]"], results["mlp-torch::noise[eps=0.1]"]
+    assert noise["accuracy"] - fgsm["accuracy"] > 0.3  # adversarial directions are not noise
+    # the ONNX export, run in onnxruntime, is attacked through its torch twin: same numbers
+    assert results["mlp-onnx::fgsm[eps=0.1]"]["correct"] == fgsm["correct"]
+    assert results["mlp-torch::pgd[eps=0.05]{steps=20}"]["accuracy"] <= \
+        results["mlp-torch::fgsm[eps=0.05]"]["accuracy"]
+    assert list((example / ".advrobust" / "universal").glob("mlp-torch-universal-eps0.1.npy"))
+
+
+def test_uncommented_check_fails_with_the_documented_message(example: Path) -> None:
+    config = example / "pyproject.toml"
+    text = config.read_text()
+    switched = text.replace('# [[tool.advrobust.models.mlp-torch.checks]]\n# attack = "fgsm"\n'
+                            '# eps = 0.2\n# min-accuracy = 0.5',
+                            '[[tool.advrobust.models.mlp-torch.checks]]\nattack = "fgsm"\n'
+                            'eps = 0.2\nmin-accuracy = 0.5')
+    assert switched != text, "the example's commented-out check moved; update this test"
+    config.write_text(switched)
+    try:
+        run = _pytest(example, "-m", "advrobust", "-k", "mlp-torch and fgsm")
+    finally:
+        config.write_text(text)
+    assert run.returncode == 1
+    assert "1 failed, 3 passed" in run.stdout
+    assert "fgsm eps=0.2 on mlp-torch: accuracy 0.0" in run.stdout
+    assert "< min-accuracy 0.500 (n=540, clean 0.972" in run.stdout
