@@ -116,8 +116,11 @@ def pgd_linf(loss_gradient: Callable[[Any, Any], tuple[Any, Any]], score: Callab
             noise = torch.from_numpy(starts[active.numpy(), restart] * 2.0 - 1.0)
             current = (origin + eps * noise.to(device=x.device, dtype=x.dtype)).clamp(low, high)
         index = active
-        for _ in range(steps):
-            g, s = loss_gradient(current, y[index.to(y.device)])
+        for step_index in range(steps):
+            if step_index == 0 and starts is None:  # at x itself: the gradient is already known
+                g, s = grad[active.to(grad.device)], scores[active.to(scores.device)]
+            else:
+                g, s = loss_gradient(current, y[index.to(y.device)])
             wrong = s.argmax(1).cpu() != y_cpu[index]
             settle(current, index, wrong)
             keep = ~wrong

@@ -66,7 +66,8 @@ def test_fgsm_gate_matches_numpy_on_torchscript(tmp_path, linear_task, eps) -> N
     assert result.n == 300
     assert result.clean_accuracy == pytest.approx(1.0)
     assert abs(result.accuracy - expected) <= 2 / 300  # float32 vs float64 ties: within 2 samples
-    assert result.accuracy < 0.9 if eps >= 0.1 else True
+    if eps >= 0.1:  # and the attack does bite: the comparison is not between two no-ops
+        assert result.accuracy < 0.9
 
 
 def test_fgsm_sweep_reuses_one_gradient_pass(tmp_path, linear_task) -> None:
