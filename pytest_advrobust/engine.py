@@ -79,6 +79,14 @@ class Engine:
             raise cached
         return cached
 
+    def data(self, spec: ModelSpec) -> "EvalData":
+        """The model's evaluation data (through a user's ``load_data`` hook when one claims it)."""
+        from .data import EvalData
+
+        if spec.name not in self._data:
+            self._data[spec.name] = EvalData(spec, self._load_data)
+        return self._data[spec.name]
+
     def result(self, spec: ModelSpec, request: Request,
                batch_with: Sequence[Request] = (), *, gate: bool = True) -> AttackResult:
         """The result of ``request``, computing it (and ``batch_with``, in the same pass
@@ -120,12 +128,8 @@ class Engine:
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
         import torch
 
-        from .data import EvalData
-
         model = self.classifier(spec)
-        if spec.name not in self._data:
-            self._data[spec.name] = EvalData(spec, self._load_data)
-        data = self._data[spec.name]
+        data = self.data(spec)
         attacks = {r.key: self.registry[r.check.attack] for r in todo}
         errors: dict[tuple[int, float], AdvRobustError] = {}
         for r in todo:

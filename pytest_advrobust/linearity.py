@@ -57,9 +57,9 @@ def linearity_curves(model: "Classifier", x: "torch.Tensor", y: "torch.Tensor", 
 
 
 def model_curves(engine: "Engine", spec: "ModelSpec", *, samples: int = 3) -> LinearityCurves:
-    """The curves for the first ``samples`` evaluation samples of a configured model, with
-    the engine's cached classifier; eps runs to twice the largest configured eps."""
-    from .data import EvalData
+    """The curves for ``samples`` evaluation samples of different classes (the first of
+    each, from the first batch), with the engine's cached classifier and data; eps runs to
+    twice the largest configured eps."""
     from .errors import AttackError
 
     model = engine.classifier(spec)
@@ -68,6 +68,10 @@ def model_curves(engine: "Engine", spec: "ModelSpec", *, samples: int = 3) -> Li
     low, high = spec.input_range
     largest = max((eps for check in spec.checks for eps in check.eps), default=0.0)
     eps_max = min(2 * largest, high - low) if largest > 0 else 0.1 * (high - low)
-    batch = next(iter(EvalData(spec).batches(samples, model.dtype, stop=samples)))
+    batch = next(iter(engine.data(spec).batches(spec.batch_size, model.dtype)))
+    labels = batch.y.tolist()
+    chosen = [labels.index(label) for label in dict.fromkeys(labels)][:samples]
+    chosen += [i for i in range(len(labels)) if i not in chosen][:samples - len(chosen)]
     with model.session():
-        return linearity_curves(model, batch.x, batch.y, eps_max=eps_max, seed=spec.seed)
+        return linearity_curves(model, batch.x[chosen], batch.y[chosen], eps_max=eps_max,
+                                seed=spec.seed)
