@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not
 
     from .models.base import Classifier
 
-__all__ = ["Engine", "Request"]
+__all__ = ["Engine", "ModelPass", "Request"]
 
 
 @dataclass(frozen=True)
@@ -126,117 +126,16 @@ class Engine:
             self._results[(spec.name, request.key)] = outcome
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
-        import torch
-
-        model = self.classifier(spec)
-        data = self.data(spec)
-        attacks = {r.key: self.registry[r.check.attack] for r in todo}
-        errors: dict[tuple[int, float], AdvRobustError] = {}
-        for r in todo:
-            if attacks[r.key].needs_gradient and model.gradient_error:
-                errors[r.key] = _no_gradient(spec, r, model)
-        rngs = {r.key: _rng(spec, r) for r in todo}
-        with model.session():
-            states, fit_sizes = self._fit(spec, model, data, todo, attacks, rngs, errors)
-            limits = {r.key: int(r.check.option(attacks[r.key].samples_key,
-                                                attacks[r.key].options.get(attacks[r.key].samples_key)))
-                      for r in todo if attacks[r.key].samples_key}
-            counts = {r.key: [0, 0, 0] for r in todo}  # correct, clean correct, n
-            stats: dict[tuple[int, float], dict[str, float]] = {r.key: {} for r in todo}
-            wants_grad = [r for r in todo if attacks[r.key].wants("grad")]
-            for batch in data.batches(spec.batch_size, model.dtype):
-                self._report_progress(spec, batch.offset)
-                # batches are made on the CPU; attacks see them on the model's device
-                batch = replace(batch, x=batch.x.to(model.device, non_blocking=True),
-                                y=batch.y.to(model.device, non_blocking=True))
-                live_grad = [r for r in wants_grad if r.key not in errors]
-                grad = None
-                if live_grad:
-                    try:
-                        grad, scores = model.loss_gradient(batch.x, batch.y)
-                    except DataError as exc:  # labels the model cannot score
-                        raise DataError(str(exc), where=exc.where or data.where) from None
-                    except AttackError as exc:
-                        for r in live_grad:
-                            errors[r.key] = _no_gradient(spec, r, model, exc)
-                        scores = model.scores(batch.x)
-                else:
-                    scores = model.scores(batch.x)
-                _check_labels(batch.y, model.num_classes, data, batch.offset)
-                clean_ok = scores.argmax(1).to(batch.y.device) == batch.y
-                for r in todo:
-                    if r.key in errors:
-                        continue
-                    keep = None
-                    if r.key in fit_sizes or r.key in limits:
-                        index = torch.arange(batch.offset, batch.offset + len(batch.y),
-                                             device=batch.y.device)
-                        keep = (index >= fit_sizes.get(r.key, 0)) & (index < limits.get(r.key, index[-1] + 1))
-                        if not keep.any():
-                            continue
-                    try:
-                        adv_ok = self._attacked(model, spec, r, attacks[r.key], batch, keep, grad,
-                                                scores, clean_ok, rngs[r.key], stats[r.key],
-                                                states.get(r.key))
-                    except AttackError as exc:
-                        errors[r.key] = (_no_gradient(spec, r, model, exc) if model.gradient_error
-                                         and attacks[r.key].needs_gradient else exc)
-                        continue
-                    ok = clean_ok if keep is None else clean_ok[keep]
-                    counts[r.key][0] += int(adv_ok.sum())
-                    counts[r.key][1] += int(ok.sum())
-                    counts[r.key][2] += int(ok.numel())
-        outcomes: dict[tuple[int, float], Any] = dict(errors)
-        for r in todo:
-            if r.key in errors:
-                continue
-            correct, clean_correct, n = counts[r.key]
-            if n == 0:
-                why = (f"the fit split takes all {fit_sizes[r.key]} samples. Lower fit-samples or "
-                       "give more data." if r.key in fit_sizes else
-                       f"{attacks[r.key].samples_key} = 0 selects none. Raise it.")
-                outcomes[r.key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
-                                            where=spec.key("data"))
-                continue
-            describe = attacks[r.key].describe_function()
-            outcomes[r.key] = AttackResult(
-                model=spec.name, attack=r.check.attack,
-                eps=r.eps if attacks[r.key].uses_eps else None,
-                correct=correct, clean_correct=clean_correct, n=n,
-                min_accuracy=r.check.min_accuracy, max_drop=r.check.max_drop,
-                max_regression=r.check.max_regression if r.check.max_regression is not None
-                else spec.max_regression,
-                check=r.check.index, options=dict(r.check.options), stats=stats[r.key],
-                artifacts=[str(p) for p in states.get((r.key, "artifacts"), [])],
-                fingerprint=fingerprint(spec, r.check, r.eps if attacks[r.key].uses_eps else None, n,
-                                        attacks[r.key]),
-                details=describe(stats[r.key]) if describe is not None else "",
-            )
-        return outcomes
-
-    def _attacked(self, model: "Classifier", spec: ModelSpec, r: Request, attack: Any, batch: Any,
-                  keep: "torch.Tensor | None", grad: "torch.Tensor | None", scores: "torch.Tensor",
-                  clean_ok: "torch.Tensor", rng: "np.random.Generator", stats: dict[str, float],
-                  state: Any) -> "torch.Tensor":
-        """Correctness of the model on the attacked batch (a bool per kept sample)."""
-        x, y = batch.x, batch.y
-        if keep is not None:
-            x, y = x[keep], y[keep]
-            grad = None if grad is None else grad[keep.to(grad.device)]
-            scores = scores[keep.to(scores.device)]
-        available = {
-            "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
-            "rng": lambda: rng, "grad": lambda: grad, "scores": lambda: scores,
-            "stats": lambda: stats, "state": lambda: state,
-            "surrogates": lambda: self._surrogates(spec, r, model),
-        }
-        adversarial = call_attack(attack.perturb_function(), available,
-                                  attack.with_defaults(r.check.options))
-        if adversarial is x:  # the attack left the inputs alone (clean)
-            return clean_ok if keep is None else clean_ok[keep]
-        adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
-                               spec, r)
-        return model.scores(adversarial).argmax(1).to(y.device) == y
+        """One streamed pass over ``spec``'s data computing every gate of ``todo``: the
+        steps of :class:`ModelPass`, in order."""
+        run = ModelPass(self, spec, todo)
+        with run.model.session():
+            run.fit()
+            for batch in run.batches():
+                shared = run.shared(batch)
+                for request in run.live():
+                    run.attack(request, batch, shared)
+        return run.outcomes()
 
     def _surrogates(self, spec: ModelSpec, r: Request, model: "Classifier") -> list["Classifier"]:
         """The classifiers a check's ``surrogate`` option names, loaded through the cache."""
@@ -261,51 +160,6 @@ class Engine:
             out.append(surrogate)
         return out
 
-    def _fit(self, spec: ModelSpec, model: "Classifier", data: EvalData, todo: list[Request],
-             attacks: Mapping[tuple[int, float], Any], rngs: Mapping[tuple[int, float], Any],
-             errors: dict) -> tuple[dict, dict]:
-        """Fit the attacks that learn a perturbation, on the first ``fit-samples`` samples."""
-        import torch
-
-        fitting = [r for r in todo if attacks[r.key].fit is not None and r.key not in errors]
-        states: dict[Any, Any] = {}
-        sizes: dict[tuple[int, float], int] = {}
-        if not fitting:
-            return states, sizes
-        for r in fitting:
-            sizes[r.key] = int(r.check.option("fit-samples", attacks[r.key].options.get("fit-samples", 256)))
-        batches = list(data.batches(spec.batch_size, model.dtype, stop=max(sizes.values()) + 1))
-        fit_x = torch.cat([b.x for b in batches])
-        fit_y = torch.cat([b.y for b in batches])
-        if model.num_classes is None:
-            model.scores(batches[0].x)
-        _check_labels(fit_y, model.num_classes, data, 0)
-        for r in fitting:
-            if len(fit_y) <= sizes[r.key]:
-                errors[r.key] = DataError(
-                    f"{r.check.attack} fits its perturbation on the first fit-samples = "
-                    f"{sizes[r.key]} samples and evaluates on the rest, but the data has only "
-                    f"{len(fit_y)}. Lower fit-samples in this check or give more data.",
-                    where=spec.key("data"))
-        fitting = [r for r in fitting if r.key not in errors]
-        for r in fitting:
-            n = sizes[r.key]
-            self._report_progress(spec, 0, f"fitting {r.check.attack} eps={r.eps:g}")
-            available = {
-                "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
-                "eps": lambda: r.eps, "rng": lambda: rngs[r.key],
-                "batch_size": lambda: spec.batch_size,
-            }
-            try:
-                state = call_attack(attacks[r.key].fit_function(), available,
-                                    attacks[r.key].with_defaults(r.check.options))
-            except AttackError as exc:
-                errors[r.key] = _no_gradient(spec, r, model, exc) if model.gradient_error else exc
-                continue
-            states[r.key] = state
-            states[(r.key, "artifacts")] = self._save_state(spec, r, state)
-        return states, sizes
-
     def _save_state(self, spec: ModelSpec, r: Request, state: Any) -> list[Path]:
         """A fitted perturbation is saved so a person can look at it (.npy, and a PNG)."""
         if not hasattr(state, "detach"):
@@ -322,6 +176,222 @@ class Engine:
             if spec.max_samples:
                 batch += f"/{-(-spec.max_samples // spec.batch_size)}"
             self._progress(f"{spec.name}: {what or f'{batch} (from sample {offset})'}")
+
+
+@dataclass
+class Tally:
+    """What one gate has counted so far in a pass: samples correct under attack, correct
+    clean, evaluated, and the attack's own statistics."""
+
+    correct: int = 0
+    clean_correct: int = 0
+    n: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every gate of a batch shares: the clean scores, which samples they classify
+    right, and the loss gradient at the inputs when a gradient attack is pending."""
+
+    scores: "torch.Tensor"
+    clean_ok: "torch.Tensor"
+    grad: "torch.Tensor | None" = None
+
+
+class ModelPass:
+    """One model's streamed pass over its data, computing every pending gate at once.
+
+    The steps, in the order :meth:`Engine._evaluate` runs them, each readable and testable
+    alone: plan (``__init__``: the model, data and attacks, and the gates that cannot run),
+    :meth:`fit` (attacks that learn a perturbation first), per batch :meth:`shared` (the one
+    forward, or forward + backward, that every gate reuses) and :meth:`attack` (one gate on
+    one batch), then :meth:`outcomes` (results and errors). A gate's error is recorded in
+    :attr:`errors` and the gate is left out of later steps.
+    """
+
+    def __init__(self, engine: Engine, spec: ModelSpec, todo: Sequence[Request]) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.todo = list(todo)
+        self.model = engine.classifier(spec)
+        self.data = engine.data(spec)
+        self.attacks = {r.key: engine.registry[r.check.attack] for r in self.todo}
+        self.errors: dict[tuple[int, float], AdvRobustError] = {}
+        for r in self.todo:
+            if self.attacks[r.key].needs_gradient and self.model.gradient_error:
+                self.errors[r.key] = _no_gradient(spec, r, self.model)
+        self.rngs = {r.key: _rng(spec, r) for r in self.todo}
+        self.tallies = {r.key: Tally() for r in self.todo}
+        #: fitted state per gate (a universal perturbation), and the files it was saved to
+        self.states: dict[tuple[int, float], Any] = {}
+        self.saved: dict[tuple[int, float], list[Path]] = {}
+        #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
+        self.fit_sizes: dict[tuple[int, float], int] = {}
+        self.limits = {r.key: int(r.check.option(self.attacks[r.key].samples_key,
+                                                 self.attacks[r.key].options.get(self.attacks[r.key].samples_key)))
+                       for r in self.todo if self.attacks[r.key].samples_key}
+
+    # -- steps ----------------------------------------------------------------------------
+    def live(self) -> list[Request]:
+        """The gates still running (not errored)."""
+        return [r for r in self.todo if r.key not in self.errors]
+
+    def rng(self, r: Request, batch: Any = None) -> "np.random.Generator":
+        """The random stream gate ``r`` draws from (on ``batch``, when one is given)."""
+        return self.rngs[r.key]
+
+    def fit(self) -> None:
+        """Fit the attacks that learn a perturbation, on the first ``fit-samples`` samples."""
+        import torch
+
+        spec, model = self.spec, self.model
+        fitting = [r for r in self.live() if self.attacks[r.key].fit is not None]
+        if not fitting:
+            return
+        for r in fitting:
+            attack = self.attacks[r.key]
+            self.fit_sizes[r.key] = int(r.check.option("fit-samples", attack.options.get("fit-samples", 256)))
+        batches = list(self.data.batches(spec.batch_size, model.dtype,
+                                         stop=max(self.fit_sizes.values()) + 1))
+        fit_x = torch.cat([b.x for b in batches])
+        fit_y = torch.cat([b.y for b in batches])
+        if model.num_classes is None:
+            model.scores(batches[0].x)
+        _check_labels(fit_y, model.num_classes, self.data, 0)
+        for r in fitting:
+            if len(fit_y) <= self.fit_sizes[r.key]:
+                self.errors[r.key] = DataError(
+                    f"{r.check.attack} fits its perturbation on the first fit-samples = "
+                    f"{self.fit_sizes[r.key]} samples and evaluates on the rest, but the data has "
+                    f"only {len(fit_y)}. Lower fit-samples in this check or give more data.",
+                    where=spec.key("data"))
+        for r in [r for r in fitting if r.key not in self.errors]:
+            n = self.fit_sizes[r.key]
+            self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={r.eps:g}")
+            available = {
+                "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
+                "eps": lambda: r.eps, "rng": lambda: self.rng(r),
+                "batch_size": lambda: spec.batch_size,
+            }
+            attack = self.attacks[r.key]
+            try:
+                state = call_attack(attack.fit_function(), available, attack.with_defaults(r.check.options))
+            except AttackError as exc:
+                self.errors[r.key] = self._attack_error(r, exc)
+                continue
+            self.states[r.key] = state
+            self.saved[r.key] = self.engine._save_state(spec, r, state)
+
+    def batches(self) -> Iterator[Any]:
+        """The evaluation batches, on the model's device (they are made on the CPU)."""
+        for batch in self.data.batches(self.spec.batch_size, self.model.dtype):
+            self.engine._report_progress(self.spec, batch.offset)
+            yield replace(batch, x=batch.x.to(self.model.device, non_blocking=True),
+                          y=batch.y.to(self.model.device, non_blocking=True))
+
+    def shared(self, batch: Any) -> Shared:
+        """The batch's one forward pass (forward + backward when a live gate takes the
+        gradient, which gives the clean scores too); a gradient that fails errors only the
+        gates that wanted it."""
+        wanting = [r for r in self.live() if self.attacks[r.key].wants("grad")]
+        grad = None
+        if wanting:
+            try:
+                grad, scores = self.model.loss_gradient(batch.x, batch.y)
+            except DataError as exc:  # labels the model cannot score
+                raise DataError(str(exc), where=exc.where or self.data.where) from None
+            except AttackError as exc:
+                for r in wanting:
+                    self.errors[r.key] = _no_gradient(self.spec, r, self.model, exc)
+                scores = self.model.scores(batch.x)
+        else:
+            scores = self.model.scores(batch.x)
+        _check_labels(batch.y, self.model.num_classes, self.data, batch.offset)
+        return Shared(scores=scores, clean_ok=scores.argmax(1).to(batch.y.device) == batch.y, grad=grad)
+
+    def selection(self, r: Request, batch: Any) -> "torch.Tensor | None":
+        """Which samples of ``batch`` gate ``r`` evaluates: None for all, else a mask (past
+        its fit split, within its samples cap), possibly empty."""
+        if r.key not in self.fit_sizes and r.key not in self.limits:
+            return None
+        import torch
+
+        index = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
+        return (index >= self.fit_sizes.get(r.key, 0)) & (index < self.limits.get(r.key, index[-1] + 1))
+
+    def attack(self, r: Request, batch: Any, shared: Shared) -> None:
+        """Gate ``r`` on one batch: attack the selected samples and count them."""
+        keep = self.selection(r, batch)
+        if keep is not None and not keep.any():
+            return
+        try:
+            adv_ok = self._attacked(r, batch, keep, shared)
+        except AttackError as exc:
+            self.errors[r.key] = self._attack_error(r, exc)
+            return
+        ok = shared.clean_ok if keep is None else shared.clean_ok[keep]
+        tally = self.tallies[r.key]
+        tally.correct += int(adv_ok.sum())
+        tally.clean_correct += int(ok.sum())
+        tally.n += int(ok.numel())
+
+    def outcomes(self) -> dict[tuple[int, float], Any]:
+        """Each gate's :class:`AttackResult`, or the error that stopped it."""
+        outcomes: dict[tuple[int, float], Any] = dict(self.errors)
+        for r in self.live():
+            attack, tally = self.attacks[r.key], self.tallies[r.key]
+            if tally.n == 0:
+                why = (f"the fit split takes all {self.fit_sizes[r.key]} samples. Lower fit-samples "
+                       "or give more data." if r.key in self.fit_sizes else
+                       f"{attack.samples_key} = 0 selects none. Raise it.")
+                outcomes[r.key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
+                                            where=self.spec.key("data"))
+                continue
+            eps = r.eps if attack.uses_eps else None
+            describe = attack.describe_function()
+            outcomes[r.key] = AttackResult(
+                model=self.spec.name, attack=r.check.attack, eps=eps,
+                correct=tally.correct, clean_correct=tally.clean_correct, n=tally.n,
+                min_accuracy=r.check.min_accuracy, max_drop=r.check.max_drop,
+                max_regression=r.check.max_regression if r.check.max_regression is not None
+                else self.spec.max_regression,
+                check=r.check.index, options=dict(r.check.options), stats=tally.stats,
+                artifacts=[str(p) for p in self.saved.get(r.key, [])],
+                fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack),
+                details=describe(tally.stats) if describe is not None else "",
+            )
+        return outcomes
+
+    # -- helpers --------------------------------------------------------------------------
+    def _attacked(self, r: Request, batch: Any, keep: "torch.Tensor | None",
+                  shared: Shared) -> "torch.Tensor":
+        """Correctness of the model on the attacked batch (a bool per kept sample)."""
+        model, attack = self.model, self.attacks[r.key]
+        x, y, grad, scores, clean_ok = batch.x, batch.y, shared.grad, shared.scores, shared.clean_ok
+        if keep is not None:
+            x, y, clean_ok = x[keep], y[keep], clean_ok[keep]
+            grad = None if grad is None else grad[keep.to(grad.device)]
+            scores = scores[keep.to(scores.device)]
+        available = {
+            "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
+            "rng": lambda: self.rng(r, batch), "grad": lambda: grad, "scores": lambda: scores,
+            "stats": lambda: self.tallies[r.key].stats, "state": lambda: self.states.get(r.key),
+            "surrogates": lambda: self.engine._surrogates(self.spec, r, model),
+        }
+        adversarial = call_attack(attack.perturb_function(), available,
+                                  attack.with_defaults(r.check.options))
+        if adversarial is x:  # the attack left the inputs alone (clean)
+            return clean_ok
+        adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
+                               self.spec, r)
+        return model.scores(adversarial).argmax(1).to(y.device) == y
+
+    def _attack_error(self, r: Request, exc: AttackError) -> AttackError:
+        """An attack's error, said as "no usable gradient" when that is the cause."""
+        if self.model.gradient_error and self.attacks[r.key].needs_gradient:
+            return _no_gradient(self.spec, r, self.model, exc)
+        return exc
 
 
 def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
