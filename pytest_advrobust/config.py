@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
+from .results import format_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,7 +46,7 @@ INHERITED_KEYS = {
     "output-kind", "allow-pickle", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
-CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression"}
+CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
@@ -61,6 +62,10 @@ class AttackOptions:
     #: default is enforced (ints are accepted where a float is expected); a type such as
     #: ``float`` declares a typed option with no default; None accepts any value
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: numeric options that must be > 0 (a zero would quietly turn the attack into another)
+    positive: frozenset[str] = frozenset()
+    #: ``validate(options) -> message or None``: rules across options (checked with defaults)
+    validate: Any = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class CheckSpec:
     max_regression: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    #: figures only, no verdict (``report-only = true``): shown as MEASURED, never PASS
+    report_only: bool = False
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -302,7 +309,7 @@ class _Reader:
             for eps in check.eps:
                 signature = (check.attack, eps, tuple(sorted(check.options.items(), key=str)))
                 if signature in seen:
-                    raise self.fail(f"{where} checks[{index}]", f"repeats {check.attack} at eps={eps:g} "
+                    raise self.fail(f"{where} checks[{index}]", f"repeats {check.attack} at eps={format_eps(eps)} "
                                     f"from checks[{seen[signature]}]. Merge the two checks.")
                 seen[signature] = index
             out.append(check)
@@ -327,14 +334,38 @@ class _Reader:
         for key, default in info.options.items():
             if key in table:
                 options[key] = self.option(table[key], default, f"{where} {key}")
+                if key in info.positive and isinstance(options[key], (int, float)) \
+                        and not isinstance(options[key], bool) and options[key] <= 0:
+                    raise self.fail(f"{where} {key}", f"must be > 0, not {table[key]!r}: with "
+                                    f"{key} = {table[key]!r} attack {attack!r} would not run as "
+                                    "configured (and could report another attack's figure). "
+                                    "Remove the key for its default or give a positive value.")
+        if info.validate is not None:
+            declared = {k: v for k, v in info.options.items()
+                        if v is not None and not isinstance(v, type)}
+            problem = info.validate({**declared, **options})
+            if problem:
+                raise self.fail(where, problem)
+        thresholds = {key: self.fraction(table, key, where)
+                      for key in ("min-accuracy", "max-drop", "max-regression")}
+        report_only = self.boolean(table, "report-only", where, False)
+        if report_only and any(value is not None for value in thresholds.values()):
+            given = ", ".join(key for key, value in thresholds.items() if value is not None)
+            raise self.fail(f"{where} report-only", f"is true but the check also sets {given}; a "
+                            "report-only check is measured, never judged. Remove one or the other.")
+        if not report_only and thresholds["min-accuracy"] is None and thresholds["max-drop"] is None:
+            raise self.fail(where, f"{attack} has no threshold, so it could never fail. Add "
+                            "min-accuracy (a floor) and/or max-drop (the largest fall from clean "
+                            "accuracy), or report-only = true to measure it without a verdict.")
         return CheckSpec(
             attack=attack,
             eps=eps,
-            min_accuracy=self.fraction(table, "min-accuracy", where),
-            max_drop=self.fraction(table, "max-drop", where),
-            max_regression=self.fraction(table, "max-regression", where),
+            min_accuracy=thresholds["min-accuracy"],
+            max_drop=thresholds["max-drop"],
+            max_regression=thresholds["max-regression"],
             options=options,
             index=index,
+            report_only=report_only,
         )
 
     # -- across models --------------------------------------------------------------------

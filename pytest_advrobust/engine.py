@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
-from .errors import AdvRobustError, AttackError, DataError
+from .errors import AdvRobustError, AttackError, DataError, ScoresNotFinite
 from .fingerprint import fingerprint
 from .gate import baseline_figure, judge
-from .results import AttackResult
+from .results import AttackResult, format_eps
 
 if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not at start-up
     import numpy as np
@@ -108,9 +108,7 @@ class Engine:
         try:
             outcomes = self._evaluate(spec, todo)
         except AdvRobustError as exc:  # model or data problem: every gate of the pass says so
-            for request in todo:
-                self._results[(spec.name, request.key)] = exc
-            return
+            outcomes = {request.key: exc for request in todo}
         seconds = (time.perf_counter() - started) / max(1, len(todo))
         for request in todo:
             outcome = outcomes[request.key]
@@ -120,10 +118,30 @@ class Engine:
                 verdict = judge(outcome)
                 outcome.passed, outcome.message = verdict.passed, verdict.message
                 if gate:
-                    self.results.append(outcome)
-                    if self._on_result is not None:
-                        self._on_result(outcome)
+                    self._publish(outcome)
+            elif gate:
+                self.record_error(spec, request, outcome)
             self._results[(spec.name, request.key)] = outcome
+
+    def record_error(self, spec: ModelSpec, request: Request, error: BaseException) -> AttackResult:
+        """A gate that could not be computed still counts: an ``error`` result (no figures)
+        goes into :attr:`results` and the result hook, so no report can leave it out."""
+        uses_eps = request.check.attack not in self.registry or self.registry[request.check.attack].uses_eps
+        kind = error.kind if isinstance(error, AdvRobustError) else type(error).__name__
+        result = AttackResult(
+            model=spec.name, attack=request.check.attack, eps=request.eps if uses_eps else None,
+            correct=0, clean_correct=0, n=0, min_accuracy=request.check.min_accuracy,
+            max_drop=request.check.max_drop, passed=False, check=request.check.index,
+            options=dict(request.check.options), report_only=request.check.report_only,
+            error=f"{kind}: {error}", message=f"{kind}: {error}")
+        if all(r.key != result.key for r in self.results):
+            self._publish(result)
+        return result
+
+    def _publish(self, result: AttackResult) -> None:
+        self.results.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
         """One streamed pass over ``spec``'s data computing every gate of ``todo``: the
@@ -166,9 +184,9 @@ class Engine:
             return []
         from .report.artifacts import save_perturbation
 
-        stem = f"{spec.name}-{r.check.attack}-eps{r.eps:g}"
+        stem = f"{spec.name}-{r.check.attack}-eps{format_eps(r.eps)}"
         return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
-                                 title=f"{r.check.attack} perturbation, eps={r.eps:g}, {spec.name}")
+                                 title=f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}")
 
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
         if self._progress is not None:
@@ -268,7 +286,7 @@ class ModelPass:
                     where=spec.key("data"))
         for r in [r for r in fitting if r.key not in self.errors]:
             n = self.fit_sizes[r.key]
-            self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={r.eps:g}")
+            self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}")
             available = {
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(r),
@@ -277,7 +295,7 @@ class ModelPass:
             attack = self.attacks[r.key]
             try:
                 state = call_attack(attack.fit_function(), available, attack.with_defaults(r.check.options))
-            except AttackError as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed fit errors its own gate only
                 self.errors[r.key] = self._attack_error(r, exc)
                 continue
             self.states[r.key] = state
@@ -327,7 +345,7 @@ class ModelPass:
             return
         try:
             adv_ok = self._attacked(r, batch, keep, shared)
-        except AttackError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever one attack raises errors that gate only
             self.errors[r.key] = self._attack_error(r, exc)
             return
         ok = shared.clean_ok if keep is None else shared.clean_ok[keep]
@@ -357,6 +375,7 @@ class ModelPass:
                 max_regression=r.check.max_regression if r.check.max_regression is not None
                 else self.spec.max_regression,
                 check=r.check.index, options=dict(r.check.options), stats=tally.stats,
+                report_only=r.check.report_only,
                 artifacts=[str(p) for p in self.saved.get(r.key, [])],
                 fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack),
                 details=describe(tally.stats) if describe is not None else "",
@@ -387,11 +406,33 @@ class ModelPass:
                                self.spec, r)
         return model.scores(adversarial).argmax(1).to(y.device) == y
 
-    def _attack_error(self, r: Request, exc: AttackError) -> AttackError:
-        """An attack's error, said as "no usable gradient" when that is the cause."""
-        if self.model.gradient_error and self.attacks[r.key].needs_gradient:
-            return _no_gradient(self.spec, r, self.model, exc)
-        return exc
+    def _attack_error(self, r: Request, exc: BaseException) -> AdvRobustError:
+        """What one gate's failure says: "no usable gradient" when that is the cause, NaN
+        scores on perturbed inputs as such (the clean scores were finite), a surrogate's or
+        an attack's own error as it is, anything else with its type and where it was raised."""
+        attack = self.attacks[r.key]
+        eps = f" at eps={format_eps(r.eps)}" if attack.uses_eps else ""
+        if isinstance(exc, ScoresNotFinite):
+            return AttackError(
+                f"{r.check.attack}{eps}: the model returned NaN or inf scores on the perturbed "
+                f"inputs (its clean scores are finite): {exc} A model that breaks down just off "
+                "its data is not robust there; check its numerics (log of 0, division by a "
+                "small norm) before gating.", where=self.spec.name)
+        if isinstance(exc, AdvRobustError):
+            if self.model.gradient_error and attack.needs_gradient and isinstance(exc, AttackError):
+                return _no_gradient(self.spec, r, self.model, exc)
+            return exc
+        return AttackError(f"{r.check.attack}{eps} raised {type(exc).__name__}: {exc} "
+                           f"(at {_raised_at(exc)}). Only this gate is affected; if the attack is "
+                           "your own, fix it there, else please report it.", where=self.spec.name)
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame that raised ``exc``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "unknown"
 
 
 def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",

@@ -6,7 +6,8 @@ before collection, or a one-paragraph test failure when a gate runs.
 
 from __future__ import annotations
 
-__all__ = ["AdvRobustError", "ConfigError", "ModelLoadError", "DataError", "AttackError"]
+__all__ = ["AdvRobustError", "ConfigError", "ModelLoadError", "ScoresNotFinite", "DataError",
+           "AttackError"]
 
 
 class AdvRobustError(Exception):
@@ -29,6 +30,10 @@ class ModelLoadError(AdvRobustError):
     """The model file or factory cannot be loaded, or the model does not fit the data."""
 
     kind = "model error"
+
+
+class ScoresNotFinite(ModelLoadError):
+    """The model returned NaN or inf scores (on the data, or on perturbed inputs)."""
 
 
 class DataError(AdvRobustError):

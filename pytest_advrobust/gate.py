@@ -21,6 +21,11 @@ def judge(result: AttackResult) -> Verdict:
     the result carries a baseline figure). Every failed threshold is named."""
     low, high = result.interval
     context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
+    if result.details:
+        context = f"{context}; {result.details}"
+    if result.report_only:  # measured, never judged: no threshold, no baseline rule
+        return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f}, measured "
+                             f"(report-only, no verdict) {context}")
     reasons = []
     if result.min_accuracy is not None and result.accuracy < result.min_accuracy:
         reasons.append(f"accuracy {result.accuracy:.3f} < min-accuracy {result.min_accuracy:.3f}")
@@ -31,13 +36,11 @@ def judge(result: AttackResult) -> Verdict:
         regression = regression_reason(result)
         if regression:
             reasons.append(regression)
-    if result.details:
-        context = f"{context}; {result.details}"
     if reasons:
         return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")
     bounds = [f"min-accuracy {result.min_accuracy:.3f}" if result.min_accuracy is not None else "",
               f"max-drop {result.max_drop:.3f}" if result.max_drop is not None else ""]
-    within = ", ".join(b for b in bounds if b) or "no threshold (report only)"
+    within = ", ".join(b for b in bounds if b) or "no threshold"
     return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f} within {within} {context}")
 
 

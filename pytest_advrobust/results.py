@@ -6,7 +6,24 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AttackResult", "wilson_interval"]
+__all__ = ["AttackResult", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
+
+#: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict)
+STATUSES = ("passed", "failed", "error", "measured")
+
+
+def format_eps(eps: float) -> str:
+    """eps as ids, keys and tables show it: short (``0.1``), but never two values alike
+    (``0.1000001`` is not shown as ``0.1``)."""
+    short = f"{eps:g}"
+    return short if float(short) == eps else repr(float(eps))
+
+
+def gate_key(model: str, attack: str, eps: float | None, options: dict[str, Any]) -> str:
+    """Stable identity of a gate across runs: model, attack, eps and check options."""
+    shown = "" if eps is None else f"[eps={format_eps(eps)}]"
+    listed = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{model}::{attack}{shown}" + (f"{{{listed}}}" if listed else "")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -46,6 +63,19 @@ class AttackResult:
     seconds: float = 0.0
     #: what the attack found, in words (e.g. the hypothesis attack's shrunk counterexample)
     details: str = ""
+    #: why the gate could not be computed (its status is then ``error``; no figures)
+    error: str = ""
+    #: a ``report-only`` check: figures without a verdict (status ``measured``)
+    report_only: bool = False
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed``, ``error`` or ``measured`` (see :data:`STATUSES`)."""
+        if self.error:
+            return "error"
+        if not self.passed:
+            return "failed"
+        return "measured" if self.report_only else "passed"
 
     @property
     def accuracy(self) -> float:
@@ -57,7 +87,8 @@ class AttackResult:
 
     @property
     def drop(self) -> float:
-        return self.clean_accuracy - self.accuracy
+        """Clean accuracy minus accuracy under attack, on the same samples (one rounding)."""
+        return (self.clean_correct - self.correct) / self.n if self.n else 0.0
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -66,14 +97,12 @@ class AttackResult:
     @property
     def key(self) -> str:
         """Stable identity across runs: model, attack, eps and check options."""
-        eps = "" if self.eps is None else f"[eps={self.eps:g}]"
-        options = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.model}::{self.attack}{eps}" + (f"{{{options}}}" if options else "")
+        return gate_key(self.model, self.attack, self.eps, self.options)
 
     @property
     def label(self) -> str:
         """How messages name the gate: ``fgsm eps=0.1 on mlp-torch``."""
-        eps = "" if self.eps is None else f" eps={self.eps:g}"
+        eps = "" if self.eps is None else f" eps={format_eps(self.eps)}"
         return f"{self.attack}{eps} on {self.model}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +111,9 @@ class AttackResult:
         data = asdict(self)
         data.pop("seconds")
         data.update(accuracy=round(self.accuracy, 6), clean_accuracy=round(self.clean_accuracy, 6),
-                    ci_low=round(low, 6), ci_high=round(high, 6), key=self.key)
+                    ci_low=round(low, 6), ci_high=round(high, 6), key=self.key, status=self.status)
+        if self.error:  # no figures were measured: say so rather than report zeros
+            data.update(accuracy=None, clean_accuracy=None, ci_low=None, ci_high=None)
         return data
 
     @classmethod

@@ -156,7 +156,7 @@ class RobustnessSession:
 
         spec_table = {"model": "x.onnx", "data": "x.npz",
                       "checks": [{"attack": attack, **({"eps": 0.0} if self._uses_eps(attack) else {}),
-                                  **dict(options)}]}
+                                  "report-only": True, **dict(options)}]}
         if model is not None:
             spec_table.update(name=model.name, **{"input-range": list(model.input_range)})
         parsed = parse_config(spec_table, path=Path(f"<advrobust.{attack}()>"),
@@ -164,7 +164,7 @@ class RobustnessSession:
         template = parsed.models[0].checks[0]
         signature = (attack, tuple(sorted(template.options.items(), key=str)))
         index = self._adhoc.setdefault(signature, 10_000 + len(self._adhoc))
-        return CheckSpec(attack=attack, eps=(), options=template.options, index=index)
+        return CheckSpec(attack=attack, eps=(), options=template.options, index=index, report_only=True)
 
     def _uses_eps(self, attack: str) -> bool:
         if attack not in self.registry:

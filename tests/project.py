@@ -54,7 +54,7 @@ def gate_session(root: Path, model_ref: str, x: np.ndarray, y: np.ndarray, *, ch
 
     np.savez(root / "data.npz", x=x, y=y)
     if not checks:
-        checks = '[[tool.advrobust.checks]]\nattack = "clean"\n'
+        checks = '[[tool.advrobust.checks]]\nattack = "clean"\nreport-only = true\n'
     (root / "pyproject.toml").write_text(
         f'[tool.advrobust]\nmodel = "{model_ref}"\ndata = "data.npz"\nbatch-size = 64\n'
         + textwrap.dedent(extra) + "\n" + textwrap.dedent(checks))

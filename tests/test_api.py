@@ -31,12 +31,14 @@ min-accuracy = 0.5
 
 [[tool.advrobust.checks]]
 attack = "universal"
+report-only = true
 eps = 0.2
 fit-samples = 80
 steps = 5
 
 [[tool.advrobust.checks]]
 attack = "shift"
+report-only = true
 eps = 0.5
 '''
 
@@ -143,8 +145,8 @@ def test_a_classifier_without_gradients_runs_black_box_attacks_only() -> None:
 
 
 @pytest.mark.parametrize("options, error, match", [
-    ({"samples": 0}, pytest_advrobust.DataError, "samples = 0 selects none"),
-    ({"max_examples": 0}, pytest_advrobust.AttackError, "max-examples = 0: hypothesis needs"),
+    ({"samples": 0}, pytest_advrobust.ConfigError, "samples: must be > 0, not 0"),
+    ({"max_examples": 0}, pytest_advrobust.ConfigError, "max-examples: must be > 0, not 0"),
 ])
 def test_hypothesis_attack_rejects_empty_searches(options, error, match) -> None:
     model, x, y = _two_class_linear()

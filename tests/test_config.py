@@ -45,7 +45,7 @@ def test_factory_name_and_named_models_inherit_top_level_settings() -> None:
         "checks": [{"attack": "clean", "min-accuracy": 0.9}],
         "models": {
             "torch": {"model": "pkg.model:build", "weights": "w.pt"},
-            "onnx": {"model": "m.onnx", "checks": [{"attack": "noise", "eps": 0.1}]},
+            "onnx": {"model": "m.onnx", "checks": [{"attack": "noise", "eps": 0.1, "report-only": True}]},
         },
     })
     torch_spec, onnx_spec = config.models
@@ -57,7 +57,8 @@ def test_factory_name_and_named_models_inherit_top_level_settings() -> None:
 
 
 def test_options_reach_the_check_with_types_enforced() -> None:
-    table = single(checks=[{"attack": "universal", "eps": 0.1, "fit-samples": 100, "step-size": 1}])
+    table = single(checks=[{"attack": "universal", "eps": 0.1, "fit-samples": 100, "step-size": 1,
+                                  "report-only": True}])
     check = parse(table).models[0].checks[0]
     assert check.options == {"fit-samples": 100, "step-size": 1.0}
     with pytest.raises(ConfigError, match=r"checks\[0\] steps: must be a whole number"):
@@ -110,7 +111,7 @@ def test_config_reading_imports_no_torch() -> None:
 
     code = ("import sys; from pytest_advrobust.config import parse_config, AttackOptions; "
             "from pathlib import Path; parse_config({'model': 'a.onnx', 'data': 'a.npz', "
-            "'checks': [{'attack': 'clean'}]}, path=Path('p'), attacks={'clean': AttackOptions(uses_eps=False)}); "
+            "'checks': [{'attack': 'clean', 'report-only': True}]}, path=Path('p'), attacks={'clean': AttackOptions(uses_eps=False)}); "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -11,17 +11,21 @@ from project import write_project
 CHECKS = '''
 [[tool.advrobust.checks]]
 attack = "clean"
+report-only = true
 
 [[tool.advrobust.checks]]
 attack = "fgsm"
+report-only = true
 eps = [0.05, 0.2]
 
 [[tool.advrobust.checks]]
 attack = "noise"
+report-only = true
 eps = [0.1, 0.3]
 
 [[tool.advrobust.checks]]
 attack = "universal"
+report-only = true
 eps = 0.2
 fit-samples = 60
 '''

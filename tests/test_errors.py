@@ -147,7 +147,7 @@ def test_loader_missing_or_raising(tmp_path, task) -> None:
 def test_gate_errors_have_no_traceback(pytester: pytest.Pytester, blobs) -> None:
     x, y = blobs
     write_project(pytester.path, x, (y + 10).astype(np.int64),
-                  '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\n', model=train_blob_model(x, y))
+                  '[[tool.advrobust.checks]]\nattack = "fgsm"\nreport-only = true\neps = 0.1\n', model=train_blob_model(x, y))
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["data error: pyproject.toml [[]tool.advrobust[]] data: a label is 1[0-3] but the model scores 4 classes*"])

@@ -40,6 +40,7 @@ min-accuracy = 0.9
 
 [[tool.advrobust.checks]]
 attack = "push"
+report-only = true
 eps = 0.5
 factor = 3.0
 direction = "up"
@@ -146,6 +147,7 @@ def _custom_project(pytester: pytest.Pytester, blobs, model_ref: str) -> None:
         min-accuracy = 0.99
         [[tool.advrobust.checks]]
         attack = "fgsm"
+        report-only = true
         eps = 0.3
         '''))
 

@@ -27,6 +27,7 @@ max-drop = 0.5
 
 [[tool.advrobust.checks]]
 attack = "universal"
+report-only = true
 eps = 0.2
 fit-samples = 120
 steps = 5

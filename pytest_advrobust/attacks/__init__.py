@@ -38,10 +38,17 @@ class Attack:
     describe: Callable[..., str] | str | None = None
     #: the check key that caps how many samples (the first N) the attack is evaluated on
     samples_key: str | None = None
+    #: numeric options that must be > 0 (checked at config time)
+    positive: tuple[str, ...] = ()
+    #: ``validate(options) -> message or None``: rules across options, checked at config
+    #: time on the check's options plus the declared defaults
+    validate: Callable[..., str | None] | str | None = None
 
     @property
     def config_options(self) -> AttackOptions:
-        return AttackOptions(uses_eps=self.uses_eps, options=dict(self.options))
+        return AttackOptions(uses_eps=self.uses_eps, options=dict(self.options),
+                             positive=frozenset(self.positive),
+                             validate=None if self.validate is None else _resolve(self.validate))
 
     def perturb_function(self) -> Callable[..., Any]:
         return _resolve(self.perturb)
@@ -80,13 +87,15 @@ class AttackRegistry:
         description: str = "",
         describe: Callable[..., str] | str | None = None,
         samples_key: str | None = None,
+        positive: tuple[str, ...] = (),
+        validate: Callable[..., str | None] | str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
 
         def register(perturb: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Attack(name, perturb, fit, uses_eps, needs_gradient, dict(options or {}),
                             description or (perturb.__doc__ or "").strip().split("\n")[0],
-                            describe, samples_key))
+                            describe, samples_key, tuple(positive), validate))
             return perturb
 
         return register

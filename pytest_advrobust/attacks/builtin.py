@@ -23,17 +23,24 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
     registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
                         options={"fit-samples": 256, "steps": 40, "step-size": float},
+                        positive=("fit-samples", "steps", "step-size"),
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
                         options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1},
+                        positive=("steps", "step-size", "restarts"),
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
                         options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float},
+                        positive=("steps", "step-size"),
+                        validate="pytest_advrobust.attacks.rules:transfer_options",
                         description="inputs crafted on surrogate models, evaluated on this one"))
     registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
+                        positive=("queries", "samples", "delta", "step-size"),
+                        validate="pytest_advrobust.attacks.rules:spsa_options",
                         description="score-based black-box attack (SPSA), no gradient needed"))
     search = "pytest_advrobust.attacks.search"
     registry.add(Attack("hypothesis", f"{search}:hypothesis_search", describe=f"{search}:describe_search",
                         samples_key="samples", options={"max-examples": 100, "samples": 16},
+                        positive=("max-examples", "samples"),
                         description="hypothesis searches the eps ball for a flip and shrinks it"))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..errors import AttackError
+from ..errors import AdvRobustError, AttackError
 from .pgd import pgd_linf
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["transfer"]
 
-VIA = ("fgsm", "pgd")
+from .rules import TRANSFER_VIA as VIA
 
 
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
@@ -77,6 +77,8 @@ def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor",
                               f"cannot craft transfer inputs: {exc} Pick a differentiable "
                               "surrogate (a torch model, or an ONNX export of one).",
                               where=f"surrogate {other.name}") from None
+        except Exception as exc:  # noqa: BLE001 - name the surrogate, not the target
+            raise _surrogate_failed(other, x, exc) from None
         grad = grad.to(device=x.device, dtype=x.dtype)
         total = grad if total is None else total + grad
         log_p = _log_probabilities(other, out).to(x.device)
@@ -87,9 +89,21 @@ def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor",
 def _ensemble_scores(surrogates: Sequence[Any], x: "torch.Tensor") -> "torch.Tensor":
     total = None
     for other in surrogates:
-        log_p = _log_probabilities(other, other.scores(x)).to(x.device)
+        try:
+            out = other.scores(x)
+        except Exception as exc:  # noqa: BLE001 - name the surrogate, not the target
+            raise _surrogate_failed(other, x, exc) from None
+        log_p = _log_probabilities(other, out).to(x.device)
         total = log_p if total is None else total + log_p
     return total / len(surrogates)
+
+
+def _surrogate_failed(other: Any, x: "torch.Tensor", exc: Exception) -> AttackError:
+    what = str(exc) if isinstance(exc, AdvRobustError) else f"{type(exc).__name__}: {exc}"
+    return AttackError(f"surrogate {other.name!r} failed on the target's inputs (shape "
+                       f"{tuple(x.shape)}): {what} A surrogate must take the target's raw inputs "
+                       "(same shape and input-range); pick one that does.",
+                       where=f"surrogate {other.name}")
 
 
 def _log_probabilities(model: Any, scores: "torch.Tensor") -> "torch.Tensor":

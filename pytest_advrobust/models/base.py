@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..errors import AttackError, DataError, ModelLoadError
+from ..errors import AttackError, DataError, ModelLoadError, ScoresNotFinite
 
 __all__ = ["Classifier", "detect_output_kind", "loss_per_sample"]
 
@@ -130,7 +130,7 @@ class Classifier:
                 f"{tuple(x.shape)}; a classifier must return [batch, classes]. If it has several "
                 "outputs, choose one with the output key.", where=self.source)
         if not torch.isfinite(out).all():
-            raise ModelLoadError(
+            raise ScoresNotFinite(
                 f"the model returned NaN or inf scores for {int((~torch.isfinite(out)).any(1).sum())} "
                 f"of {out.shape[0]} inputs. Check the weights (a diverged training run?) and that "
                 "the inputs are in the units the model expects (input-range, normalize).",

@@ -14,9 +14,11 @@ from pytest_advrobust.session import RobustnessSession, plugin_manager
 CHECKS = '''
 [[tool.advrobust.models.mlp.checks]]
 attack = "fgsm"
+report-only = true
 eps = 0.1
 [[tool.advrobust.models.mlp.checks]]
 attack = "pgd"
+report-only = true
 eps = 0.1
 steps = 20
 
@@ -24,18 +26,22 @@ steps = 20
 model = "logistic.onnx"
 [[tool.advrobust.models.logistic.checks]]
 attack = "noise"
+report-only = true
 eps = 0.2
 [[tool.advrobust.models.logistic.checks]]
 attack = "transfer"
+report-only = true
 surrogate = "mlp"
 eps = 0.2
 [[tool.advrobust.models.logistic.checks]]
 attack = "transfer"
+report-only = true
 surrogate = "mlp"
 via = "pgd"
 eps = 0.2
 [[tool.advrobust.models.logistic.checks]]
 attack = "spsa"
+report-only = true
 eps = 0.2
 '''
 

@@ -75,8 +75,8 @@ def test_fgsm_sweep_reuses_one_gradient_pass(tmp_path, linear_task) -> None:
     w, b, x, y = linear_task
     save_torchscript(LinearNet(w, b), tmp_path / "linear.pt")
     session = gate_session(tmp_path, "linear.pt", x, y,
-                           checks='[[tool.advrobust.checks]]\nattack = "fgsm"\neps = [0.05, 0.1, 0.2]\n'
-                                  '[[tool.advrobust.checks]]\nattack = "clean"\n')
+                           checks='[[tool.advrobust.checks]]\nattack = "fgsm"\nreport-only = true\neps = [0.05, 0.1, 0.2]\n'
+                                  '[[tool.advrobust.checks]]\nattack = "clean"\nreport-only = true\n')
     model = session.engine.classifier(session.spec())
     calls = {"grad": 0, "scores": 0}
     real_grad, real_scores = model.loss_gradient, model.scores

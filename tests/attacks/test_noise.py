@@ -33,7 +33,7 @@ def test_noise_gate_matches_its_definition(tmp_path) -> None:
     x = rng.uniform(0, 1, size=(150, 10)).astype(np.float32)
     y = (x @ w.T).argmax(1).astype(np.int64)
     save_torchscript(LinearNet(w, b), tmp_path / "m.pt")
-    session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\neps = 0.3\n')
+    session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.3\n')
     spec = session.spec()
     result = session.engine.result(spec, Request(spec.checks[0], 0.3))
     draws = _rng(spec, Request(spec.checks[0], 0.3)).random(size=x.shape)
@@ -41,7 +41,7 @@ def test_noise_gate_matches_its_definition(tmp_path) -> None:
     expected = int(((adv @ w.T).argmax(1) == y).sum())
     assert result.correct == expected and result.n == 150
     again = gate_session(tmp_path, "m.pt", x, y,
-                         checks='[[tool.advrobust.checks]]\nattack = "noise"\neps = 0.3\n',
+                         checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.3\n',
                          extra="batch-size = 7\n".replace("batch-size = 7", "seed = 0"))
     assert again.engine.result(again.spec(), Request(again.spec().checks[0], 0.3)).correct == expected
 
@@ -53,7 +53,7 @@ def test_batch_size_does_not_change_noise_results(tmp_path, batch_size) -> None:
     x = rng.uniform(0, 1, size=(150, 10)).astype(np.float32)
     y = (x @ w.T).argmax(1).astype(np.int64)
     save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
-    reference = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\neps = 0.4\n')
-    session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\neps = 0.4\n')
+    reference = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.4\n')
+    session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.4\n')
     object.__setattr__(session.spec(), "batch_size", batch_size)
     assert session.run_all()[0].correct == reference.run_all()[0].correct

@@ -40,11 +40,13 @@ data = "d.npz"
 model = "pkg.m:build"
 [[tool.advrobust.models.mlp-torch.checks]]
 attack = "clean"
+report-only = true
 [tool.advrobust.models.forest]
 model = "forest.onnx"
 {range}
 [[tool.advrobust.models.forest.checks]]
 attack = "transfer"
+report-only = true
 eps = 0.1
 {surrogate}
 '''
@@ -99,13 +101,16 @@ def test_transfer_from_torch_to_its_onnx_export_equals_fgsm_on_itself(tmp_path: 
     path = write_digits_project(tmp_path, '''
         [[tool.advrobust.models.mlp.checks]]
         attack = "clean"
+        report-only = true
         [tool.advrobust.models.mlp-onnx]
         model = "mlp.onnx"
         [[tool.advrobust.models.mlp-onnx.checks]]
         attack = "fgsm"
+        report-only = true
         eps = [0.05, 0.1]
         [[tool.advrobust.models.mlp-onnx.checks]]
         attack = "transfer"
+        report-only = true
         surrogate = "mlp"
         eps = [0.05, 0.1]
         ''', mlp_onnx=True)
