@@ -8,6 +8,7 @@ and results are cached for the session, so no work is done twice.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -246,6 +247,7 @@ class ModelPass:
         self.saved: dict[tuple[int, float], list[Path]] = {}
         #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
         self.fit_sizes: dict[tuple[int, float], int] = {}
+        self._hashes = (hashlib.blake2b(digest_size=8), hashlib.blake2b(digest_size=8))
         self.limits = {r.key: int(r.check.option(self.attacks[r.key].samples_key,
                                                  self.attacks[r.key].options.get(self.attacks[r.key].samples_key)))
                        for r in self.todo if self.attacks[r.key].samples_key}
@@ -302,11 +304,19 @@ class ModelPass:
             self.saved[r.key] = self.engine._save_state(spec, r, state)
 
     def batches(self) -> Iterator[Any]:
-        """The evaluation batches, on the model's device (they are made on the CPU)."""
+        """The evaluation batches, on the model's device (they are made on the CPU). Their
+        content is hashed on the way (:meth:`data_digest`), for the baseline's fingerprint."""
         for batch in self.data.batches(self.spec.batch_size, self.model.dtype):
             self.engine._report_progress(self.spec, batch.offset)
+            self._hashes[0].update(batch.x.numpy().tobytes())
+            self._hashes[1].update(batch.y.numpy().tobytes())
             yield replace(batch, x=batch.x.to(self.model.device, non_blocking=True),
                           y=batch.y.to(self.model.device, non_blocking=True))
+
+    def data_digest(self) -> str:
+        """A hash of the inputs and labels the pass read, whatever the batch size (the two
+        byte streams are hashed apart, so where batches are cut does not matter)."""
+        return "blake2b:" + "".join(h.hexdigest() for h in self._hashes)
 
     def shared(self, batch: Any) -> Shared:
         """The batch's one forward pass (forward + backward when a live gate takes the
@@ -377,7 +387,7 @@ class ModelPass:
                 check=r.check.index, options=dict(r.check.options), stats=tally.stats,
                 report_only=r.check.report_only,
                 artifacts=[str(p) for p in self.saved.get(r.key, [])],
-                fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack),
+                fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack, self.data_digest()),
                 details=describe(tally.stats) if describe is not None else "",
             )
         return outcomes

@@ -3,7 +3,9 @@
 A fingerprint is a small JSON-able dict: the model (file content hash, or factory and
 weights hash), the data (source, content hash of a .npz, and the number of samples),
 the attack, eps, its options, the seed and the input space. Two results with the same key
-but different fingerprints are "changed config, not compared".
+whose fingerprints differ in how they were measured (data, n, options, seed, input space)
+are "changed config, not compared"; a different model (retrained weights) is compared, and
+reported as "model changed since baseline".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import CheckSpec, ModelSpec
 
-__all__ = ["fingerprint", "file_hash", "differences"]
+__all__ = ["IDENTITY_FIELDS", "fingerprint", "file_hash", "differences"]
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -37,17 +39,26 @@ def file_hash(path: Path) -> str:
     return _HASHES[slot]
 
 
+#: fields that say what is under test, not how it was measured: a baseline is compared
+#: across them (a retrained model is exactly what a regression gate must compare)
+IDENTITY_FIELDS = ("model",)
+
+
 def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int,
-                attack: Any = None) -> dict[str, Any]:
+                attack: Any = None, data_digest: str | None = None) -> dict[str, Any]:
     """The measurement's identity beyond its key (model, attack, eps, options). The seed is
-    part of it only for an attack that draws random numbers (``attack`` takes ``rng``)."""
+    part of it only for an attack that draws random numbers (``attack`` takes ``rng``).
+    ``data_digest``: a hash of the samples the pass read (so changed data behind the same
+    loader is seen); without it, a ``.npz`` file's content hash."""
     if spec.model_format == "factory":
         model = spec.model + (f" + {file_hash(spec.resolve(spec.weights))}" if spec.weights else "")
     else:
         model = file_hash(spec.resolve(spec.model))
     data = spec.data
     if data.lower().endswith(".npz"):
-        data = f"{Path(data).name} {file_hash(spec.resolve(data))}"
+        data = Path(data).name + ("" if data_digest else f" {file_hash(spec.resolve(data))}")
+    if data_digest:
+        data = f"{data} {data_digest}"
     return {
         "model": model,
         "data": data,
@@ -62,11 +73,13 @@ def fingerprint(spec: "ModelSpec", check: "CheckSpec", eps: float | None, n: int
     }
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The fingerprint fields that differ, by name (empty when either side has none)."""
+def differences(old: dict[str, Any], new: dict[str, Any], *, measurement: bool = False) -> list[str]:
+    """The fingerprint fields that differ, by name (empty when either side has none); with
+    ``measurement``, only those that change what was measured (not the model's identity)."""
     if not old or not new:
         return []
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return [k for k in fields if k not in IDENTITY_FIELDS] if measurement else fields
 
 
 def _draws_random(attack: Any) -> bool:

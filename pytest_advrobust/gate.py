@@ -51,9 +51,10 @@ def baseline_figure(entry: Any, result: AttackResult) -> float | None:
         return None
     if isinstance(entry, (int, float)):
         return float(entry)
-    old = getattr(entry, "fingerprint", None)
-    if old and result.fingerprint and old != result.fingerprint:
-        return None
+    from .fingerprint import differences
+
+    if differences(getattr(entry, "fingerprint", None) or {}, result.fingerprint, measurement=True):
+        return None  # measured on something else: not comparable
     return float(entry.accuracy)
 
 

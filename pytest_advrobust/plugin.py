@@ -82,10 +82,79 @@ def _may_configure_gates(path: Path) -> bool:
 def _config_path(config: pytest.Config) -> Path:
     option = config.getoption("advrobust_config")
     if option:
-        return Path(option).resolve()
+        return _given_config(option)
     if config.inipath is not None and config.inipath.name == "pyproject.toml":
         return config.inipath
     return config.rootpath / "pyproject.toml"
+
+
+def _given_config(option: str) -> Path:
+    """``--advrobust-config PATH``: a file that exists, can be read and has gates. Anything
+    else is a usage error, never a run with every gate silently off."""
+    path = Path(option).resolve()
+    problem = ""
+    if not path.exists():
+        problem = "does not exist"
+    elif path.is_dir():
+        problem = "is a directory, not a file"
+    else:
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror})"
+        else:
+            if b"advrobust" not in text:
+                problem = "has no [tool.advrobust] table"
+    if problem:
+        raise pytest.UsageError(
+            f"pytest-advrobust: --advrobust-config={option}: {path} {problem}. Point it at the "
+            "pyproject.toml (or other TOML file) that holds [tool.advrobust], or drop the option "
+            "to use the rootdir's pyproject.toml.")
+    return path
+
+
+#: report options that name a file, and the one that names a folder
+FILE_OPTIONS = ("advrobust_json", "advrobust_markdown", "advrobust_save_baseline")
+FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts")
+
+
+def _check_report_paths(config: pytest.Config) -> None:
+    """Every path a report will be written to, checked before any model loads: a problem
+    found after an hour of attacks would lose the run's reports."""
+    targets = [(f"--{name.replace('_', '-')}", config.getoption(name), False) for name in FILE_OPTIONS]
+    targets += [(f"--{name.replace('_', '-')}", config.getoption(name), True) for name in FOLDER_OPTIONS]
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        targets.append(("$GITHUB_STEP_SUMMARY", summary, False))
+    for option, value, folder in targets:
+        if not value:
+            continue
+        problem = _unwritable(Path(value).resolve(), folder)
+        if problem:
+            raise pytest.UsageError(f"pytest-advrobust: {option}={value}: {problem}. Give a "
+                                    f"{'folder' if folder else 'file'} path this run can write.")
+
+
+def _unwritable(path: Path, folder: bool) -> str:
+    """Why ``path`` cannot be written (empty when it can): the path itself, then its
+    nearest existing parent, which must be a writable folder."""
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} exists and is not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder, not a file"
+        if not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+        if folder:
+            return ""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be created under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the folder {parent} is not writable"
+    return ""
 
 
 class RobustnessPlugin:
@@ -100,14 +169,26 @@ class RobustnessPlugin:
         self.path = path
         self.current = ""  # the gate running now, for progress lines
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
+        self.problems: list[str] = []  # reports that could not be written: the run fails
         self.results: list[dict[str, Any]] = []
+        #: every gate this run selected (key -> label), on this process or its workers
+        self.selected: dict[str, dict[str, Any]] = {}
+        #: gates deselected (-k, --lf, --deselect): a baseline save then merges
+        self.deselected = 0
+        self.interrupted = False
         self._session: RobustnessSession | None = None
+        if not hasattr(config, "workerinput"):
+            _check_report_paths(config)
         if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
             return
         try:
             self._session = self._build_session()
         except ConfigError as exc:
             raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+        if self._session.config is None and config.getoption("advrobust_config"):
+            raise pytest.UsageError(f"pytest-advrobust: --advrobust-config={config.getoption('advrobust_config')}: "
+                                    f"{path} has no [tool.advrobust] table (it mentions advrobust "
+                                    "elsewhere). Point the option at the file that holds the table.")
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))
@@ -136,26 +217,73 @@ class RobustnessPlugin:
         return GateFile.from_parent(parent, path=file_path)
 
     # -- results ----------------------------------------------------------------------------
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """The gates this run will compute (after -k, --lf and --deselect)."""
+        for item in session.items:
+            if isinstance(item, GateItem):
+                self.selected[item.key] = item.describe()
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += sum(isinstance(item, GateItem) for item in items)
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupted = True
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """xdist: results computed on a worker travel up in its workeroutput."""
-        payload = getattr(node, "workeroutput", {}).get("advrobust")
-        if payload:
-            self.results.extend(json.loads(payload))
+        output = getattr(node, "workeroutput", {})
+        if output.get("advrobust"):
+            self.results.extend(json.loads(output["advrobust"]))
+        if output.get("advrobust_selected"):
+            self.selected.update(json.loads(output["advrobust_selected"]))
+        self.deselected = max(self.deselected, int(output.get("advrobust_deselected", 0)))
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         own = [r.to_dict() for r in self._session.engine.results] if self._session else []
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
+            self.config.workeroutput["advrobust_selected"] = json.dumps(self.selected)  # type: ignore[attr-defined]
+            self.config.workeroutput["advrobust_deselected"] = self.deselected  # type: ignore[attr-defined]
             return
         self.results.extend(own)
-        target = self.config.getoption("advrobust_json")
-        if target and (self.results or (self._session and self._session.config is not None)):
-            from .report.json_report import write_json
+        self.interrupted = self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+        results = self.all_results()
+        if results or (self._session and self._session.config is not None):
+            self._write("JSON report", "advrobust_json", lambda path: self._write_json(path, results))
+        if results:
+            self._write_reports(results)
+        if self.problems and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-            write_json(Path(target), self.all_results())
-        if self.results:
-            self._write_reports(self.all_results())
+    def _write_json(self, path: Path, results: list[AttackResult]) -> str:
+        from .report.json_report import write_json
+        from .report.terminal import status_counts
+
+        counts = status_counts(results)
+        summary = {"gates": len(results), **{key.replace(" ", "_"): n for key, n in counts.items()}}
+        return str(write_json(path, results, summary=summary, interrupted=self.interrupted,
+                              complete=self.complete(results)))
+
+    def _write(self, what: str, option: str | None, write: Any, path: Path | None = None) -> None:
+        """Write one report; a failure is said in the summary and fails the run, and the
+        other reports are still written."""
+        target = path if path is not None else (self.config.getoption(option) if option else None)
+        if not target:
+            return
+        try:
+            written = write(Path(target))
+        except (OSError, AdvRobustError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.problems.append(f"could not write the {what} to {target}: {reason}")
+            return
+        if written:
+            self.notes.append(f"{what}: {written}")
+
+    def complete(self, results: list[AttackResult]) -> bool:
+        """Every gate of the config ran to a figure: nothing deselected, errored, or left
+        out by an interrupted run."""
+        return not self.interrupted and not self.deselected and all(r.measured for r in results)
 
     def _write_reports(self, results: list[AttackResult]) -> None:
         """Markdown (and GitHub's step summary), the baseline file and the plots."""
@@ -163,25 +291,42 @@ class RobustnessPlugin:
         if option("advrobust_markdown") or os.environ.get("GITHUB_STEP_SUMMARY"):
             from .report.markdown import append_markdown, to_markdown, write_markdown
 
-            text = to_markdown(results, self.comparison(results))
-            if option("advrobust_markdown"):
-                self.notes.append(f"markdown: {write_markdown(Path(option('advrobust_markdown')), text)}")
-            if os.environ.get("GITHUB_STEP_SUMMARY"):
-                append_markdown(Path(os.environ["GITHUB_STEP_SUMMARY"]), text)
+            text = to_markdown(results, self.comparison(results), interrupted=self.interrupted)
+            self._write("markdown", "advrobust_markdown", lambda path: write_markdown(path, text))
+            self._write("step summary", None, lambda path: append_markdown(path, text),
+                        path=os.environ.get("GITHUB_STEP_SUMMARY") or None)
         if option("advrobust_save_baseline"):
-            from .report.baseline import write_baseline
-
-            self.notes.append(f"baseline saved: {write_baseline(Path(option('advrobust_save_baseline')), results)}")
-        if option("advrobust_plots"):
+            self._save_baseline(Path(option("advrobust_save_baseline")), results)
+        if option("advrobust_plots") and any(r.measured for r in results):
             from .linearity import model_curves
             from .report.plots import write_plots
 
             session = self.session
-            written, problems = write_plots(
-                results, Path(option("advrobust_plots")),
-                linearity=lambda name: model_curves(session.engine, session.spec(name)))
-            self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
-            self.notes.extend(f"plot skipped: {problem}" for problem in problems)
+            try:
+                written, problems = write_plots(
+                    [r for r in results if r.measured], Path(option("advrobust_plots")),
+                    linearity=lambda name: model_curves(session.engine, session.spec(name)))
+            except OSError as exc:
+                self.problems.append(f"could not write the plots to {option('advrobust_plots')}: "
+                                     f"{exc.strerror or exc}")
+            else:
+                self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
+                self.notes.extend(f"plot skipped: {problem}" for problem in problems)
+
+    def _save_baseline(self, path: Path, results: list[AttackResult]) -> None:
+        """A complete run replaces the baseline; a partial one (deselected, errored or not
+        run gates) merges its measured gates into it; an interrupted one writes nothing."""
+        from .report.baseline import write_baseline
+
+        if self.interrupted:
+            self.problems.append(f"baseline not saved to {path}: the run was interrupted, and a "
+                                 "partial run must not replace it. Rerun to completion.")
+            return
+        measured = [r for r in results if r.measured]
+        merge = not self.complete(results)
+        self._write("baseline saved" + (" (merged: this run's measured gates replaced, the "
+                                         "others kept)" if merge else ""), None,
+                    lambda target: write_baseline(target, measured, merge=merge), path=path)
 
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
@@ -195,13 +340,27 @@ class RobustnessPlugin:
         progress_log.info("advrobust %s: %s", self.current or "probe", message)
 
     def all_results(self) -> list["AttackResult"]:
+        """Every selected gate once: its result, its error, or a "not run" entry."""
         from .results import AttackResult
 
         unique = {r["key"]: r for r in self.results}
-        return [AttackResult.from_dict(r) for r in unique.values()]
+        out = [AttackResult.from_dict(r) for r in unique.values()]
+        why = ("the run was interrupted before it" if self.interrupted else
+               "the run stopped early (-x or --maxfail) before it")
+        for key, gate in self.selected.items():
+            if key not in unique:
+                label = gate["label"]
+                out.append(AttackResult(
+                    model=gate["model"], attack=gate["attack"], eps=gate["eps"], correct=0,
+                    clean_correct=0, n=0, min_accuracy=gate["min_accuracy"],
+                    max_drop=gate["max_drop"], passed=False, check=gate["check"],
+                    options=gate["options"], report_only=gate["report_only"],
+                    not_run=f"{label}: not run: {why} reached this gate",
+                    message=f"{label}: not run: {why} reached this gate"))
+        return out
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput") or not self.results:
+        if hasattr(self.config, "workerinput") or not (self.results or self.selected):
             return
         from .report.terminal import format_table, headers, summary_rows, verdict_line
 
@@ -212,10 +371,12 @@ class RobustnessPlugin:
         rows = summary_rows(results, verbose=verbose, comparison=comparison)
         for line in format_table(rows, headers(verbose, comparison is not None)):
             terminalreporter.write_line(line)
-        terminalreporter.write_line(verdict_line(results))
+        terminalreporter.write_line(verdict_line(results, interrupted=self.interrupted))
         for note in self.notes:
             if verbose or note.startswith("plot skipped"):
                 terminalreporter.write_line(note)
+        for problem in self.problems:
+            terminalreporter.write_line(f"ERROR: {problem}", red=True)
         if comparison is not None:
             from .report.baseline import comparison_lines
 
@@ -281,13 +442,20 @@ class ModelGates(pytest.Collector):
             counts[_item_name(request)] = counts.get(_item_name(request), 0) + 1
         for request in plugin.session.requests(self.spec):
             name = _item_name(request, indexed=counts[_item_name(request)] > 1)
-            yield GateItem.from_parent(self, name=name, spec=self.spec, request=request)
+            # the id is given as a string so pytest parses it as it parses ids read back
+            # from its --lf cache (the "[eps=...]" part as parameters): they then match
+            yield GateItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}",
+                                       spec=self.spec, request=request)
 
 
 def _item_name(request: Request, indexed: bool = False) -> str:
+    from .results import format_eps
+
     check = request.check
     label = f"{check.attack}#{check.index}" if indexed else check.attack
-    return label if check.eps == (0.0,) and check.attack == "clean" else f"{label}[eps={request.eps:g}]"
+    if check.eps == (0.0,) and check.attack == "clean":
+        return label
+    return f"{label}[eps={format_eps(request.eps)}]"
 
 
 class GateItem(pytest.Item):
@@ -301,33 +469,71 @@ class GateItem(pytest.Item):
         self.add_marker("advrobust")
         self.add_marker(pytest.mark.xdist_group(f"advrobust-{spec.name}"))
 
-    def runtest(self) -> None:
-        from .report.terminal import threshold_text
+    @property
+    def key(self) -> str:
+        """The gate's key in reports and baselines (as its result will carry it)."""
+        from .results import gate_key
 
+        return gate_key(self.spec.name, self.request.check.attack, self._eps, dict(self.request.check.options))
+
+    @property
+    def _eps(self) -> float | None:
+        registry = self.config.stash[SESSION_KEY].session.registry
+        attack = self.request.check.attack
+        return self.request.eps if attack not in registry or registry[attack].uses_eps else None
+
+    def describe(self) -> dict[str, Any]:
+        """What a report needs to show this gate if it never gets a result (JSON-able)."""
+        from .results import format_eps
+
+        check = self.request.check
+        eps = self._eps
+        return {"model": self.spec.name, "attack": check.attack, "eps": eps, "check": check.index,
+                "options": dict(check.options), "min_accuracy": check.min_accuracy,
+                "max_drop": check.max_drop, "report_only": check.report_only,
+                "label": f"{check.attack}{'' if eps is None else f' eps={format_eps(eps)}'} on {self.spec.name}"}
+
+    def runtest(self) -> None:
         plugin = self.config.stash[SESSION_KEY]
         plugin.current = self.name
+        engine = plugin.session.engine
         try:
-            result = plugin.session.engine.result(self.spec, self.request, batch_with=plugin.pending(self))
+            result = engine.result(self.spec, self.request, batch_with=plugin.pending(self))
+        except AdvRobustError as exc:
+            self._record(engine.record_error(self.spec, self.request, exc))
+            raise
+        except Exception as exc:  # a bug: still an error entry in every report
+            self._record(engine.record_error(self.spec, self.request, exc))
+            raise
         finally:
             plugin.current = ""
         self.result = result
+        self._record(result)
+        if not result.passed:
+            raise GateFailed(result.message)
+
+    def _record(self, result: AttackResult) -> None:
+        """The gate's figures and status as JUnit properties; set before any failure is
+        raised, so failing and errored gates carry them too."""
+        from .report.terminal import threshold_text
+        from .results import format_eps
+
         low, high = result.interval
         baseline = result.baseline_accuracy
-        # set before any failure is raised, so failing gates carry their figures in JUnit too
+        figure = (lambda value: f"{value:.6f}") if result.measured else (lambda value: "")
         self.user_properties.extend([
             ("advrobust_model", result.model), ("advrobust_attack", result.attack),
-            ("advrobust_eps", "" if result.eps is None else f"{result.eps:g}"),
-            ("advrobust_accuracy", f"{result.accuracy:.6f}"),
-            ("advrobust_clean_accuracy", f"{result.clean_accuracy:.6f}"),
-            ("advrobust_ci_low", f"{low:.6f}"), ("advrobust_ci_high", f"{high:.6f}"),
-            ("advrobust_n", str(result.n)),
+            ("advrobust_eps", "" if result.eps is None else format_eps(result.eps)),
+            ("advrobust_status", result.status),
+            ("advrobust_accuracy", figure(result.accuracy)),
+            ("advrobust_clean_accuracy", figure(result.clean_accuracy)),
+            ("advrobust_ci_low", figure(low)), ("advrobust_ci_high", figure(high)),
+            ("advrobust_n", str(result.n) if result.measured else ""),
             ("advrobust_min_accuracy", "" if result.min_accuracy is None else f"{result.min_accuracy:g}"),
             ("advrobust_max_drop", "" if result.max_drop is None else f"{result.max_drop:g}"),
             ("advrobust_threshold", threshold_text(result)),
             ("advrobust_baseline_accuracy", "" if baseline is None else f"{baseline:.6f}"),
-        ])
-        if not result.passed:
-            raise GateFailed(result.message)
+        ] + ([("advrobust_error", result.error)] if result.error else []))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GateFailed):
@@ -337,8 +543,7 @@ class GateItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        eps = "" if self.request.check.attack == "clean" else f" eps={self.request.eps:g}"
-        return self.path, None, f"advrobust: {self.request.check.attack}{eps} on {self.spec.name}"
+        return self.path, None, f"advrobust: {self.describe()['label']}"
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from typing import Any
 
 __all__ = ["AttackResult", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
 
-#: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict)
-STATUSES = ("passed", "failed", "error", "measured")
+#: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict);
+#: ``not run`` a selected gate the run never reached (interrupted, ``-x``, ``--maxfail``)
+STATUSES = ("passed", "failed", "error", "measured", "not run")
 
 
 def format_eps(eps: float) -> str:
@@ -67,15 +68,24 @@ class AttackResult:
     error: str = ""
     #: a ``report-only`` check: figures without a verdict (status ``measured``)
     report_only: bool = False
+    #: why a selected gate was never computed (status ``not run``; no figures)
+    not_run: str = ""
 
     @property
     def status(self) -> str:
-        """``passed``, ``failed``, ``error`` or ``measured`` (see :data:`STATUSES`)."""
+        """``passed``, ``failed``, ``error``, ``measured`` or ``not run`` (see :data:`STATUSES`)."""
+        if self.not_run:
+            return "not run"
         if self.error:
             return "error"
         if not self.passed:
             return "failed"
         return "measured" if self.report_only else "passed"
+
+    @property
+    def measured(self) -> bool:
+        """Whether the gate has figures (it was computed, not errored or left out)."""
+        return not (self.error or self.not_run)
 
     @property
     def accuracy(self) -> float:
@@ -112,7 +122,7 @@ class AttackResult:
         data.pop("seconds")
         data.update(accuracy=round(self.accuracy, 6), clean_accuracy=round(self.clean_accuracy, 6),
                     ci_low=round(low, 6), ci_high=round(high, 6), key=self.key, status=self.status)
-        if self.error:  # no figures were measured: say so rather than report zeros
+        if not self.measured:  # no figures were measured: say so rather than report zeros
             data.update(accuracy=None, clean_accuracy=None, ci_low=None, ci_high=None)
         return data
 

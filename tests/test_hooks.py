@@ -93,7 +93,7 @@ def test_custom_attack_gates_projects_clips_and_reports(pytester: pytest.Pyteste
         f"*shift eps=0.5 on blob: accuracy {shift[0.5]:.3f} < min-accuracy 0.900*",
         "blob*shift*0.1*1.000*PASS",
         "blob*shift*0.5*FAIL",
-        "blob*push*0.5*PASS",
+        "blob*push*0.5*MEASURED",
     ])
     # the result hook saw every gate result (a fixture call is not a gate)
     sink = [json.loads(line) for line in (pytester.path / "sink.jsonl").read_text().splitlines()]

@@ -83,7 +83,7 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
 
     markdown = (out / "summary.md").read_text()
     lines = markdown.splitlines()
-    assert lines[0] == "### :x: advrobust: 7 gates, 1 failed"
+    assert lines[0] == "### :x: advrobust: 7 gates: 5 passed, 1 failed, 1 measured"
     rows = [line for line in lines if line.startswith("| blob |")]
     assert len(rows) == 7
     fgsm = next(r for r in rows if "| fgsm | 0.3 |" in r)
@@ -158,14 +158,14 @@ def test_bad_baseline_is_a_usage_error_naming_the_file(pytester: pytest.Pytester
 def test_summary_compact_quiet_verbose_and_xdist(pytester: pytest.Pytester, project) -> None:
     quiet = pytester.runpytest(*RUN, "-q")
     quiet.stdout.fnmatch_lines(["*= advrobust =*", "model*attack*eps*accuracy*95% CI*threshold*status",
-                                "all 6 gates passed"])
+                                "6 gates: 5 passed, 1 measured"])
     assert "clean " not in quiet.stdout.lines[quiet.stdout.lines.index(
         next(l for l in quiet.stdout.lines if l.startswith("model")))].replace("attack", "")
     verbose = pytester.runpytest(*RUN, "-v")
     verbose.stdout.fnmatch_lines(["model*attack*eps*accuracy*95% CI*clean*n*threshold*vs baseline*status"])
     spread = pytester.runpytest(*RUN, "-n", "2", "-q")
     spread.assert_outcomes(passed=6)
-    spread.stdout.fnmatch_lines(["*= advrobust =*", "blob*universal*0.2*", "all 6 gates passed"])
+    spread.stdout.fnmatch_lines(["*= advrobust =*", "blob*universal*0.2*", "6 gates: 5 passed, 1 measured"])
 
 
 def test_progress_goes_through_logging(pytester: pytest.Pytester, project) -> None:

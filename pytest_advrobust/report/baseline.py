@@ -54,19 +54,26 @@ class Comparison:
     new: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
     changed: dict[str, list[str]] = field(default_factory=dict)  # key -> fields that differ
+    #: compared gates whose model differs from the baseline's (retrained): information
+    model_changed: list[str] = field(default_factory=list)
+    #: gates without figures this run (errored, not run): nothing to compare
+    unmeasured: list[str] = field(default_factory=list)
 
     def note(self, key: str) -> str:
         """The summary's "vs baseline" cell for a gate with no figure to compare."""
         if key in self.changed:
-            return "changed config"
+            return "changed data" if self.changed[key] == ["data"] else "changed config"
         if key in self.new:
             return "new"
+        if key in self.unmeasured:
+            return "no figure"
         return ""
 
 
-def to_baseline(results: Iterable[AttackResult]) -> str:
-    """Deterministic text (sorted keys, no timestamps), so a committed baseline diffs well."""
-    entries = {}
+def to_baseline(results: Iterable[AttackResult], keep: dict[str, Any] | None = None) -> str:
+    """Deterministic text (sorted keys, no timestamps), so a committed baseline diffs well.
+    ``keep``: entries of an existing baseline that this run did not measure, kept as they are."""
+    entries = dict(keep or {})
     for r in results:
         low, high = r.interval
         entries[r.key] = {"model": r.model, "attack": r.attack, "eps": r.eps,
@@ -77,8 +84,14 @@ def to_baseline(results: Iterable[AttackResult]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-def write_baseline(path: Path, results: Iterable[AttackResult]) -> Path:
-    return atomic_write_text(path, to_baseline(results))
+def write_baseline(path: Path, results: Iterable[AttackResult], *, merge: bool = False) -> Path:
+    """Write ``results`` as the baseline at ``path``; with ``merge``, an existing baseline's
+    entries for gates not in ``results`` are kept (a partial run never shrinks a baseline)."""
+    keep = None
+    if merge and Path(path).exists():
+        load_baseline(path)  # a damaged file is reported, never silently replaced
+        keep = json.loads(Path(path).read_text(encoding="utf-8"))["results"]
+    return atomic_write_text(path, to_baseline(results, keep))
 
 
 def load_baseline(path: Path) -> dict[str, BaselineEntry]:
@@ -133,10 +146,14 @@ def compare(baseline: dict[str, BaselineEntry], results: Iterable[AttackResult])
         entry = baseline.get(r.key)
         if entry is None:
             out.new.append(r.key)
-        elif entry.fingerprint and r.fingerprint and entry.fingerprint != r.fingerprint:
-            out.changed[r.key] = differences(entry.fingerprint, r.fingerprint)
+        elif not r.measured:
+            out.unmeasured.append(r.key)
+        elif differences(entry.fingerprint, r.fingerprint, measurement=True):
+            out.changed[r.key] = differences(entry.fingerprint, r.fingerprint, measurement=True)
         else:
             out.compared.append(r.key)
+            if "model" in differences(entry.fingerprint, r.fingerprint):
+                out.model_changed.append(r.key)
     out.not_run = sorted(k for k in baseline if k not in seen)
     return out
 
@@ -148,10 +165,18 @@ def comparison_lines(comparison: Comparison, results: Iterable[AttackResult]) ->
                    and not by_key[k].passed]
     lines = [f"{len(comparison.compared)} compared, {len(regressions)} regressed, "
              f"{len(comparison.new)} new, {len(comparison.changed)} changed config, "
-             f"{len(comparison.not_run)} in the baseline but not run"]
+             f"{len(comparison.not_run)} in the baseline but not run"
+             + (f", {len(comparison.unmeasured)} without a figure this run" if comparison.unmeasured else "")]
     lines += [f"regression: {by_key[k].label}" for k in regressions]
-    lines += [f"changed config, not compared: {by_key[k].label} (differs in {', '.join(fields)})"
+    if comparison.model_changed:
+        lines.append(f"model changed since baseline (compared all the same): "
+                     f"{len(comparison.model_changed)} gate(s), e.g. {by_key[comparison.model_changed[0]].label}")
+    lines += [(f"changed data, not compared: {by_key[k].label} (the evaluation data differs "
+               "from the baseline's)" if fields == ["data"] else
+               f"changed config, not compared: {by_key[k].label} (differs in {', '.join(fields)})")
               for k, fields in comparison.changed.items()]
+    lines += [f"no figure this run, not compared: {by_key[k].label} ({by_key[k].status})"
+              for k in comparison.unmeasured]
     lines += [f"new gate (not in the baseline): {by_key[k].label}" for k in comparison.new]
     lines += [f"not run (removed or deselected): {k}" for k in comparison.not_run]
     return lines

@@ -15,18 +15,23 @@ if TYPE_CHECKING:
 __all__ = ["to_markdown", "write_markdown", "append_markdown"]
 
 
-def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None" = None) -> str:
-    """A one-line verdict, the full table (with 95% intervals), failing gates' messages and,
-    with a baseline, what was and was not compared."""
+def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None" = None, *,
+                interrupted: bool = False) -> str:
+    """A one-line verdict, the full table (with 95% intervals), the messages of gates that
+    failed, errored or did not run, and, with a baseline, what was and was not compared."""
     results = ordered(results)
-    failed = [r for r in results if not r.passed]
-    mark = ":x:" if failed else ":white_check_mark:"
-    lines = [f"### {mark} advrobust: {verdict_line(results)}", ""]
+    line = verdict_line(results, interrupted=interrupted)
+    mark = ":white_check_mark:" if line.startswith("all ") else \
+        (":x:" if any(r.status in ("failed", "error") for r in results) else ":warning:")
+    lines = [f"### {mark} advrobust: {line}", ""]
     lines += format_table(summary_rows(results, verbose=True, comparison=comparison),
                           headers(True, comparison is not None), markdown=True)
-    if failed:
-        lines += ["", "**Failing gates**", ""]
-        lines += [f"- `{r.message}`" for r in failed]
+    for title, status in (("Failing gates", "failed"), ("Gates that errored", "error"),
+                          ("Gates not run", "not run")):
+        chosen = [r for r in results if r.status == status]
+        if chosen:
+            lines += ["", f"**{title}**", ""]
+            lines += [f"- `{(r.message or r.not_run).replace('`', chr(39))}`" for r in chosen]
     if comparison is not None:
         from .baseline import comparison_lines
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from ..results import AttackResult
+from ..results import STATUSES, AttackResult, format_eps
 
 if TYPE_CHECKING:
     from .baseline import Comparison
 
-__all__ = ["summary_rows", "format_table", "headers", "ordered", "threshold_text", "verdict_line"]
+__all__ = ["summary_rows", "format_table", "headers", "ordered", "status_counts", "threshold_text",
+           "verdict_line"]
 
 #: every column, in order; the compact table keeps the ones in COMPACT
 COLUMNS = ("model", "attack", "eps", "accuracy", "95% CI", "clean", "n", "threshold",
            "vs baseline", "status")
+#: the status column's words
+STATUS_CELLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "measured": "MEASURED",
+                "not run": "NOT RUN"}
 COMPACT = ("model", "attack", "eps", "accuracy", "95% CI", "threshold", "status")
 HEADERS = COLUMNS
 
@@ -51,21 +55,43 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
             delta = f"{change:+.3f} (was {r.baseline_accuracy:.3f})"
         else:
             delta = (comparison.note(r.key) if comparison is not None else "") or "-"
-        cells = {"model": r.model, "attack": r.attack, "eps": "-" if r.eps is None else f"{r.eps:g}",
-                 "accuracy": f"{r.accuracy:.3f}", "95% CI": f"{low:.3f}-{high:.3f}",
-                 "clean": f"{r.clean_accuracy:.3f}", "n": str(r.n), "threshold": threshold_text(r),
-                 "vs baseline": delta, "status": "PASS" if r.passed else "FAIL"}
+        measured = r.measured
+        cells = {"model": r.model, "attack": r.attack,
+                 "eps": "-" if r.eps is None else format_eps(r.eps),
+                 "accuracy": f"{r.accuracy:.3f}" if measured else "-",
+                 "95% CI": f"{low:.3f}-{high:.3f}" if measured else "-",
+                 "clean": f"{r.clean_accuracy:.3f}" if measured else "-",
+                 "n": str(r.n) if measured else "-", "threshold": threshold_text(r),
+                 "vs baseline": delta, "status": STATUS_CELLS[r.status]}
         rows.append(tuple(cells[c] for c in shown))
     return rows
 
 
-def verdict_line(results: Iterable[AttackResult]) -> str:
-    """``12 gates, 1 failed`` (or ``all 12 gates passed``)."""
+def status_counts(results: Iterable[AttackResult]) -> dict[str, int]:
+    """How many gates ended in each status, in :data:`STATUSES` order."""
+    counts = {status: 0 for status in STATUSES}
+    for r in results:
+        counts[r.status] += 1
+    return counts
+
+
+def verdict_line(results: Iterable[AttackResult], *, interrupted: bool = False) -> str:
+    """``50 gates: 47 passed, 1 failed, 2 errors`` (``all 12 gates passed`` only when that
+    is the whole truth: every selected gate ran and passed)."""
     results = list(results)
-    failed = sum(not r.passed for r in results)
-    if failed:
-        return f"{len(results)} gates, {failed} failed"
-    return f"all {len(results)} gates passed"
+    counts = status_counts(results)
+    prefix = "run interrupted: " if interrupted else ""
+    if results and counts["passed"] == len(results) and not interrupted:
+        return f"all {len(results)} gates passed"
+    words = {"passed": "passed", "failed": "failed", "error": "error", "measured": "measured",
+             "not run": "not run"}
+    parts = []
+    for status, count in counts.items():
+        if count:
+            word = words[status] + ("s" if status == "error" and count > 1 else "")
+            parts.append(f"{count} {word}")
+    noun = "gate" if len(results) == 1 else "gates"
+    return f"{prefix}{len(results)} {noun}: {', '.join(parts) or 'none ran'}"
 
 
 def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...] = HEADERS,

@@ -36,11 +36,17 @@ def test_an_improvement_never_fails() -> None:
     assert judge(_result(150, baseline_accuracy=0.5, max_regression=0.0)).passed
 
 
-def test_baseline_figure_skips_a_changed_fingerprint() -> None:
-    result = _result(100, fingerprint={"model": "sha256:a", "n": 200})
-    same = BaselineEntry(key=result.key, accuracy=0.7, fingerprint={"model": "sha256:a", "n": 200})
-    other = BaselineEntry(key=result.key, accuracy=0.7, fingerprint={"model": "sha256:b", "n": 200})
+def test_baseline_figure_compares_a_retrained_model_but_not_a_changed_measurement() -> None:
+    result = _result(100, fingerprint={"model": "sha256:a", "data": "d blake2b:1", "n": 200})
+    same = BaselineEntry(key=result.key, accuracy=0.7, fingerprint={"model": "sha256:a", "data": "d blake2b:1", "n": 200})
+    retrained = BaselineEntry(key=result.key, accuracy=0.7,
+                              fingerprint={"model": "sha256:b", "data": "d blake2b:1", "n": 200})
+    other_data = BaselineEntry(key=result.key, accuracy=0.7,
+                               fingerprint={"model": "sha256:a", "data": "d blake2b:2", "n": 200})
+    fewer = BaselineEntry(key=result.key, accuracy=0.7, fingerprint={"model": "sha256:a", "data": "d blake2b:1", "n": 100})
     assert baseline_figure(same, result) == 0.7
-    assert baseline_figure(other, result) is None
+    assert baseline_figure(retrained, result) == 0.7  # a retrained model is what a regression gate compares
+    assert baseline_figure(other_data, result) is None
+    assert baseline_figure(fewer, result) is None
     assert baseline_figure(0.6, result) == 0.6  # a bare number: always compared
     assert baseline_figure(None, result) is None

@@ -33,7 +33,7 @@ def test_compact_and_verbose_columns() -> None:
 def test_markdown_has_verdict_table_and_failures(tmp_path) -> None:
     text = to_markdown(_results())
     lines = text.splitlines()
-    assert lines[0] == "### :x: advrobust: 2 gates, 1 failed"
+    assert lines[0] == "### :x: advrobust: 2 gates: 1 passed, 1 failed"
     assert lines[2].startswith("| model | attack | eps | accuracy | 95% CI |")
     assert lines[4] == "| m | fgsm | 0.1 | 0.500 | 0.404-0.596 | 0.900 | 100 | >= 0.400 | -0.050 (was 0.550) | PASS |"
     assert "- `noise eps=0.1 on m: drop 0.600 ...`" in lines
