@@ -424,10 +424,11 @@ class ModelPass:
         eps = f" at eps={format_eps(r.eps)}" if attack.uses_eps else ""
         if isinstance(exc, ScoresNotFinite):
             return AttackError(
-                f"{r.check.attack}{eps}: the model returned NaN or inf scores on the perturbed "
-                f"inputs (its clean scores are finite): {exc} A model that breaks down just off "
-                "its data is not robust there; check its numerics (log of 0, division by a "
-                "small norm) before gating.", where=self.spec.name)
+                f"{r.check.attack}{eps}: NaN on perturbed inputs: the model returned NaN or inf "
+                f"scores for {exc.bad} of {exc.total} perturbed inputs, while its scores on the "
+                "data itself are finite. A model that breaks down just off its data is not robust "
+                "there; check its numerics (a log of 0, a division by a small norm) before "
+                "gating.", where=self.spec.name)
         if isinstance(exc, AdvRobustError):
             if self.model.gradient_error and attack.needs_gradient and isinstance(exc, AttackError):
                 return _no_gradient(self.spec, r, self.model, exc)

@@ -33,7 +33,12 @@ class ModelLoadError(AdvRobustError):
 
 
 class ScoresNotFinite(ModelLoadError):
-    """The model returned NaN or inf scores (on the data, or on perturbed inputs)."""
+    """The model returned NaN or inf scores (on the data, or on perturbed inputs) for
+    ``bad`` of ``total`` inputs."""
+
+    def __init__(self, message: str, *, where: str | None = None, bad: int = 0, total: int = 0) -> None:
+        super().__init__(message, where=where)
+        self.bad, self.total = bad, total
 
 
 class DataError(AdvRobustError):

@@ -134,7 +134,8 @@ class Classifier:
                 f"the model returned NaN or inf scores for {int((~torch.isfinite(out)).any(1).sum())} "
                 f"of {out.shape[0]} inputs. Check the weights (a diverged training run?) and that "
                 "the inputs are in the units the model expects (input-range, normalize).",
-                where=self.source)
+                where=self.source, bad=int((~torch.isfinite(out)).any(1).sum()),
+                total=int(out.shape[0]))
         if self.output_kind == "auto":
             self.output_kind = detect_output_kind(out)
         if self.num_classes is None:
