@@ -219,6 +219,8 @@ class RobustnessPlugin:
     # -- results ----------------------------------------------------------------------------
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """The gates this run will compute (after -k, --lf and --deselect)."""
+        if self.config.option.collectonly:
+            return
         for item in session.items:
             if isinstance(item, GateItem):
                 self.selected[item.key] = item.describe()
