@@ -46,20 +46,20 @@ min-accuracy = 0.0
 '''
 
 
-def _project(root: Path, blobs) -> Path:
+def _project(root: Path, blobs, device: str) -> Path:
+    """The same models under the same names (every random draw is keyed by the model's
+    name), on ``device``."""
     x, y = blobs
+    root.mkdir()
     model = train_blob_model(x, y)
     (root / "blobmodel.py").write_text(FACTORY)
     torch.save(model.state_dict(), root / "weights.pt")
     export_onnx(model, torch.from_numpy(x[:2]), root / "blob.onnx")
     np.savez(root / "data.npz", x=x, y=y)
-    text = '[tool.advrobust]\ndata = "data.npz"\nbatch-size = 64\n'
-    for device in ("cpu", "cuda"):
-        for kind, ref in (("torch", 'model = "blobmodel:build"\nweights = "weights.pt"'),
-                          ("onnx", 'model = "blob.onnx"')):
-            name = f"{kind}-{device}"
-            text += f'\n[tool.advrobust.models.{name}]\n{ref}\ndevice = "{device}"\n'
-            text += textwrap.dedent(CHECKS.format(name=name))
+    text = f'[tool.advrobust]\ndata = "data.npz"\nbatch-size = 64\ndevice = "{device}"\n'
+    for kind, ref in (("torch", 'model = "blobmodel:build"\nweights = "weights.pt"'),
+                      ("onnx", 'model = "blob.onnx"')):
+        text += f'\n[tool.advrobust.models.{kind}]\n{ref}\n' + textwrap.dedent(CHECKS.format(name=kind))
     (root / "pyproject.toml").write_text(text)
     return root / "pyproject.toml"
 
@@ -69,16 +69,16 @@ def test_every_attack_gives_the_cpu_figures_on_the_gpu(tmp_path: Path, blobs) ->
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    session = RobustnessSession(plugin_manager().hook, _project(tmp_path, blobs))
-    results = session.run_all()
-    assert all(r.measured for r in results), [r.error for r in results if not r.measured]
-    by_key = {(r.model, r.attack, r.eps): r for r in results}
-    for kind in ("torch", "onnx"):
-        for (model, attack, eps), cpu in by_key.items():
-            if model != f"{kind}-cpu":
-                continue
-            gpu = by_key[(f"{kind}-cuda", attack, eps)]
-            # float sums in another order may flip a sample at a decision boundary, no more
-            assert abs(gpu.correct - cpu.correct) <= 2, (kind, attack, eps, cpu.correct, gpu.correct)
-            assert gpu.n == cpu.n and gpu.clean_correct == cpu.clean_correct
-    assert session.engine.classifier(session.spec("torch-cuda")).device.type == "cuda"
+    figures = {}
+    for device in ("cpu", "cuda"):
+        session = RobustnessSession(plugin_manager().hook, _project(tmp_path / device, blobs, device))
+        results = session.run_all()
+        assert all(r.measured for r in results), [r.error for r in results if not r.measured]
+        figures[device] = {(r.model, r.attack, r.eps): r for r in results}
+        assert session.engine.classifier(session.spec("torch")).device.type == device
+    assert len(figures["cpu"]) == len(figures["cuda"]) == 14
+    for key, cpu in figures["cpu"].items():
+        gpu = figures["cuda"][key]
+        # float sums in another order may flip a sample at a decision boundary, no more
+        assert abs(gpu.correct - cpu.correct) <= 2, (key, cpu.correct, gpu.correct)
+        assert gpu.n == cpu.n and gpu.clean_correct == cpu.clean_correct

@@ -56,13 +56,13 @@ def test_shared_step_gives_clean_scores_and_the_exact_linear_gradient(linear_pas
     batch = next(run.batches())
     shared = run.shared(batch)
     logits = _logits(x[:64], weight, bias)
-    np.testing.assert_allclose(shared.scores.numpy(), logits, rtol=1e-4, atol=1e-4)
-    assert shared.clean_ok.tolist() == (logits.argmax(1) == y[:64]).tolist()
+    np.testing.assert_allclose(shared.scores.cpu().numpy(), logits, rtol=1e-4, atol=1e-4)
+    assert shared.clean_ok.cpu().tolist() == (logits.argmax(1) == y[:64]).tolist()
     # d CE / dx = W.T (softmax - onehot), per sample
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     p[np.arange(64), y[:64]] -= 1
-    np.testing.assert_allclose(shared.grad.numpy(), p @ weight, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(shared.grad.cpu().numpy(), p @ weight, rtol=1e-3, atol=1e-5)
 
 
 def test_selection_skips_the_fit_split_of_a_fitted_gate_only(linear_pass) -> None:
@@ -73,7 +73,7 @@ def test_selection_skips_the_fit_split_of_a_fitted_gate_only(linear_pass) -> Non
     first = next(run.batches())
     assert run.selection(fgsm, first) is None
     keep = run.selection(universal, first)
-    assert keep.tolist() == [i >= 40 for i in range(64)]
+    assert keep.cpu().tolist() == [i >= 40 for i in range(64)]
     assert universal.key in run.states and run.states[universal.key].abs().max() <= 0.1 + 1e-7
 
 
