@@ -44,6 +44,9 @@ class OnnxClassifier(Classifier):
         self.proto = proto
         self.input_name = inputs[0].name
         self.output_name, self.output_index = _choose_output(session, output, source)
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        # a graph exported without a dynamic batch axis accepts exactly this many rows
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._twin: Any = None
         self._twin_checked = False
         self.gradient_error = None
@@ -154,9 +157,14 @@ def _refuse_escaping_external_data(proto: Any, path: Path) -> None:
                 "Keep external data next to the .onnx file.", where=str(path))
 
 
-def _choose_output(session: Any, wanted: str | None, source: str) -> tuple[str, int]:
+def _choose_output(session: Any, wanted: str | int | None, source: str) -> tuple[str, int]:
     outputs = session.get_outputs()
     names = [o.name for o in outputs]
+    if isinstance(wanted, int):
+        if wanted >= len(names):
+            raise ModelLoadError(f"output = {wanted}, but the graph has {len(names)} outputs "
+                                 f"({', '.join(names)}).", where=source)
+        wanted = names[wanted]
     if wanted is not None:
         if wanted not in names:
             raise ModelLoadError(f"the output key names {wanted!r}, but the graph's outputs are "
@@ -168,7 +176,7 @@ def _choose_output(session: Any, wanted: str | None, source: str) -> tuple[str, 
                                  "must be a float tensor.", where=source)
         return wanted, names.index(wanted)
     scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)")
-              and (o.shape is None or len(o.shape) == 2)]
+              and (o.shape is None or len(o.shape) in (1, 2))]  # [N, C], or [N] for a binary head
     if len(scores) == 1:
         return scores[0].name, names.index(scores[0].name)
     maps = [o for o in outputs if "map" in o.type]
@@ -177,7 +185,7 @@ def _choose_output(session: Any, wanted: str | None, source: str) -> tuple[str, 
     raise ModelLoadError(
         f"cannot tell which output holds the class scores: outputs are "
         f"{', '.join(f'{o.name} ({o.type}, shape {o.shape})' for o in outputs)}. Set "
-        "output = \"NAME\" to the float [batch, classes] output.", where=source)
+        "output = \"NAME\" (or its index) to the float [batch, classes] output.", where=source)
 
 
 def _zipmap_hint(output: Any) -> str:
