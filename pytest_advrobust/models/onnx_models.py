@@ -64,8 +64,18 @@ class OnnxClassifier(Classifier):
                                            else np.float32)).to(self.device)
 
     def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
-        twin = self.twin()
-        return twin(x)[self.output_index]
+        return self.twin()(x)[0]
+
+    def notes(self, gradient: bool = False) -> list[str]:
+        notes = super().notes(gradient)
+        if gradient:
+            from .onnx_torch import straight_through_operators
+
+            ops = straight_through_operators(self.proto, [self.output_name])
+            if ops:
+                notes.append(f"quantised graph ({', '.join(ops)}): exact forward, input gradient "
+                             "straight-through (BPDA) the rounding")
+        return notes
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The twin's gradient, and onnxruntime's scores (what ships decides the accuracy).
@@ -91,7 +101,9 @@ class OnnxClassifier(Classifier):
             from .onnx_torch import UnsupportedOperator, to_torch
 
             try:
-                self._twin = to_torch(self.proto).to(self.device)
+                # only what the score output needs: an unused label branch (ArgMax,
+                # ArrayFeatureExtractor in scikit-learn exports) needs no translation
+                self._twin = to_torch(self.proto, [self.output_name]).to(self.device)
             except UnsupportedOperator as exc:
                 self.gradient_error = (
                     f"{exc} Attacks that work on this model: noise, transfer (from a "
