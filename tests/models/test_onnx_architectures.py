@@ -107,9 +107,10 @@ def test_torchscript_exports_twin_matches_onnxruntime(name: str, opset: int, ima
     ops = {n.op_type for n in model.graph.node}
     if opset == 17 and name != "vit":
         assert "BatchNormalization" in ops  # the unfolded export really exercises it
-    # float32 onnxruntime differences with h = 1e-3; a wrong gradient (a missed BatchNorm
+    # float32 onnxruntime differences with h = 3e-4 (smaller: float32 noise; larger: ReLU kinks
+    # crossed); the worst architecture stays under 2e-3, while a wrong gradient (a missed BatchNorm
     # scale, a transposed weight) is off by far more than the 1% allowed
-    check_twin(model, images, "y", rtol=1e-4, atol=2e-5, grad_rtol=1e-2, h=1e-3)
+    check_twin(model, images, "y", rtol=1e-4, atol=2e-5, grad_rtol=1e-2, h=3e-4)
     check_against_torch(model, build(name), images)
 
 
@@ -135,7 +136,7 @@ def test_dynamo_exporter(images) -> None:
                                     input_names=["x"], output_names=["y"])
         model = program.model_proto
         check_twin(model, images[:2], model.graph.output[0].name, rtol=1e-4, atol=2e-5,
-                   grad_rtol=1e-2, h=1e-3)
+                   grad_rtol=1e-2, h=3e-4)
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -32,13 +33,12 @@ class DigitsCnn(torch.nn.Module):
         return self.net(x)
 
 
-@pytest.fixture(scope="module")
-def quantised(tmp_path_factory) -> dict:
-    """A briefly trained digits CNN, its float ONNX export and four INT8 versions of it."""
+def build_int8_models(folder: Path) -> dict:
+    """A briefly trained digits CNN, its float ONNX export and four INT8 versions of it
+    (paths under ``folder``), and the test split."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
-    folder = tmp_path_factory.mktemp("int8")
     xtr, ytr, xte, yte = digits_split()
     xtr, xte = xtr.reshape(-1, 1, 8, 8), xte.reshape(-1, 1, 8, 8)
     net = DigitsCnn()
@@ -72,6 +72,11 @@ def quantised(tmp_path_factory) -> dict:
         paths["dynamic"] = folder / "dynamic.onnx"
         quantize_dynamic(folder / "float.onnx", paths["dynamic"], weight_type=QuantType.QInt8)
     return {"folder": folder, "paths": paths, "x": xte, "y": yte}
+
+
+@pytest.fixture(scope="module")
+def quantised(tmp_path_factory) -> dict:
+    return build_int8_models(tmp_path_factory.mktemp("int8"))
 
 
 EXPECTED_OPS = {"qdq": {"QuantizeLinear", "DequantizeLinear"},
