@@ -254,19 +254,27 @@ def _figures(session) -> list[tuple[str, float | None, int, int]]:
     return [(r.attack, r.eps, r.correct, r.clean_correct) for r in session.run_all()]
 
 
+def default_batch_session(root, model_ref: str, x, y, checks: str):
+    """A session with the default batch-size (256), as a user who sets nothing has it."""
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    np.savez(root / "data.npz", x=x, y=y)
+    (root / "pyproject.toml").write_text(f'[tool.advrobust]\nmodel = "{model_ref}"\n'
+                                         f'data = "data.npz"\nname = "m"\n' + checks)
+    return RobustnessSession(plugin_manager().hook, root / "pyproject.toml")
+
+
 def test_fixed_batch_onnx_gives_the_dynamic_exports_figures(tmp_path, cnn_task) -> None:
     net, x, y = cnn_task
     export_onnx(net, torch.zeros(1, 1, 6, 6), tmp_path / "dynamic.onnx")
-    reference = _figures(gate_session(tmp_path, "dynamic.onnx", x, y, checks=FIXED_CHECKS,
-                                      extra='name = "m"\n'))
+    reference = _figures(default_batch_session(tmp_path, "dynamic.onnx", x, y, FIXED_CHECKS))
     assert reference[1][2] < reference[0][2]  # fgsm bites
     for size in (1, 8):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (torch.zeros(size, 1, 6, 6),), str(tmp_path / f"fixed{size}.onnx"),
                               dynamo=False, input_names=["x"], output_names=["y"])
-        session = gate_session(tmp_path, f"fixed{size}.onnx", x, y, checks=FIXED_CHECKS,
-                               extra='name = "m"\n')
+        session = default_batch_session(tmp_path, f"fixed{size}.onnx", x, y, FIXED_CHECKS)
         model = session.engine.classifier(session.spec())
         assert model.fixed_batch == size
         with pytest.raises(ModelLoadError, match="shape"):  # the graph itself refuses other sizes
