@@ -3,6 +3,8 @@ twin vs onnxruntime, finite differences through onnxruntime, autograd through th
 module; scikit-learn exports; INT8 models under fgsm / pgd. About a minute on one core.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/onnx_matrix.py
+
+The dynamo exporter's rows appear where onnxscript is installed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def main() -> None:
             exact = arch.check_against_torch(model, build(name), x)
             cells.append(f"{r['score_diff']:.1e} / {r['grad_rel_err']:.1e} / {exact:.1e}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        print("\n(dynamo exporter: onnxscript is not installed, skipped)")
+    else:
+        print("\n| architecture (dynamo exporter) | opset | operators | figures |")
+        for name in sorted(ARCHITECTURES):
+            model = arch.export_dynamo(build(name))
+            r = arch.check_twin(model, x, "y", rtol=1e-4, atol=2e-5, grad_rtol=1e-2, h=3e-4)
+            exact = arch.check_against_torch(model, build(name), x)
+            opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+            ops = ", ".join(sorted({n.op_type for n in model.graph.node}))
+            print(f"| {name} | {opset} | {ops} | {r['score_diff']:.1e} / {r['grad_rel_err']:.1e} / {exact:.1e} |")
 
     print("\n| scikit-learn model | float64 export | float32 export |")
     for kind in ("logistic", "scaled-logistic", "mlp"):
