@@ -64,7 +64,17 @@ class OnnxClassifier(Classifier):
                                            else np.float32)).to(self.device)
 
     def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.twin()(x)[0]
+        twin = self.twin()
+        try:
+            return twin(x)[0]
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
+            # a graph the translation accepted but cannot run: no gradient, said as a gate error
+            self.gradient_error = (
+                f"the torch translation of this graph, used for input gradients, failed on a batch "
+                f"of shape {tuple(x.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
+                "Use a black-box attack (transfer, spsa) for this model, or report the graph to "
+                "pytest-advrobust.")
+            raise AttackError(self.gradient_error, where=self.source) from None
 
     def notes(self, gradient: bool = False) -> list[str]:
         notes = super().notes(gradient)

@@ -1021,6 +1021,8 @@ def _fused_requantisations(model: Any, needed: list[tuple[int, Any]], opset: int
         dx, dw = dequantized(op.input[0]), dequantized(op.input[1])
         if dx is None or dw is None or dw.input[0] not in initializers:
             continue
+        if not all(_single_value(initializers.get(name)) for name in (dx.input[1], q.input[1])):
+            continue  # per-axis activation scales: onnxruntime does not fuse those either
         if initializers[dw.input[0]].data_type not in (2, 3):  # 8-bit weights only
             continue
         db = dequantized(op.input[2]) if len(op.input) > 2 and op.input[2] else None
@@ -1073,6 +1075,11 @@ def _requantise(acc: "torch.Tensor", channel: list, sx: Any, sw: Any, sy: Any, z
     exact = (torch.round(value).double() + zero).to(dtype)
     smooth = (acc * scale.double() + zero).to(dtype)
     return exact, smooth
+
+
+def _single_value(init: Any) -> bool:
+    """An initializer holding one value (a per-tensor scale)."""
+    return init is not None and math.prod(init.dims) == 1
 
 
 def _build_fused_requantise(op: Any, attrs: dict[str, Any], opset: int, w_axis: int) -> Fn:

@@ -241,3 +241,24 @@ def test_every_untranslatable_operator_is_named_at_once(tmp_path) -> None:
         probe.fgsm(eps=0.1)
     text = str(error.value)
     assert "Det" in text and "Trilu" in text and "spsa" in text and "transfer" in text
+
+
+def test_a_twin_that_fails_at_run_time_is_a_gate_error_not_a_traceback(tmp_path) -> None:
+    from conftest import LinearNet, export_onnx
+    from project import gate_session
+    from pytest_advrobust.errors import AttackError
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32)
+    export_onnx(LinearNet(w, b).eval(), torch.zeros(1, 4), tmp_path / "lin.onnx")
+    x = rng.uniform(0, 1, (20, 4)).astype(np.float32)
+    session = gate_session(tmp_path, "lin.onnx", x, (x @ w.T).argmax(1))
+    model = session.engine.classifier(session.spec())
+
+    def broken(inputs: torch.Tensor):
+        raise RuntimeError("shape mismatch inside the twin")
+
+    model._twin = broken
+    with pytest.raises(AttackError, match="translation of this graph.*failed.*shape mismatch.*spsa"):
+        session.probe().fgsm(eps=0.1)
+    assert session.probe().noise(eps=0.1).n == 20  # the model still serves other gates
