@@ -177,7 +177,11 @@ max-samples = 40
 def test_binary_model_through_pytest_with_every_report(pytester: pytest.Pytester, binary_task) -> None:
     w, b, x, y = binary_task
     x, y = x[:120], y[:120]
-    export_onnx(BinaryNet(w, b).eval(), torch.zeros(1, 12), pytester.path / "bin.onnx")
+    # exported without a dynamic batch axis, as many are shipped: the user sets nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(BinaryNet(w, b).eval(), (torch.zeros(16, 12),), str(pytester.path / "bin.onnx"),
+                          dynamo=False, input_names=["x"], output_names=["y"])
     np.savez(pytester.path / "data.npz", x=x, y=y)
     (pytester.path / "pyproject.toml").write_text(textwrap.dedent('''
         [tool.advrobust]
@@ -189,7 +193,8 @@ def test_binary_model_through_pytest_with_every_report(pytester: pytest.Pytester
     result = pytester.runpytest("-p", "no:cacheprovider", "-v", "--advrobust-json", "out/r.json",
                                 "--advrobust-markdown", "out/r.md", "--advrobust-plots", "out/plots")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*fgsm eps=0.1 on fraud: *binary head (one logit*"])
+    result.stdout.fnmatch_lines(["*fgsm eps=0.1 on fraud: *binary head (one logit*fixed batch 16*"])
+    result.stdout.fnmatch_lines(["*spsa eps=0.1 on fraud: *fixed batch 16*"])
     report = json.loads((pytester.path / "out" / "r.json").read_text())["results"]
     by_attack = {r["attack"]: r for r in report}
     expected = binary_accuracy(w, b, fgsm_binary_numpy(w, b, x, y, 0.1), y)
