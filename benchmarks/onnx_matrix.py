@@ -2,7 +2,8 @@
 twin vs onnxruntime, finite differences through onnxruntime, autograd through the source
 module; scikit-learn exports; INT8 models under fgsm / pgd. About a minute on one core.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/onnx_matrix.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/onnx_matrix.py         # every table
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/onnx_matrix.py int8    # INT8 architectures only
 
 The dynamo exporter's rows appear where onnxscript is installed.
 """
@@ -20,6 +21,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "models")]
 
 
 def main() -> None:
+    """Every table of docs/onnx-operators.md."""
     import torch
 
     torch.set_num_threads(1)
@@ -74,7 +76,48 @@ def main() -> None:
             results = session.run_all()
             print(f"| {variant} | {results[0].clean_accuracy:.3f} | "
                   + " | ".join(f"{r.accuracy:.3f}" for r in results) + " |")
+    int8_architectures()
+
+
+def int8_architectures() -> None:
+    """The architectures quantised by onnxruntime: twin against onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from pytest_advrobust.models.onnx_torch import UnsupportedOperator, to_torch
+    from test_quantised import build_int8_architectures
+
+    with tempfile.TemporaryDirectory() as folder:
+        built = build_int8_architectures(Path(folder))
+        x = built["x"]
+        noisy = np.clip(x + np.random.default_rng(1).uniform(-0.05, 0.05, x.shape), 0, 1).astype(np.float32)
+        print("\n| INT8 architecture | static QDQ | dynamic | static QOperator |")
+        names = sorted({name for name, _ in built["paths"]})
+        for name in names:
+            cells = []
+            for fmt in ("qdq", "dynamic", "qoperator"):
+                path = built["paths"][(name, fmt)]
+                model = onnx.load(str(path))
+                try:
+                    twin = to_torch(model, ["y"])
+                except UnsupportedOperator as exc:
+                    cells.append("refused: " + ", ".join(sorted({p[0] for p in exc.problems})))
+                    continue
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                worst, rows = 0.0, 0
+                for inputs in (x, noisy):
+                    with torch.no_grad():
+                        got = twin(torch.from_numpy(inputs))[0].numpy()
+                    expected = session.run(["y"], {"x": inputs})[0]
+                    worst = max(worst, float(np.abs(got - expected).max()))
+                    rows += int((~np.isclose(got, expected, rtol=1e-3, atol=1e-4)).any(1).sum())
+                cells.append(f"max diff {worst:.1e}, {rows}/{2 * len(x)} rows off")
+            print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["int8"]:
+        int8_architectures()
+        raise SystemExit
     main()

@@ -22,6 +22,12 @@ __all__ = ["OnnxClassifier", "load_onnx"]
 #: how closely the torch twin must reproduce onnxruntime's scores to be trusted
 PARITY_RTOL = 1e-3
 PARITY_ATOL = 1e-4
+#: a quantised graph's twin may differ where a float operator between two quantisers
+#: (LayerNormalization, Erf, ...) rounds a tie the other way: accepted on at most this
+#: share of the rows, by at most this share of the scores' range (a wrong translation
+#: differs on most rows, by far more)
+QUANTISED_ROWS = 0.05
+QUANTISED_SPREAD = 0.05
 
 _ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64}
 
@@ -79,11 +85,12 @@ class OnnxClassifier(Classifier):
     def notes(self, gradient: bool = False) -> list[str]:
         notes = super().notes(gradient)
         if gradient:
-            from .onnx_torch import straight_through_operators
-
-            ops = straight_through_operators(self.proto, [self.output_name])
+            ops = self._quantised_operators()
             if ops:
-                notes.append(f"quantised graph ({', '.join(ops)}): exact forward, input gradient "
+                ties = getattr(self, "tie_difference", 0.0)
+                forward = (f"forward within {ties:.3g} of onnxruntime on a few rows (rounding ties)"
+                           if ties else "forward matching onnxruntime")
+                notes.append(f"quantised graph ({', '.join(ops)}): {forward}, input gradient "
                              "straight-through (BPDA) the rounding")
         return notes
 
@@ -96,7 +103,8 @@ class OnnxClassifier(Classifier):
         batch can still diverge on inputs that reach other branches of the graph."""
         shipped = self.scores(x)
         grad, twin_scores = super().loss_gradient(x, y)
-        if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL):
+        if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL) \
+                and not self._rounding_ties_only(twin_scores.to(shipped.dtype), shipped):
             worst = float((twin_scores.to(shipped.dtype) - shipped).abs().max())
             self.gradient_error = (
                 f"the torch translation of this graph, used for input gradients, disagrees with "
@@ -105,6 +113,28 @@ class OnnxClassifier(Classifier):
                 "the graph to pytest-advrobust.")
             raise AttackError(self.gradient_error, where=self.source)
         return grad, shipped
+
+    def _rounding_ties_only(self, twin: torch.Tensor, shipped: torch.Tensor) -> bool:
+        """For a quantised graph: the twin differs from onnxruntime only on a few rows and
+        by little (see :data:`QUANTISED_ROWS`); the largest such difference is kept for
+        the gates' details."""
+        if not self._quantised_operators():
+            return False
+        off = ~torch.isclose(twin, shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL)
+        rows = float(off.any(1).double().mean())
+        worst = float((twin - shipped).abs().max())
+        spread = float(shipped.max() - shipped.min()) or 1.0
+        if rows > QUANTISED_ROWS or worst > QUANTISED_SPREAD * spread:
+            return False
+        self.tie_difference = max(getattr(self, "tie_difference", 0.0), worst)
+        return True
+
+    def _quantised_operators(self) -> list[str]:
+        if not hasattr(self, "_quantised"):
+            from .onnx_torch import straight_through_operators
+
+            self._quantised = straight_through_operators(self.proto, [self.output_name])
+        return self._quantised
 
     def twin(self) -> Any:
         if self._twin is None:

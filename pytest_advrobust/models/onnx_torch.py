@@ -1019,12 +1019,15 @@ def _fused_requantisations(model: Any, needed: list[tuple[int, Any]], opset: int
                                      or attrs.get("beta", 1.0) != 1.0):
             continue
         dx, dw = dequantized(op.input[0]), dequantized(op.input[1])
-        if dx is None or dw is None or dw.input[0] not in initializers:
+        if dx is None or dw is None:
             continue
         if not all(_single_value(initializers.get(name)) for name in (dx.input[1], q.input[1])):
             continue  # per-axis activation scales: onnxruntime does not fuse those either
-        if initializers[dw.input[0]].data_type not in (2, 3):  # 8-bit weights only
-            continue
+        if dw.input[0] in initializers:
+            if initializers[dw.input[0]].data_type not in (2, 3):  # 8-bit weights only
+                continue
+        elif op.op_type != "MatMul" or not _single_value(initializers.get(dw.input[1])):
+            continue  # two activations: QLinearMatMul, per-tensor scales only
         db = dequantized(op.input[2]) if len(op.input) > 2 and op.input[2] else None
         if len(op.input) > 2 and op.input[2] and (db is None or db.input[0] not in initializers
                                                   or initializers[db.input[0]].data_type != 6):

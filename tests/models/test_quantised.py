@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import export_onnx
 from digits_project import digits_split
 from project import gate_session
+from pytest_advrobust.models.onnx_models import QUANTISED_ROWS, QUANTISED_SPREAD
 from pytest_advrobust.models.onnx_torch import straight_through_operators, to_torch
 
 
@@ -188,3 +189,107 @@ def test_int8_model_is_attacked_as_hard_as_the_float_model(quantised) -> None:
                                                                           float_result.accuracy)
             assert "straight-through" in result.details
     assert "straight-through" not in figures[("float", "fgsm", 0.1)].details
+
+
+@pytest.fixture(scope="module")
+def int8_architectures(tmp_path_factory) -> dict:
+    return build_int8_architectures(tmp_path_factory.mktemp("int8-architectures"))
+
+
+def build_int8_architectures(folder: Path) -> dict:
+    """Each architecture of the twin's matrix, quantised static QDQ, QOperator and dynamic."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    from architectures import ARCHITECTURES, build
+
+    x = np.random.default_rng(0).uniform(0, 1, (48, 3, 12, 12)).astype(np.float32)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": x[i:i + 16]} for i in range(0, 48, 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    paths = {}
+    logging.getLogger().setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(ARCHITECTURES):
+            source = export_onnx(build(name), torch.zeros(1, 3, 12, 12), folder / f"{name}.onnx",
+                                 opset_version=17)
+            for fmt in ("qdq", "qoperator", "dynamic"):
+                paths[(name, fmt)] = folder / f"{name}-{fmt}.onnx"
+                if fmt == "dynamic":
+                    quantize_dynamic(source, paths[(name, fmt)])
+                else:
+                    quantize_static(source, paths[(name, fmt)], Calibration(), quant_format=(
+                        QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator))
+    return {"paths": paths, "x": x}
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "dynamic"])
+@pytest.mark.parametrize("name", ["efficientnet", "mobilenet_v2", "mobilenet_v3", "resnet", "vit"])
+def test_int8_architectures_twin_matches_onnxruntime(int8_architectures, name, fmt) -> None:
+    path, x = int8_architectures["paths"][(name, fmt)], int8_architectures["x"]
+    model = onnx.load(str(path))
+    assert straight_through_operators(model, ["y"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    twin = to_torch(model, ["y"])
+    noisy = np.clip(x + np.random.default_rng(1).uniform(-0.05, 0.05, x.shape), 0, 1).astype(np.float32)
+    for inputs in (x, noisy):
+        with torch.no_grad():
+            got = twin(torch.from_numpy(inputs))[0].numpy()
+        expected = session.run(["y"], {"x": inputs})[0]
+        if name == "vit" and fmt == "qdq":
+            # float LayerNormalization / Erf between quantisers can round a tie the other way
+            # than onnxruntime's kernels: a few rows, one or two output steps
+            off = ~np.isclose(got, expected, rtol=1e-3, atol=1e-4)
+            assert off.any(1).mean() <= QUANTISED_ROWS
+            assert np.abs(got - expected).max() <= QUANTISED_SPREAD * np.ptp(expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    leaf = torch.from_numpy(x[:4]).requires_grad_(True)
+    twin(leaf)[0].sum().backward()
+    assert float(leaf.grad.abs().sum()) > 0  # straight-through: the rounding does not stop it
+
+
+def test_int8_qoperator_elementwise_ops_are_all_named(int8_architectures) -> None:
+    """The QOperator format writes residual adds, pooling and SE gates as com.microsoft
+    QLinear* kernels, which are not translated: one error names every kind."""
+    from pytest_advrobust.models.onnx_torch import UnsupportedOperator
+
+    model = onnx.load(str(int8_architectures["paths"][("mobilenet_v3", "qoperator")]))
+    with pytest.raises(UnsupportedOperator) as info:
+        to_torch(model, ["y"])
+    kinds = {op for op, _, _, _ in info.value.problems}
+    assert {"QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul"} <= kinds
+    assert all(kind in str(info.value) for kind in kinds)
+
+
+def test_int8_vit_is_attacked_through_its_twin(int8_architectures, tmp_path) -> None:
+    """The INT8 transformer, whose twin may round a tie differently from onnxruntime, still
+    gets gradient gates (the difference is said in the details), and fgsm bites."""
+    import shutil
+
+    path, x = int8_architectures["paths"][("vit", "qdq")], int8_architectures["x"]
+    shutil.copy(path, tmp_path / "vit.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = session.run(["y"], {"x": x})[0].argmax(1)
+    result = gate_session(tmp_path, "vit.onnx", x, y).probe().fgsm(eps=0.1)
+    assert result.clean_accuracy == 1.0
+    assert result.accuracy < 0.8
+    assert "straight-through" in result.details
+
+
+def test_a_wrong_twin_of_a_quantised_graph_is_still_refused(quantised) -> None:
+    """The rounding-tie allowance is no loophole: a twin off on every row is an error."""
+    from pytest_advrobust.errors import AttackError
+
+    folder, x, y = quantised["folder"], quantised["x"], quantised["y"]
+    session = gate_session(folder, "qdq.onnx", x, y)
+    model = session.engine.classifier(session.spec())
+    real = model.twin()
+    model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
+    with pytest.raises(AttackError, match="disagrees with onnxruntime"):
+        session.probe().fgsm(eps=0.1)
