@@ -121,10 +121,11 @@ class OnnxClassifier(Classifier):
         if not self._quantised_operators():
             return False
         off = ~torch.isclose(twin, shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL)
-        rows = float(off.any(1).double().mean())
+        rows = int(off.reshape(len(off), -1).any(1).sum())
+        allowed = max(1, int(QUANTISED_ROWS * len(off)))  # one row of a small batch (pgd's remainder)
         worst = float((twin - shipped).abs().max())
         spread = float(shipped.max() - shipped.min()) or 1.0
-        if rows > QUANTISED_ROWS or worst > QUANTISED_SPREAD * spread:
+        if rows > allowed or worst > QUANTISED_SPREAD * spread:
             return False
         self.tie_difference = max(getattr(self, "tie_difference", 0.0), worst)
         return True
