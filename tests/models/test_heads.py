@@ -388,3 +388,17 @@ def test_output_key_reaches_a_factory_model(tmp_path) -> None:
             session.probe().clean()
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_output_through_the_python_api() -> None:
+    from pytest_advrobust.api import attack
+
+    net = TwoHeads("tuple").eval()
+    x = torch.rand(40, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x)[1].argmax(1)
+    result = attack(net, x, y, "fgsm", eps=0.2, output=1)
+    assert result.clean_accuracy == 1.0 and result.n == 40
+    assert result.accuracy < 1.0
+    with pytest.raises(ModelLoadError, match="several outputs"):
+        attack(net, x, y, "clean")
