@@ -55,7 +55,8 @@ def evaluate(path: str | Path = "pyproject.toml", models: Sequence[str] | None =
 def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
            input_range: tuple[float, float] = (0.0, 1.0),
            normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-           output_kind: str = "auto", batch_size: int = 256, seed: int = 0,
+           output_kind: str = "auto", output: str | int | None = None,
+           batch_size: int = 256, seed: int = 0,
            min_accuracy: float | None = None, max_drop: float | None = None,
            plugins: Iterable[Any] = (), artifacts: str | Path | None = None,
            **options: Any) -> AttackResult:
@@ -78,6 +79,8 @@ def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
                     **({} if max_drop is None else {"max-drop": max_drop}),
                     **{key.replace("_", "-"): value for key, value in options.items()}}],
     }
+    if output is not None:  # the score tensor of a module returning a dict or a tuple
+        table["output"] = output
     if normalize is not None:
         table["normalize"] = {"mean": list(normalize[0]), "std": list(normalize[1])}
     config = parse_config(table, path=Path(f"<advrobust.attack({name!r})>"),

@@ -109,7 +109,7 @@ class ModelSpec:
     batch_size: int = 256
     max_samples: int | None = None
     seed: int = 0
-    output: str | None = None
+    output: str | int | None = None  # a name, or an index into a tuple of outputs
     output_kind: str = "auto"
     device: str = "auto"
     allow_pickle: bool = False
@@ -283,7 +283,8 @@ class _Reader:
             batch_size=self.integer(merged, "batch-size", where, 256, minimum=1),
             max_samples=self.integer(merged, "max-samples", where, None, minimum=1),
             seed=self.integer(merged, "seed", where, 0, minimum=0),
-            output=self.string(merged, "output", where),
+            output=(self.integer(merged, "output", where, None, minimum=0)
+                    if isinstance(merged.get("output"), int) else self.string(merged, "output", where)),
             output_kind=output_kind,
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),

@@ -388,7 +388,9 @@ class ModelPass:
                 report_only=r.check.report_only,
                 artifacts=[str(p) for p in self.saved.get(r.key, [])],
                 fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack, self.data_digest()),
-                details=describe(tally.stats) if describe is not None else "",
+                details="; ".join(filter(None, [
+                    describe(tally.stats) if describe is not None else "",
+                    *_model_notes(self.model, attack.needs_gradient)])),
             )
         return outcomes
 
@@ -455,6 +457,13 @@ def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
                    "differentiable surrogate) and spsa (score-based).")
     return AttackError(f"{r.check.attack} needs input gradients, which this model cannot give: "
                        f"{reason}", where=spec.name)
+
+
+def _model_notes(model: Any, gradient: bool) -> list[str]:
+    """How the model was run, for a gate's details (fixed batch, binary head, a
+    straight-through gradient); a hook's own classifier may not say."""
+    notes = getattr(model, "notes", None)
+    return list(notes(gradient=gradient)) if callable(notes) else []
 
 
 def _rng(spec: ModelSpec, r: Request) -> "np.random.Generator":

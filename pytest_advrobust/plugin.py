@@ -364,7 +364,7 @@ class RobustnessPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if hasattr(self.config, "workerinput") or not (self.results or self.selected):
             return
-        from .report.terminal import format_table, headers, summary_rows, verdict_line
+        from .report.terminal import format_table, headers, ordered, summary_rows, verdict_line
 
         results = self.all_results()
         verbose = self.config.get_verbosity() > 0
@@ -374,6 +374,10 @@ class RobustnessPlugin:
         for line in format_table(rows, headers(verbose, comparison is not None)):
             terminalreporter.write_line(line)
         terminalreporter.write_line(verdict_line(results, interrupted=self.interrupted))
+        if verbose:  # how each model was run and what the attacks found, in words
+            for result in ordered(results):
+                if result.details:
+                    terminalreporter.write_line(f"{result.label}: {result.details}")
         for note in self.notes:
             if verbose or note.startswith("plot skipped"):
                 terminalreporter.write_line(note)

@@ -35,7 +35,7 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
 
     from ..errors import ModelLoadError
     from ..imports import import_callable
-    from .torch_models import TorchClassifier, load_torch_module
+    from .torch_models import TorchClassifier, load_torch_module, static_batch
 
     device = resolve_device(spec.device)
     common = dict(
@@ -54,9 +54,6 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
         from .onnx_models import load_onnx
 
         return load_onnx(spec.resolve(spec.model), output=spec.output, device=device, **common)
-    if spec.output is not None:
-        raise ModelLoadError("the output key only applies to ONNX models; a torch model's "
-                             "first output is its scores. Remove output.", where=spec.key("output"))
     if fmt == "factory":
         factory = import_callable(spec.model, spec.root, key=spec.key("model"), error=ModelLoadError)
         module = load_torch_module(fmt, None, factory=factory, weights=spec.resolve(spec.weights)
@@ -67,7 +64,11 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
         module = load_torch_module(fmt, path, allow_pickle=spec.allow_pickle, device=device)
         source = str(path)
     dtype = next((p.dtype for p in _parameters(module) if p.is_floating_point()), torch.float32)
-    return TorchClassifier(module, device=device, dtype=dtype, source=source, **common)
+    model = TorchClassifier(module, output=spec.output, device=device, dtype=dtype, source=source,
+                            **common)
+    if fmt == "export":
+        model.fixed_batch = static_batch(module)
+    return model
 
 
 def wrap_module(module: Any, spec: "ModelSpec") -> "Classifier":
@@ -80,7 +81,8 @@ def wrap_module(module: Any, spec: "ModelSpec") -> "Classifier":
 
     params = [p for p in _parameters(module) if p.is_floating_point()]
     return TorchClassifier(
-        module, name=spec.name, input_range=spec.input_range, output_kind=spec.output_kind,
+        module, output=spec.output, name=spec.name, input_range=spec.input_range,
+        output_kind=spec.output_kind,
         normalize=(spec.normalize.mean, spec.normalize.std) if spec.normalize else None,
         device=params[0].device if params else torch.device("cpu"),
         dtype=params[0].dtype if params else torch.float32, source=spec.model)

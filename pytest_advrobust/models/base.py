@@ -16,6 +16,10 @@ from ..errors import AttackError, DataError, ModelLoadError, ScoresNotFinite
 
 __all__ = ["Classifier", "detect_output_kind", "loss_per_sample"]
 
+#: added to a label error when the model has a single-score (binary) head
+BINARY_LABELS = (" The model has a single-score binary head, so labels must be 0 or 1 "
+                 "(map {-1, 1} or {False, True} labels to 0 and 1 in the data loader).")
+
 #: smallest probability whose log is taken: keeps the loss finite for a confident model
 PROBABILITY_FLOOR = 1e-30
 
@@ -66,6 +70,11 @@ class Classifier:
             self._mean_std = (torch.tensor(mean, dtype=dtype, device=self.device),
                               torch.tensor(std, dtype=dtype, device=self.device))
         self.num_classes: int | None = None
+        #: the batch size the model accepts and nothing else (an ONNX graph without a dynamic
+        #: batch axis, a ``.pt2`` with a static batch guard), or None when any size works
+        self.fixed_batch: int | None = None
+        #: True once the model has shown a single-score binary head (``[N, 1]`` or ``[N]``)
+        self.binary = False
 
     # -- what subclasses provide ----------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,25 +109,110 @@ class Classifier:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores for a batch of raw inputs, without gradient."""
         with torch.inference_mode():
-            out = self._forward(self.normalize(x.to(self.device, self.dtype)))
+            x = x.to(self.device, self.dtype)
+            outs = [self._as_classes(self._forward(self.normalize(chunk)), chunk)[:real]
+                    for chunk, real in self._chunks(x)]
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self._check_scores(out, x)
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient of the summed per-sample loss with respect to the raw input, and the
-        scores of the same forward pass (so a gradient attack's clean pass is free)."""
+        scores of the same forward pass (so a gradient attack's clean pass is free).
+
+        A fixed-batch model gets its batch size exactly: the last chunk is padded by
+        repeating a row, and the pad rows are left out of the loss and the scores, so the
+        gradient of every real row is exact."""
         if self.gradient_error is not None:
             raise AttackError(self.gradient_error, where=self.source)
+        y = y.to(self.device)
+        grads, outs, start = [], [], 0
         with torch.enable_grad():
-            leaf = x.detach().to(self.device, self.dtype).requires_grad_(True)
-            out = self._differentiable_forward(self.normalize(leaf))
-            self._check_scores(out.detach(), x)
-            if int(y.max()) >= out.shape[1]:
-                raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
-                                f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
-                                "the labels match the model's class order.")
-            loss = loss_per_sample(out, y.to(self.device), self.output_kind).sum()
-            (grad,) = torch.autograd.grad(loss, leaf)
-        return grad.detach(), out.detach()
+            for chunk, real in self._chunks(x.detach().to(self.device, self.dtype)):
+                leaf = chunk.detach().requires_grad_(True)
+                out = self._as_classes(self._differentiable_forward(self.normalize(leaf)), leaf)[:real]
+                self._check_scores(out.detach(), x)
+                if int(y.max()) >= out.shape[1]:
+                    raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
+                                    f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
+                                    "the labels match the model's class order."
+                                    + (BINARY_LABELS if self.binary else ""))
+                loss = loss_per_sample(out, y[start:start + real], self.output_kind).sum()
+                (grad,) = torch.autograd.grad(loss, leaf)
+                grads.append(grad[:real].detach())
+                outs.append(out.detach())
+                start += real
+        if len(grads) == 1:
+            return grads[0], outs[0]
+        return torch.cat(grads), torch.cat(outs)
+
+    def notes(self, gradient: bool = False) -> list[str]:
+        """What a reader of a gate's result should know about how this model was run
+        (``gradient``: for a gate that uses the model's input gradient)."""
+        notes = []
+        if self.binary:
+            notes.append(f"binary head (one {'probability' if self.output_kind == 'probabilities' else 'logit'}"
+                         " per sample, scored as two classes)")
+        if self.fixed_batch is not None:
+            notes.append(f"fixed batch {self.fixed_batch} (the last chunk padded by repeating a row)")
+        return notes
+
+    def _chunks(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
+        """``(chunk, real rows)`` pieces of ``x`` in the batch size the model accepts: the
+        whole of ``x`` when any size works, else chunks of exactly :attr:`fixed_batch`."""
+        size = self.fixed_batch
+        if size is None or len(x) == size or not len(x):
+            yield x, len(x)
+            return
+        for start in range(0, len(x), size):
+            chunk = x[start:start + size]
+            real = len(chunk)
+            if real < size:
+                chunk = torch.cat([chunk, chunk[-1:].expand((size - real,) + tuple(chunk.shape[1:]))])
+            yield chunk, real
+
+    def _as_classes(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A single-score binary head as two class columns, so every attack, argmax and
+        report works on it unchanged: a logit ``z`` becomes ``[0, z]`` (its softmax is
+        ``[1 - sigmoid(z), sigmoid(z)]``, its cross-entropy is BCE-with-logits, its argmax
+        is 1 iff ``z > 0``); a probability ``p`` becomes ``[1 - p, p]`` (1 iff ``p > 0.5``).
+        Any other output is returned as it is."""
+        if not isinstance(out, torch.Tensor) or not len(x):
+            return out
+        if out.dim() == 2 and out.shape[1] == 1 and out.shape[0] == len(x):
+            out = out[:, 0]
+        elif not (out.dim() == 1 and out.shape[0] == len(x)):
+            return out
+        kind = self._binary_kind(out)
+        if kind == "probabilities":
+            return torch.stack([1 - out, out], 1)
+        return torch.stack([torch.zeros_like(out), out], 1)
+
+    def _binary_kind(self, out: torch.Tensor) -> str:
+        """``logits`` or ``probabilities`` for a single-score head: from ``output-kind``;
+        under ``auto`` a score outside [0, 1] proves logits, and scores all inside [0, 1]
+        are refused as ambiguous (taking a logit for a probability moves the decision
+        threshold from 0 to 0.5 and every figure with it)."""
+        if self.output_kind == "logits":
+            self.binary = True
+            return "logits"
+        values = out.detach()
+        outside = bool(((values < 0) | (values > 1)).any()) if values.numel() else False
+        if self.output_kind == "auto":
+            if not outside:
+                raise ModelLoadError(
+                    f"the model returns one score per sample (a binary head), and on the first "
+                    f"{values.numel()} inputs every score lies in [0, 1], so it cannot be told "
+                    "whether they are probabilities (after a sigmoid: class 1 when > 0.5) or "
+                    "logits (class 1 when > 0). Set output-kind = \"probabilities\" or "
+                    "output-kind = \"logits\" for this model.", where=self.source)
+            self.output_kind = "logits"
+        elif outside:
+            raise ModelLoadError(
+                f"output-kind = \"probabilities\" but the model's single score reaches "
+                f"{float(values.min()):.4g}..{float(values.max()):.4g}, outside [0, 1]: it returns "
+                "logits. Set output-kind = \"logits\" (or leave it to auto).", where=self.source)
+        self.binary = True
+        return self.output_kind
 
     def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss_per_sample(scores, y, self.output_kind)

@@ -30,19 +30,39 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class UnsupportedOperator(Exception):
-    """The graph holds an operator we cannot translate into a differentiable torch op."""
+    """The graph holds operators we cannot translate into differentiable torch ops.
 
-    def __init__(self, op_type: str, domain: str, node_name: str, reason: str = "") -> None:
+    ``op_type``, ``domain``, ``node_name`` and ``reason`` describe the first one; ``problems``
+    lists every one, ``(op_type, domain, node_name, reason)``, and the message names them all
+    (so a user learns the whole list at once, not one operator per attempt)."""
+
+    def __init__(self, op_type: str, domain: str, node_name: str, reason: str = "",
+                 others: "list[tuple[str, str, str, str]] | tuple" = ()) -> None:
         self.op_type = op_type
         self.domain = domain or "ai.onnx"
         self.node_name = node_name
         self.reason = reason
-        message = (
-            f"operator {op_type} (domain {self.domain}, node {node_name!r}) has no gradient-capable "
-            f"torch translation"
-        )
-        if reason:
-            message += f": {reason}"
+        self.problems = [(op_type, self.domain, node_name, reason),
+                         *[(o, d or "ai.onnx", n, r) for o, d, n, r in others]]
+        if len(self.problems) == 1:
+            message = (
+                f"operator {op_type} (domain {self.domain}, node {node_name!r}) has no gradient-capable "
+                f"torch translation"
+            )
+            if reason:
+                message += f": {reason}"
+        else:
+            groups: dict[tuple[str, str, str], list[str]] = {}
+            for o, d, n, r in self.problems:
+                groups.setdefault((o, d, r), []).append(n)
+            parts = []
+            for (o, d, r), names in groups.items():
+                shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                                  if len(names) > 3 else "")
+                parts.append(f"{o} (domain {d}, node{'s' if len(names) > 1 else ''} {shown})"
+                             + (f": {r}" if r else ""))
+            message = (f"{len(groups)} operator kinds in {len(self.problems)} nodes have no "
+                       f"gradient-capable torch translation: {'; '.join(parts)}")
         super().__init__(message.rstrip(".") + ".")
 
 
@@ -109,6 +129,11 @@ def _attr_problem(node: Any, attrs: dict[str, Any], opset: int) -> str:
         return "only numeric Constant values are supported"
     if op == "Resize":
         return _resize_problem(attrs, opset)
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        if attrs.get("block_size", 0):
+            return "blocked quantisation (block_size)"
+        if attrs.get("output_dtype", 0) not in (0, 2, 3, 4, 5):
+            return "only 8- and 16-bit integer quantisation"
     return ""
 
 
@@ -131,11 +156,24 @@ def _resize_problem(attrs: dict[str, Any], opset: int) -> str:
     return f"Resize mode {mode!r}"
 
 
-def _problem(node: Any, opset: int) -> str | None:
-    """None if translatable, else the reason."""
+def _problem(node: Any, opset: int, types: "dict[str, int] | None" = None) -> str | None:
+    """None if translatable, else the reason (``types``: initializer element types)."""
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear") and types and len(node.input) > 2:
+        allowed = (2, 3, 4, 5, 6) if node.op_type == "DequantizeLinear" else (2, 3, 4, 5)  # + int32 bias
+        if types.get(node.input[2], 2) not in allowed:
+            return "only 8- and 16-bit integer quantisation (not float8 or int4)"
+    if node.domain == "com.microsoft" and node.op_type == "QGemm":
+        attrs = _attrs(node)
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or len(node.input) < 9 \
+                or not node.input[7]:
+            return "QGemm with transA, alpha or a float output"
+        return None
     if node.domain not in _DEFAULT_DOMAINS:
         if node.domain == "ai.onnx.ml":
-            return "classical-ML operators (trees, SVMs, linear classifiers, ZipMap, ...) are not differentiable here"
+            if node.op_type in _ML_HANDLERS:
+                return _ml_problem(node, _attrs(node)) or None
+            return ("classical-ML operators (trees, SVMs, ZipMap, ...) are not differentiable here "
+                    "(linear models, Normalizer and Scaler are)")
         return f"custom domain {node.domain!r} is unknown"
     if node.op_type not in _HANDLERS:
         return "no translation for this operator"
@@ -143,18 +181,56 @@ def _problem(node: Any, opset: int) -> str | None:
     return problem or None
 
 
-def find_untranslatable(model: "onnx.ModelProto") -> list[tuple[str, str, str]]:
+def _initializer_types(model: Any) -> dict[str, int]:
+    return {init.name: init.data_type for init in model.graph.initializer}
+
+
+def _needed_nodes(model: Any, outputs: "list[str] | None") -> list[tuple[int, Any]]:
+    """``(index, node)`` of the nodes that the named graph outputs depend on, in graph
+    order (all nodes when ``outputs`` is None): an unused branch, such as the ``label``
+    output of a scikit-learn export, needs no translation."""
+    nodes = list(model.graph.node)
+    if outputs is None:
+        return list(enumerate(nodes))
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    wanted, stack = set(), [producer[name] for name in outputs if name in producer]
+    while stack:
+        i = stack.pop()
+        if i in wanted:
+            continue
+        wanted.add(i)
+        stack.extend(producer[name] for name in nodes[i].input if name in producer)
+    return [(i, nodes[i]) for i in sorted(wanted)]
+
+
+def find_untranslatable(model: "onnx.ModelProto",
+                        outputs: "list[str] | None" = None) -> list[tuple[str, str, str]]:
     """(op_type, domain, node_name) of every node ``to_torch`` cannot translate; [] if all can.
 
     The default domain is reported as ``"ai.onnx"`` and unnamed nodes as ``"<node i>"``.
+    ``outputs`` limits the question to the nodes those graph outputs need.
     Cheap: no torch import, so gates can decide whether gradient attacks apply.
     """
-    opset = _opset(model)
+    opset, types = _opset(model), _initializer_types(model)
     found = []
-    for i, node in enumerate(model.graph.node):
-        if _problem(node, opset) is not None:
+    for i, node in _needed_nodes(model, outputs):
+        if _problem(node, opset, types) is not None:
             found.append((node.op_type, node.domain or "ai.onnx", _node_label(node, i)))
     return found
+
+
+#: operators whose gradient is straight-through (BPDA): exact forward, identity backward
+STRAIGHT_THROUGH = ("QuantizeLinear", "DynamicQuantizeLinear")
+#: operators of quantised graphs (their presence is said in a gradient gate's details)
+QUANTISATION = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm")
+
+
+def straight_through_operators(model: "onnx.ModelProto", outputs: "list[str] | None" = None) -> list[str]:
+    """The quantisation operators among the nodes ``outputs`` need (sorted, distinct): where
+    there are any, the twin's input gradient is the straight-through estimate."""
+    return sorted({node.op_type for _, node in _needed_nodes(model, outputs)
+                   if node.op_type in QUANTISATION})
 
 
 # --------------------------------------------------------------------------
@@ -794,6 +870,345 @@ def _build_resize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
     return fn
 
 
+# --------------------------------------------------------------------------
+# Quantisation: exact forward (onnxruntime's rounding), straight-through backward
+# --------------------------------------------------------------------------
+#
+# Quantised values travel through the twin as float tensors holding whole numbers (an
+# integer dtype would stop autograd); every value an 8-bit tensor can hold is exact in
+# float32, and integer products are summed in float64, exact far beyond int32 range.
+
+_INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def _per_axis(t: "torch.Tensor", x: "torch.Tensor", axis: int) -> "torch.Tensor":
+    """A scale or zero point of one value per slice along ``axis``, shaped to broadcast."""
+    if t.dim() == 0 or t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return t.reshape(shape)
+
+
+def _straight_through(exact: "torch.Tensor", smooth: "torch.Tensor") -> "torch.Tensor":
+    """``exact`` in the forward pass, the gradient of ``smooth`` in the backward pass."""
+    return smooth + (exact - smooth).detach()
+
+
+def _build_quantize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    axis = attrs.get("axis", 1)
+    default_type = _torch_dtype(attrs["output_dtype"]) if attrs.get("output_dtype") else torch.uint8
+
+    def fn(x: torch.Tensor, scale: torch.Tensor, zero_point: Any = None) -> torch.Tensor:
+        qtype = zero_point.dtype if zero_point is not None else default_type
+        low, high = _INT_RANGES[str(qtype).replace("torch.", "")]
+        scale = _per_axis(scale, x, axis).to(x.dtype)
+        zp = (_per_axis(zero_point, x, axis).to(x.dtype) if zero_point is not None
+              else torch.zeros((), dtype=x.dtype, device=x.device))
+        scaled = x / scale  # as onnxruntime: divide, round half to even, add, saturate
+        exact = (torch.round(scaled) + zp).clamp(low, high)
+        return _straight_through(exact, scaled + zp)
+
+    return fn
+
+
+def _build_dequantize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    axis = attrs.get("axis", 1)
+
+    def fn(x: torch.Tensor, scale: torch.Tensor, zero_point: Any = None) -> torch.Tensor:
+        scale_b = _per_axis(scale, x, axis)
+        if x.is_floating_point():  # a quantised value carried as float (whole numbers)
+            diff = x if zero_point is None else x - _per_axis(zero_point, x, axis).to(x.dtype)
+        else:  # an integer initializer (weights, int32 bias): the difference is exact
+            diff = x.long() if zero_point is None else x.long() - _per_axis(zero_point, x, axis).long()
+        return diff.to(scale.dtype) * scale_b
+
+    return fn
+
+
+def _build_dynamic_quantize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    def fn(x: torch.Tensor) -> tuple:
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        low, high = torch.minimum(x.detach().min(), zero), torch.maximum(x.detach().max(), zero)
+        scale = (high - low) / 255
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.round((0 - low / scale).clamp(0, 255))
+        scaled = x / scale
+        exact = (torch.round(scaled) + zp).clamp(0, 255)
+        return _straight_through(exact, scaled + zp), scale, zp
+
+    return fn
+
+
+def _int_operand(t: "torch.Tensor", zero_point: Any, per: str) -> "torch.Tensor":
+    """``t - zero_point`` in float64 (exact for 8-bit values); a per-row (``A``) or
+    per-column / per-output-channel (``B``, ``w``) zero point is shaped to match."""
+    value = t.double()
+    if zero_point is None:
+        return value
+    zp = zero_point.double()
+    if zp.numel() > 1:
+        if per == "row":
+            zp = zp.reshape(-1, 1)
+        elif per == "channel":
+            zp = zp.reshape([-1] + [1] * (t.dim() - 1))
+    else:
+        zp = zp.reshape(())
+    return value - zp
+
+
+def _build_matmul_integer(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    def fn(a: torch.Tensor, b: torch.Tensor, a_zp: Any = None, b_zp: Any = None) -> torch.Tensor:
+        return torch.matmul(_int_operand(a, a_zp, "row"), _int_operand(b, b_zp, "column"))
+
+    return fn
+
+
+def _build_conv_integer(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    conv = _build_conv(attrs, opset, node)
+
+    def fn(x: Any, w: Any, x_zp: Any = None, w_zp: Any = None) -> Any:
+        # (x - x_zp) zero-padded equals x padded with x_zp, as ConvInteger pads
+        return conv(_int_operand(x, x_zp, "scalar"), _int_operand(w, w_zp, "channel"))
+
+    return fn
+
+
+def _fused_requantisations(model: Any, needed: list[tuple[int, Any]], opset: int) -> dict[int, tuple[Fn, list[str]]]:
+    """QuantizeLinear nodes that onnxruntime fuses with the operator before them.
+
+    onnxruntime runs ``DequantizeLinear -> Conv / Gemm / MatMul -> QuantizeLinear`` (a static
+    QDQ export) as one integer operator (QLinearConv, QGemm, ...): an exact int32
+    accumulation, then ``round(float(acc) * (x_scale * w_scale / y_scale)) + y_zero_point``.
+    Rounding the float path of the graph instead differs at ties, by one step of the output
+    scale, so those QuantizeLinear nodes are computed the fused way (straight-through in the
+    backward pass like every quantiser). ``{node index: (closure, its input names)}``.
+    """
+    nodes = {i: node for i, node in needed}
+    producer = {name: node for node in nodes.values() for name in node.output if name}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes.values():
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def dequantized(name: str) -> Any:
+        node = producer.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    found: dict[int, tuple[Fn, list[str]]] = {}
+    for i, q in nodes.items():
+        if q.op_type != "QuantizeLinear" or q.domain not in _DEFAULT_DOMAINS:
+            continue
+        src = q.input[0]
+        op = producer.get(src)
+        if op is None or op.op_type not in ("Conv", "Gemm", "MatMul") or src in graph_outputs \
+                or len(consumers.get(src, [])) != 1:
+            continue
+        attrs = _attrs(op)
+        if op.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                                     or attrs.get("beta", 1.0) != 1.0):
+            continue
+        dx, dw = dequantized(op.input[0]), dequantized(op.input[1])
+        if dx is None or dw is None:
+            continue
+        if not all(_single_value(initializers.get(name)) for name in (dx.input[1], q.input[1])):
+            continue  # per-axis activation scales: onnxruntime does not fuse those either
+        if dw.input[0] in initializers:
+            if initializers[dw.input[0]].data_type not in (2, 3):  # 8-bit weights only
+                continue
+        elif op.op_type != "MatMul" or not _single_value(initializers.get(dw.input[1])):
+            continue  # two activations: QLinearMatMul, per-tensor scales only
+        db = dequantized(op.input[2]) if len(op.input) > 2 and op.input[2] else None
+        if len(op.input) > 2 and op.input[2] and (db is None or db.input[0] not in initializers
+                                                  or initializers[db.input[0]].data_type != 6):
+            continue
+
+        def optional(node: Any, k: int) -> str:
+            return node.input[k] if len(node.input) > k else ""
+
+        inputs = [src, dx.input[0], dx.input[1], optional(dx, 2), dw.input[0], dw.input[1],
+                  optional(dw, 2), db.input[0] if db is not None else "", q.input[1], optional(q, 2)]
+        found[i] = (_build_fused_requantise(op, attrs, opset, _attrs(dw).get("axis", 1)), inputs)
+    return found
+
+
+def _integer_accumulate(kind: str, conv: Any, trans_b: bool, qx: "torch.Tensor", zx: Any,
+                        qw: "torch.Tensor", zw: Any, qb: Any, w_axis: int) -> tuple:
+    """``(qx - zx) * (qw - zw) (+ qb)`` summed as onnxruntime's int32 accumulator does, in
+    float64 (exact; differentiable in ``qx``), and the shape a per-channel value takes."""
+    a = qx.double() - (zx.double().reshape(()) if zx is not None else 0.0)
+    w = qw.double()
+    if zw is not None:  # the weights' zero point: per output channel, or one for all
+        w = w - (_per_axis(zw.double(), w, w_axis) if zw.numel() > 1 else zw.double().reshape(()))
+    if kind == "Conv":
+        acc = conv(a, w)
+        channel = [-1] + [1] * (acc.dim() - 2)
+    else:
+        acc = a @ (w.T if trans_b else w)
+        channel = [-1]
+    if qb is not None:
+        acc = acc + qb.double().reshape(channel)
+    return acc, channel
+
+
+def _requantise(acc: "torch.Tensor", channel: list, sx: Any, sw: Any, sy: Any, zy: Any,
+                dtype: Any) -> tuple:
+    """onnxruntime's requantisation of an int32 accumulator: float32 scale
+    ``(x_scale * w_scale) / y_scale`` per channel, ``round_half_even(float(acc) * scale)``
+    saturated, plus the zero point; and the same without rounding (for the gradient)."""
+    import torch
+
+    qtype = zy.dtype if zy is not None else torch.uint8
+    low, high = _INT_RANGES[str(qtype).replace("torch.", "")]
+    scale = (sx.float().reshape(()) * sw.float().reshape(-1)) / sy.float().reshape(())
+    scale = scale.reshape(channel) if scale.numel() > 1 else scale.reshape(())
+    zero = zy.double().reshape(()) if zy is not None else torch.zeros((), dtype=torch.float64,
+                                                                       device=acc.device)
+    value = (acc.detach().float() * scale).clamp(low - float(zero), high - float(zero))
+    exact = (torch.round(value).double() + zero).to(dtype)
+    smooth = (acc * scale.double() + zero).to(dtype)
+    return exact, smooth
+
+
+def _single_value(init: Any) -> bool:
+    """An initializer holding one value (a per-tensor scale)."""
+    return init is not None and math.prod(init.dims) == 1
+
+
+def _build_fused_requantise(op: Any, attrs: dict[str, Any], opset: int, w_axis: int) -> Fn:
+    kind = op.op_type
+    conv = _build_conv(attrs, opset, op) if kind == "Conv" else None
+    trans_b = bool(attrs.get("transB", 0)) if kind == "Gemm" else False
+
+    def fn(out: Any, qx: Any, sx: Any, zx: Any, qw: Any, sw: Any, zw: Any, qb: Any, sy: Any,
+           zy: Any) -> Any:
+        acc, channel = _integer_accumulate(kind, conv, trans_b, qx, zx, qw, zw, qb, w_axis)
+        exact, _ = _requantise(acc, channel, sx, sw, sy, zy, out.dtype)
+        # the graph's own float path carries the gradient, as for any QuantizeLinear
+        zero = zy.to(out.dtype).reshape(()) if zy is not None else 0.0
+        return _straight_through(exact, out / sy.to(out.dtype).reshape(()) + zero)
+
+    return fn
+
+
+def _build_qlinear(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearConv, QLinearMatMul and com.microsoft QGemm (a QOperator-format export):
+    integer accumulation and requantisation as onnxruntime computes them."""
+    import torch
+
+    op = node.op_type
+    kind = "Conv" if op == "QLinearConv" else "Gemm"
+    conv = _build_conv(attrs, opset, node) if kind == "Conv" else None
+    trans_b = bool(attrs.get("transB", 0))
+    w_axis = 0 if kind == "Conv" or trans_b else 1
+
+    def fn(*ins: Any) -> Any:
+        if op == "QGemm":
+            qx, sx, zx, qw, sw, zw, qb, sy, zy = (list(ins) + [None] * 9)[:9]
+        elif op == "QLinearConv":
+            qx, sx, zx, qw, sw, zw, sy, zy, qb = (list(ins) + [None] * 9)[:9]
+        else:
+            (qx, sx, zx, qw, sw, zw, sy, zy), qb = ins[:8], None
+        acc, channel = _integer_accumulate(kind, conv, trans_b, qx, zx, qw, zw, qb, w_axis)
+        dtype = qx.dtype if qx.is_floating_point() else torch.float32
+        exact, smooth = _requantise(acc, channel, sx, sw, sy, zy, dtype)
+        return _straight_through(exact, smooth)
+
+    return fn
+
+
+# --------------------------------------------------------------------------
+# ai.onnx.ml: the differentiable classical-ML operators (linear models, scalers)
+# --------------------------------------------------------------------------
+
+
+def _ml_problem(node: Any, attrs: dict[str, Any]) -> str:
+    if node.op_type == "LinearClassifier" and attrs.get("post_transform", "NONE") not in (
+            "NONE", "LOGISTIC", "SOFTMAX"):
+        return f"post_transform {attrs.get('post_transform')!r}"
+    if node.op_type == "Normalizer" and attrs.get("norm", "MAX") not in ("MAX", "L1", "L2"):
+        return f"norm {attrs.get('norm')!r}"
+    return ""
+
+
+def _build_linear_classifier(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """``scores = post(X W^T + b)``; a binary model with one coefficient row scores
+    ``[-s, s]`` (``[1 - sigmoid(s), sigmoid(s)]`` after LOGISTIC), as onnxruntime does."""
+    import numpy as np
+    import torch
+
+    labels = attrs.get("classlabels_ints")
+    classes = len(labels if labels is not None else attrs.get("classlabels_strings", []))
+    intercepts = np.asarray(attrs.get("intercepts", []), dtype=np.float64)
+    coefficients = np.asarray(attrs["coefficients"], dtype=np.float64)
+    targets = len(intercepts) if len(intercepts) else max(1, classes)
+    coefficients = coefficients.reshape(targets, -1)
+    post = attrs.get("post_transform", "NONE")
+
+    def fn(x: torch.Tensor) -> tuple:
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        w = torch.as_tensor(coefficients, dtype=dtype, device=x.device)
+        s = x.to(dtype).reshape(len(x), -1) @ w.T
+        if len(intercepts):
+            s = s + torch.as_tensor(intercepts, dtype=dtype, device=x.device)
+        if targets == 1 and classes == 2:
+            s = torch.cat([-s, s], 1)
+        if post == "LOGISTIC":
+            s = torch.sigmoid(s)
+        elif post == "SOFTMAX":
+            s = torch.softmax(s, 1)
+        index = s.argmax(1)
+        label = (torch.as_tensor(labels, dtype=torch.int64, device=x.device)[index]
+                 if labels is not None else index)
+        return label, s
+
+    return fn
+
+
+def _build_normalizer(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    norm = attrs.get("norm", "MAX")
+
+    def fn(x: Any) -> Any:
+        if norm == "MAX":
+            return x / x.amax(1, keepdim=True)
+        if norm == "L1":
+            return x / x.abs().sum(1, keepdim=True)
+        return x / (x * x).sum(1, keepdim=True).sqrt()
+
+    return fn
+
+
+def _build_scaler(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    import torch
+
+    offset, scale = attrs.get("offset", [0.0]), attrs.get("scale", [1.0])
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        o = torch.as_tensor(offset, dtype=dtype, device=x.device)
+        k = torch.as_tensor(scale, dtype=dtype, device=x.device)
+        return (x.to(dtype) - o) * k
+
+    return fn
+
+
+_ML_HANDLERS: dict[str, Callable[[dict[str, Any], int, Any], Fn]] = {
+    "LinearClassifier": _build_linear_classifier,
+    "Normalizer": _build_normalizer,
+    "Scaler": _build_scaler,
+}
+
+
 _HANDLERS: dict[str, Callable[[dict[str, Any], int, Any], Fn]] = {
     **dict.fromkeys(
         ["Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf",
@@ -842,6 +1257,12 @@ _HANDLERS: dict[str, Callable[[dict[str, Any], int, Any], Fn]] = {
     **dict.fromkeys(["ArgMax", "ArgMin"], _build_arg),
     "Einsum": _build_einsum,
     "Resize": _build_resize,
+    "QuantizeLinear": _build_quantize,
+    "DequantizeLinear": _build_dequantize,
+    "DynamicQuantizeLinear": _build_dynamic_quantize,
+    "MatMulInteger": _build_matmul_integer,
+    "ConvInteger": _build_conv_integer,
+    **dict.fromkeys(["QLinearConv", "QLinearMatMul"], _build_qlinear),
 }
 
 
@@ -868,27 +1289,39 @@ def _twin_class() -> type:
     class OnnxTorchTwin(torch.nn.Module):
         """Differentiable evaluation of an ONNX graph: a topological walk over per-node closures."""
 
-        def __init__(self, model: Any) -> None:
+        def __init__(self, model: Any, outputs: "list[str] | None" = None) -> None:
             from onnx import numpy_helper
 
             super().__init__()
             graph, opset = model.graph, _opset(model)
             self._constants: list[tuple[str, str]] = []  # (onnx value name, buffer name)
+            needed = _needed_nodes(model, outputs)
+            types = _initializer_types(model)
+            problems = [(node.op_type, node.domain, _node_label(node, i), problem)
+                        for i, node in needed if (problem := _problem(node, opset, types)) is not None]
+            if problems:
+                raise UnsupportedOperator(*problems[0], others=problems[1:])
+            used = {name for _, node in needed for name in node.input} | set(outputs or ())
             for init in graph.initializer:
-                self._add_constant(init.name, numpy_helper.to_array(init))
-            known = {name for name, _ in self._constants}
+                if outputs is None or init.name in used:
+                    self._add_constant(init.name, numpy_helper.to_array(init))
+            known = {init.name for init in graph.initializer}
             self.input_names = [i.name for i in graph.input if i.name not in known]
-            self.output_names = [o.name for o in graph.output]
+            self.output_names = list(outputs) if outputs is not None else [o.name for o in graph.output]
             self._steps: list[tuple[Fn, list[str], list[str]]] = []
-            for i, node in enumerate(graph.node):
-                problem = _problem(node, opset)
-                if problem is not None:
-                    raise UnsupportedOperator(node.op_type, node.domain, _node_label(node, i), problem)
+            fused = _fused_requantisations(model, needed, opset)
+            for i, node in needed:
                 attrs = _attrs(node)
                 if node.op_type == "Constant":
                     self._add_constant(node.output[0], _constant_value(attrs))
                     continue
-                fn = _HANDLERS[node.op_type](attrs, opset, node)
+                if i in fused:
+                    fn, inputs = fused[i]
+                    self._steps.append((fn, inputs, list(node.output)))
+                    continue
+                handlers = _ML_HANDLERS if node.domain == "ai.onnx.ml" else _HANDLERS
+                fn = (_build_qlinear if node.op_type == "QGemm" and node.domain == "com.microsoft"
+                      else handlers[node.op_type])(attrs, opset, node)
                 self._steps.append((fn, list(node.input), list(node.output)))
 
         def _add_constant(self, name: str, array: Any) -> None:
@@ -914,11 +1347,14 @@ def _twin_class() -> type:
     return OnnxTorchTwin
 
 
-def to_torch(model: "onnx.ModelProto") -> "torch.nn.Module":
+def to_torch(model: "onnx.ModelProto", outputs: "list[str] | None" = None) -> "torch.nn.Module":
     """Translate an ONNX graph into a differentiable torch module (the gradient twin).
 
     ``forward`` takes the graph's non-initializer inputs positionally and returns a
-    tuple with one tensor per graph output.  Initializers and Constant values are
-    buffers (no grad).  Raises UnsupportedOperator for the first untranslatable node.
+    tuple with one tensor per graph output (per name in ``outputs``, when given: then only
+    the nodes those outputs need are translated).  Initializers and Constant values are
+    buffers (no grad).  Raises UnsupportedOperator naming every untranslatable node.
+    Quantisation operators are exact in the forward pass and straight-through (identity
+    gradient, BPDA) in the backward pass.
     """
-    return _twin_class()(model).eval()
+    return _twin_class()(model, outputs).eval()

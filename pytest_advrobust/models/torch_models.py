@@ -13,15 +13,19 @@ import torch
 from ..errors import ModelLoadError
 from .base import Classifier
 
-__all__ = ["TorchClassifier", "load_torch_module", "borrowed"]
+__all__ = ["TorchClassifier", "load_torch_module", "borrowed", "static_batch"]
 
 
 class TorchClassifier(Classifier):
-    """Any callable torch module (``nn.Module``, ScriptModule, exported GraphModule)."""
+    """Any callable torch module (``nn.Module``, ScriptModule, exported GraphModule).
 
-    def __init__(self, module: Any, **kwargs: Any) -> None:
+    ``output`` picks the score tensor when the module returns a dict (by key) or a tuple
+    or list (by index) of several tensors, as the ``output`` key does for ONNX graphs."""
+
+    def __init__(self, module: Any, *, output: str | int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.module = module
+        self.output = output
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._call(x)
@@ -38,12 +42,62 @@ class TorchClassifier(Classifier):
                 f"{str(x.dtype).replace('torch.', '')}: {_first_line(exc)} Check that the data has "
                 "the shape the model expects (flat vectors vs NCHW images) and its dtype.",
                 where=self.source) from None
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            out = out[0]
-        if not isinstance(out, torch.Tensor):
-            raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
-                                 "scores.", where=self.source)
-        return out
+        return self._pick(out, len(x))
+
+    def _pick(self, out: Any, rows: int) -> torch.Tensor:
+        """The score tensor among the module's outputs (see ``output``)."""
+        wanted = self.output
+        if isinstance(out, torch.Tensor):
+            if wanted not in (None, 0):
+                raise ModelLoadError(f"output = {wanted!r}, but the model returns a single tensor. "
+                                     "Remove output.", where=self.source)
+            return out
+        if isinstance(out, dict):
+            names = list(out)
+            if isinstance(wanted, int) and not isinstance(wanted, bool):
+                if wanted >= len(names):
+                    raise ModelLoadError(f"output = {wanted}, but the model returns a dict of "
+                                         f"{len(names)} entries ({_listing(out)}).", where=self.source)
+                wanted = names[wanted]
+            if wanted is not None and wanted not in out:
+                raise ModelLoadError(f"output = {wanted!r}, but the model returns a dict with keys "
+                                     f"{_listing(out)}.", where=self.source)
+            return self._tensor(out[wanted] if wanted is not None else self._only(out, rows), wanted)
+        if isinstance(out, (tuple, list)):
+            fields = getattr(out, "_fields", None)  # a namedtuple: its field names work too
+            if isinstance(wanted, str) and fields and wanted in fields:
+                wanted = list(fields).index(wanted)
+            if isinstance(wanted, str):
+                raise ModelLoadError(f"output = {wanted!r} names an entry, but the model returns a "
+                                     f"{type(out).__name__} of {len(out)}; give its index "
+                                     f"(output = 0..{len(out) - 1}).", where=self.source)
+            if wanted is not None and wanted >= len(out):
+                raise ModelLoadError(f"output = {wanted}, but the model returns a "
+                                     f"{type(out).__name__} of {len(out)}.", where=self.source)
+            entries = dict(enumerate(out))
+            return self._tensor(out[wanted] if wanted is not None else self._only(entries, rows), wanted)
+        raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
+                             "scores.", where=self.source)
+
+    def _only(self, entries: dict, rows: int) -> Any:
+        """With no ``output`` key: the one float tensor shaped like scores, or a clear error
+        (guessing between, say, features and logits would score the wrong tensor)."""
+        scores = [k for k, v in entries.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                  and v.dim() in (1, 2) and v.shape[0] == rows]
+        if len(scores) == 1:
+            return entries[scores[0]]
+        hint = "INDEX" if all(isinstance(k, int) for k in entries) else '"NAME"'
+        raise ModelLoadError(
+            f"the model returns several outputs ({_listing(entries)}) and "
+            f"{'several' if scores else 'none'} of them look like class scores (a float "
+            f"[batch, classes] tensor), so it cannot be told which to attack. Set output = "
+            f"{hint} to the one holding the class scores.", where=self.source)
+
+    def _tensor(self, value: Any, wanted: Any) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            raise ModelLoadError(f"output {wanted!r} of the model is a {type(value).__name__}, not "
+                                 "a tensor of class scores.", where=self.source)
+        return value
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -176,6 +230,33 @@ def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> A
                              "a factory: model = \"pkg.mod:build\", weights = this file.",
                              where=str(path))
     return module
+
+
+def static_batch(module: Any) -> int | None:
+    """The batch size a ``torch.export`` module was exported with when its batch
+    dimension is static (the guard then refuses every other size); None when dynamic."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return None
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return None
+    value = placeholders[0].meta.get("val")
+    shape = getattr(value, "shape", None)
+    if not shape or not isinstance(shape[0], int):
+        return None
+    return int(shape[0])
+
+
+def _listing(entries: Any) -> str:
+    items = entries.items() if isinstance(entries, dict) else enumerate(entries)
+    return ", ".join(f"{k!r} ({_describe(v)})" for k, v in items)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).replace('torch.', '')} {list(value.shape)}"
+    return type(value).__name__
 
 
 def _qualname(obj: Any) -> str:

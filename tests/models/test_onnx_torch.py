@@ -486,7 +486,7 @@ def _sklearn_model(kind: str) -> onnx.ModelProto:
     return to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}})
 
 
-@pytest.mark.parametrize("kind, op", [("logreg", "LinearClassifier"), ("tree", "TreeEnsembleClassifier")])
+@pytest.mark.parametrize("kind, op", [("tree", "TreeEnsembleClassifier")])
 def test_sklearn_operators_are_refused(kind: str, op: str) -> None:
     model = _sklearn_model(kind)
     found = find_untranslatable(model)
