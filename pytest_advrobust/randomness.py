@@ -1,0 +1,140 @@
+"""Random draws keyed by the sample's position, not by the order of processing.
+
+An attack gets a :class:`SampleRandom` as its ``rng``. It behaves like a
+``numpy.random.Generator``; a draw whose first dimension is the number of rows of the
+batch (``rng.random(size=(len(x), ...))``, the way every built-in attack draws) is made row
+by row, each row from its own sample's stream, keyed by (seed, model, check, eps, sample
+position). So a sample gets the same noise signs, PGD starts and SPSA directions whatever
+the batch size, whatever else is in its batch and whichever shard of a sharded run
+evaluates it: shard results add up exactly to the unsharded ones. Draws of another shape
+come from one stream keyed by the batch's first sample (the same batch in every shard, and
+in an unsharded run, since shards are batch-aligned).
+
+A row's stream is consumed in the order the attack asks; an attack that draws again for
+only some rows (SPSA, per step, for the samples not yet fooled) takes ``rng.rows(index)``,
+a view of those rows over the same streams.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["SampleRandom", "sample_key"]
+
+#: stream tags, so a row's stream, a batch's stream and a fit's stream never coincide
+ROW, BATCH, FIT = 0, 1, 2
+
+
+def sample_key(seed: int, model: str, check: int, eps: float) -> tuple[int, ...]:
+    """What every stream of one gate derives from: the seed, the model, the check and eps."""
+    import zlib
+
+    return (int(seed), zlib.crc32(model.encode()), int(check), int(round(eps * 1e9)))
+
+
+def fit_generator(key: Sequence[int]) -> np.random.Generator:
+    """The stream an attack's fit step draws from (it sees the fit split, not a batch)."""
+    return np.random.default_rng([*key, FIT])
+
+
+class SampleRandom:
+    """``numpy.random.Generator``-like; row ``i`` of a per-row draw comes from the stream of
+    sample ``positions[i]`` (see the module docstring)."""
+
+    def __init__(self, key: Sequence[int], positions: Any,
+                 streams: dict[int, np.random.Generator] | None = None) -> None:
+        self.key = tuple(int(k) for k in key)
+        #: the absolute position (index in the evaluation data) of each row
+        self.positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        self._streams = {} if streams is None else streams
+        self._batch: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def rows(self, index: Any) -> "SampleRandom":
+        """The same streams for a subset of the rows (indices or a boolean mask)."""
+        if hasattr(index, "detach"):
+            index = index.detach().cpu().numpy()
+        view = SampleRandom(self.key, self.positions[np.asarray(index)], self._streams)
+        view._batch = self._batch_stream()
+        return view
+
+    def stream(self, row: int) -> np.random.Generator:
+        """Row ``row``'s own stream (created on first use)."""
+        position = int(self.positions[row])
+        generator = self._streams.get(position)
+        if generator is None:
+            generator = self._streams[position] = np.random.default_rng([*self.key, ROW, position])
+        return generator
+
+    # -- the Generator methods attacks use, per row when the shape leads with the rows ------
+    def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        rest = self._rest(size) if out is None else None
+        if rest is None:
+            return self._batch_stream().random(size, dtype, out)
+        return self._per_row(lambda g: g.random(rest, dtype), size, dtype)
+
+    def integers(self, low: Any, high: Any = None, size: Any = None, dtype: Any = np.int64,
+                 endpoint: bool = False) -> Any:
+        rest = self._rest(size) if np.ndim(low) == 0 and np.ndim(high) == 0 else None
+        if rest is None:
+            return self._batch_stream().integers(low, high, size, dtype, endpoint)
+        return self._per_row(lambda g: g.integers(low, high, rest, dtype, endpoint), size, dtype)
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
+        rest = self._rest(size) if np.ndim(low) == 0 and np.ndim(high) == 0 else None
+        if rest is None:
+            return self._batch_stream().uniform(low, high, size)
+        return self._per_row(lambda g: g.uniform(low, high, rest), size, np.float64)
+
+    def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any:
+        rest = self._rest(size) if np.ndim(loc) == 0 and np.ndim(scale) == 0 else None
+        if rest is None:
+            return self._batch_stream().normal(loc, scale, size)
+        return self._per_row(lambda g: g.normal(loc, scale, rest), size, np.float64)
+
+    def standard_normal(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        rest = self._rest(size) if out is None else None
+        if rest is None:
+            return self._batch_stream().standard_normal(size, dtype, out)
+        return self._per_row(lambda g: g.standard_normal(rest, dtype), size, dtype)
+
+    def choice(self, a: Any, size: Any = None, replace: bool = True, p: Any = None,
+               shuffle: bool = True) -> Any:
+        rest = self._rest(size)
+        if rest is None:
+            return self._batch_stream().choice(a, size, replace, p, shuffle=shuffle)
+        sample = np.asarray(a)
+        return self._per_row(lambda g: g.choice(a, rest, replace, p, shuffle=shuffle), size,
+                             np.int64 if sample.ndim == 0 else sample.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other Generator method: the batch's stream (deterministic per batch)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._batch_stream(), name)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _rest(self, size: Any) -> tuple[int, ...] | None:
+        """The per-row shape when ``size`` leads with the number of rows, else None."""
+        if size is None:
+            return None
+        shape = (int(size),) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        if not shape or shape[0] != len(self.positions):
+            return None
+        return shape[1:]
+
+    def _per_row(self, draw: Any, size: Any, dtype: Any) -> np.ndarray:
+        shape = (int(size),) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        if not len(self.positions):
+            return np.empty(shape, dtype=dtype)
+        return np.stack([np.asarray(draw(self.stream(i))) for i in range(len(self.positions))])
+
+    def _batch_stream(self) -> np.random.Generator:
+        if self._batch is None:
+            first = int(self.positions[0]) if len(self.positions) else -1
+            self._batch = np.random.default_rng([*self.key, BATCH, first & 0xFFFFFFFFFFFFFFFF])
+        return self._batch
