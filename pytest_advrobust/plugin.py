@@ -58,6 +58,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
                     help="write PNG plots (robustness curves, universal perturbations, "
                          "linearity); needs pip install pytest-advrobust[plots].")
+    group.addoption("--advrobust-shard", metavar="K/N", default=None,
+                    help="measure every gate on shard K of N of each model's evaluation data "
+                         "(batch-aligned); results are partial, gated once the shards' JSON "
+                         "reports are merged: python -m pytest_advrobust merge shard-*.json.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,6 +98,7 @@ class RobustnessPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         path = _config_path(config)
+        self.shard = _shard_option(config)
         self.baseline = _load_baseline(config)
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
@@ -125,9 +130,11 @@ class RobustnessPlugin:
 
         register_builtins(self.config.pluginmanager)
         artifacts = self.config.getoption("advrobust_artifacts")
-        return RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
-                                 artifacts=Path(artifacts).resolve() if artifacts else None,
-                                 baseline=self.baseline, progress=self._progress)
+        session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
+                                    artifacts=Path(artifacts).resolve() if artifacts else None,
+                                    baseline=self.baseline, progress=self._progress)
+        session.engine.shard = self.shard
+        return session
 
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -153,7 +160,7 @@ class RobustnessPlugin:
         if target and (self.results or (self._session and self._session.config is not None)):
             from .report.json_report import write_json
 
-            write_json(Path(target), self.all_results())
+            write_json(Path(target), self.all_results(), **self.shard_fields())
         if self.results:
             self._write_reports(self.all_results())
 
@@ -182,6 +189,15 @@ class RobustnessPlugin:
                 linearity=lambda name: model_curves(session.engine, session.spec(name)))
             self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
             self.notes.extend(f"plot skipped: {problem}" for problem in problems)
+
+    def shard_fields(self) -> dict[str, Any]:
+        """A shard run's JSON says which shard it is and of which config (for the merge)."""
+        if self.shard is None:
+            return {}
+        from .fingerprint import config_fingerprint
+
+        return {"shard": {"index": self.shard[0], "count": self.shard[1]},
+                "config": config_fingerprint(self.path)}
 
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
@@ -233,6 +249,30 @@ class RobustnessPlugin:
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
                 and (not on_worker or other.request.check.index == item.request.check.index
                      or other.request.check.attack == "clean")]
+
+
+def _shard_option(config: pytest.Config) -> tuple[int, int] | None:
+    """``--advrobust-shard=K/N`` as ``(K, N)``; a malformed value, or a report option that
+    must not see a shard's partial figures, is a usage error saying what to do."""
+    option = config.getoption("advrobust_shard")
+    if option is None:
+        return None
+    from .merge import parse_shard
+
+    try:
+        shard = parse_shard(option)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-advrobust --advrobust-shard: {exc}") from None
+    for name, instead in (("baseline", "--baseline=PATH"), ("save_baseline", "--save-baseline=PATH"),
+                          ("plots", None)):
+        if config.getoption(f"advrobust_{name}"):
+            flag = f"--advrobust-{name.replace('_', '-')}"
+            where = (f"give {instead} to the merge (python -m pytest_advrobust merge shard-*.json "
+                     f"{instead}) instead" if instead else "make plots from an unsharded run")
+            raise pytest.UsageError(
+                f"pytest-advrobust: {flag} cannot be used with --advrobust-shard={option}: a "
+                f"shard measures part of the data, so its figures are partial; {where}.")
+    return shard
 
 
 def _load_baseline(config: pytest.Config) -> Any:
@@ -326,6 +366,11 @@ class GateItem(pytest.Item):
             ("advrobust_threshold", threshold_text(result)),
             ("advrobust_baseline_accuracy", "" if baseline is None else f"{baseline:.6f}"),
         ])
+        if result.shard is not None:  # partial: counted here, judged by the merge
+            self.user_properties.extend([("advrobust_status", "partial"),
+                                         ("advrobust_shard", f"{result.shard['index']}/{result.shard['count']}"),
+                                         ("advrobust_correct", str(result.correct))])
+            return
         if not result.passed:
             raise GateFailed(result.message)
 

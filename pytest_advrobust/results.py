@@ -34,7 +34,8 @@ class AttackResult:
     min_accuracy: float | None = None
     max_drop: float | None = None
     max_regression: float | None = None
-    passed: bool = True
+    #: the verdict; None for a shard's partial result, which has none until merged
+    passed: bool | None = True
     message: str = ""
     check: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +47,16 @@ class AttackResult:
     seconds: float = 0.0
     #: what the attack found, in words (e.g. the hypothesis attack's shrunk counterexample)
     details: str = ""
+    #: set on a shard run's result (``--advrobust-shard=K/N``): ``{"index": K, "count": N}``
+    #: and what the merge checks (the stream's sample count and label digest, a fit digest)
+    shard: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed``, or ``partial`` for one shard's counts (no verdict)."""
+        if self.shard is not None:
+            return "partial"
+        return "passed" if self.passed else "failed"
 
     @property
     def accuracy(self) -> float:
@@ -82,7 +93,10 @@ class AttackResult:
         data = asdict(self)
         data.pop("seconds")
         data.update(accuracy=round(self.accuracy, 6), clean_accuracy=round(self.clean_accuracy, 6),
-                    ci_low=round(low, 6), ci_high=round(high, 6), key=self.key)
+                    ci_low=round(low, 6), ci_high=round(high, 6), key=self.key,
+                    status=self.status)
+        if self.shard is None:
+            data.pop("shard")
         return data
 
     @classmethod

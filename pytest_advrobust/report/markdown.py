@@ -19,8 +19,9 @@ def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None"
     """A one-line verdict, the full table (with 95% intervals), failing gates' messages and,
     with a baseline, what was and was not compared."""
     results = ordered(results)
-    failed = [r for r in results if not r.passed]
-    mark = ":x:" if failed else ":white_check_mark:"
+    failed = [r for r in results if r.status == "failed"]
+    partial = any(r.status == "partial" for r in results)
+    mark = ":x:" if failed else ":hourglass:" if partial else ":white_check_mark:"
     lines = [f"### {mark} advrobust: {verdict_line(results)}", ""]
     lines += format_table(summary_rows(results, verbose=True, comparison=comparison),
                           headers(True, comparison is not None), markdown=True)

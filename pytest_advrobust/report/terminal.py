@@ -54,14 +54,23 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
         cells = {"model": r.model, "attack": r.attack, "eps": "-" if r.eps is None else f"{r.eps:g}",
                  "accuracy": f"{r.accuracy:.3f}", "95% CI": f"{low:.3f}-{high:.3f}",
                  "clean": f"{r.clean_accuracy:.3f}", "n": str(r.n), "threshold": threshold_text(r),
-                 "vs baseline": delta, "status": "PASS" if r.passed else "FAIL"}
+                 "vs baseline": delta, "status": _STATUS.get(r.status, r.status.upper())}
         rows.append(tuple(cells[c] for c in shown))
     return rows
 
 
+_STATUS = {"passed": "PASS", "failed": "FAIL", "partial": "PARTIAL"}
+
+
 def verdict_line(results: Iterable[AttackResult]) -> str:
-    """``12 gates, 1 failed`` (or ``all 12 gates passed``)."""
+    """``12 gates, 1 failed`` (or ``all 12 gates passed``; a shard run: partial, no verdict)."""
     results = list(results)
+    partial = [r for r in results if r.status == "partial"]
+    if partial:
+        shard = partial[0].shard or {}
+        return (f"{len(partial)} gates measured on shard {shard.get('index')}/{shard.get('count')}: "
+                "partial, no verdict until the shards are merged "
+                "(python -m pytest_advrobust merge shard-*.json)")
     failed = sum(not r.passed for r in results)
     if failed:
         return f"{len(results)} gates, {failed} failed"
