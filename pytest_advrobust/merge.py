@@ -58,6 +58,8 @@ class ShardReport:
     count: int
     config: str
     results: tuple[dict[str, Any], ...]
+    #: the gates the shard's run selected (a gate that errored is listed but has no result)
+    gates: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -102,7 +104,12 @@ def load_shard(path: Path) -> ShardReport:
             raise MergeError(f"the result {entry['key']!r} says shard {entry['shard'].get('index')}/"
                              f"{entry['shard'].get('count')} but the report says {index}/{count}; "
                              "the file was edited or assembled from several runs.", where=where)
-    return ShardReport(Path(path), index, count, str(document.get("config", "")), results)
+    gates = document.get("gates")
+    if not (isinstance(gates, list) and all(isinstance(g, str) for g in gates)):
+        raise MergeError("has no list of the gates its run selected (\"gates\"); it was not written "
+                         f"by pytest --advrobust-shard. {HOW}", where=where)
+    return ShardReport(Path(path), index, count, str(document.get("config", "")), results,
+                       tuple(gates))
 
 
 def check_together(shards: Sequence[ShardReport]) -> None:
@@ -135,6 +142,17 @@ def check_together(shards: Sequence[ShardReport]) -> None:
                          f"{', '.join(s.name for s in sorted(shards, key=lambda s: s.index))}). "
                          "Every shard's report is needed: a merge of some shards would gate on part "
                          "of the data.")
+    for shard in shards:
+        if set(shard.gates) != set(first.gates):
+            extra = sorted(set(shard.gates) ^ set(first.gates))
+            raise MergeError(f"{first.name} and {shard.name} selected different gates (for example "
+                             f"{extra[0]!r}): run every shard with the same -k / -m selection.")
+        lost = sorted(set(shard.gates) - {e["key"] for e in shard.results})
+        if lost:
+            raise MergeError(f"gate {lost[0]!r} has no result in {shard.name}"
+                             f"{f' (and {len(lost) - 1} more)' if len(lost) > 1 else ''}: it errored "
+                             "there (see that job's log). Fix the error and rerun the shard; a "
+                             "merge without it would gate on less than was configured.")
     keys = {s.index: {e["key"]: e for e in s.results} for s in shards}
     reference = keys[first.index]
     if not reference:

@@ -106,6 +106,8 @@ class RobustnessPlugin:
         self.current = ""  # the gate running now, for progress lines
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
+        #: a shard run's selected gate keys (a gate that errored has no result, but is listed)
+        self.gates: set[str] = set()
         self._session: RobustnessSession | None = None
         if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
             return
@@ -149,11 +151,15 @@ class RobustnessPlugin:
         payload = getattr(node, "workeroutput", {}).get("advrobust")
         if payload:
             self.results.extend(json.loads(payload))
+        self.gates.update(json.loads(getattr(node, "workeroutput", {}).get("advrobust_gates", "[]")))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         own = [r.to_dict() for r in self._session.engine.results] if self._session else []
+        if self.shard is not None:  # the gates this run selected, whether or not they ran
+            self.gates.update(item.gate_key for item in session.items if isinstance(item, GateItem))
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
+            self.config.workeroutput["advrobust_gates"] = json.dumps(sorted(self.gates))  # type: ignore[attr-defined]
             return
         self.results.extend(own)
         target = self.config.getoption("advrobust_json")
@@ -197,7 +203,7 @@ class RobustnessPlugin:
         from .fingerprint import config_fingerprint
 
         return {"shard": {"index": self.shard[0], "count": self.shard[1]},
-                "config": config_fingerprint(self.path)}
+                "config": config_fingerprint(self.path), "gates": sorted(self.gates)}
 
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
@@ -263,6 +269,11 @@ def _shard_option(config: pytest.Config) -> tuple[int, int] | None:
         shard = parse_shard(option)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-advrobust --advrobust-shard: {exc}") from None
+    if not config.getoption("advrobust_json"):
+        raise pytest.UsageError(
+            f"pytest-advrobust: --advrobust-shard={option} needs --advrobust-json=PATH: a shard's "
+            "counts are only gated once the merge reads every shard's JSON report "
+            "(python -m pytest_advrobust merge shard-*.json).")
     for name, instead in (("baseline", "--baseline=PATH"), ("save_baseline", "--save-baseline=PATH"),
                           ("plots", None)):
         if config.getoption(f"advrobust_{name}"):
@@ -340,6 +351,17 @@ class GateItem(pytest.Item):
         self.result: AttackResult | None = None
         self.add_marker("advrobust")
         self.add_marker(pytest.mark.xdist_group(f"advrobust-{spec.name}"))
+
+    @property
+    def gate_key(self) -> str:
+        """The key its result will have (``AttackResult.key``), known before it runs."""
+        from .results import AttackResult
+
+        check = self.request.check
+        registry = self.config.stash[SESSION_KEY].session.registry
+        eps = self.request.eps if check.attack not in registry or registry[check.attack].uses_eps else None
+        return AttackResult(model=self.spec.name, attack=check.attack, eps=eps, correct=0,
+                            clean_correct=0, n=0, options=dict(check.options)).key
 
     def runtest(self) -> None:
         from .report.terminal import threshold_text

@@ -139,12 +139,31 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
     fewer["results"] = [r for r in fewer["results"] if r["attack"] != "pgd"]
     (pytester.path / "fewer.json").write_text(json.dumps(fewer))
     code, out = merge(shards[0], shards[1], pytester.path / "fewer.json")
-    assert code == 2 and "mlp::pgd[eps=0.05]" in capsys.readouterr().err
-    empty = [dict(json.loads(p.read_text()), results=[]) for p in shards]
+    err = capsys.readouterr().err  # a gate that errored in a shard is listed there, without result
+    assert code == 2 and "gate 'mlp::pgd[eps=0.05]{restarts=2,steps=5}' has no result in shard 3/3" in err and "errored" in err
+    empty_everywhere(shards, "pgd")  # errored in every shard: still caught
+    code, out = merge(*[pytester.path / f"gone-{k}.json" for k in (1, 2, 3)])
+    assert code == 2 and "has no result in shard 1/3" in capsys.readouterr().err
+    fewer["gates"] = [g for g in fewer["gates"] if "pgd" not in g]  # deselected with -k there
+    (pytester.path / "fewer.json").write_text(json.dumps(fewer))
+    code, out = merge(shards[0], shards[1], pytester.path / "fewer.json")
+    assert code == 2 and "selected different gates" in capsys.readouterr().err
+    empty = [dict(json.loads(p.read_text()), results=[], gates=[]) for p in shards]
     for k, document in enumerate(empty, 1):
         (pytester.path / f"empty-{k}.json").write_text(json.dumps(document))
     code, out = merge(*[pytester.path / f"empty-{k}.json" for k in (1, 2, 3)])
     assert code == 2 and "no gate results" in capsys.readouterr().err  # never "all 0 gates passed"
+
+
+def empty_everywhere(shards: list[Path], attack: str) -> list[dict]:
+    """The shards' reports as if ``attack``'s gate had errored in each (listed, no result)."""
+    out = []
+    for k, path in enumerate(shards, 1):
+        document = json.loads(path.read_text())
+        document["results"] = [r for r in document["results"] if r["attack"] != attack]
+        (path.parent / f"gone-{k}.json").write_text(json.dumps(document))
+        out.append(document)
+    return out
 
 
 def test_merge_applies_the_baseline_rule_and_saves_a_baseline(pytester: pytest.Pytester, capsys) -> None:
@@ -174,7 +193,11 @@ def test_shard_option_rejects_bad_values_and_partial_baselines(pytester: pytest.
     result = pytester.runpytest(*RUN, "--advrobust-shard=4/3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--advrobust-shard: '4/3': K must be one of 1..N*"])
-    result = pytester.runpytest(*RUN, "--advrobust-shard=1/2", "--advrobust-save-baseline=b.json")
+    result = pytester.runpytest(*RUN, "--advrobust-shard=1/2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--advrobust-shard=1/2 needs --advrobust-json=PATH*"])
+    result = pytester.runpytest(*RUN, "--advrobust-shard=1/2", "--advrobust-json=s.json",
+                                "--advrobust-save-baseline=b.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*cannot be used with --advrobust-shard=1/2*merge*--save-baseline=PATH*"])
     assert not (pytester.path / "b.json").exists()
