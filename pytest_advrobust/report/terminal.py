@@ -51,8 +51,10 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
             delta = f"{change:+.3f} (was {r.baseline_accuracy:.3f})"
         else:
             delta = (comparison.note(r.key) if comparison is not None else "") or "-"
+        none = r.n == 0  # a shard whose part held none of this gate's samples
         cells = {"model": r.model, "attack": r.attack, "eps": "-" if r.eps is None else f"{r.eps:g}",
-                 "accuracy": f"{r.accuracy:.3f}", "95% CI": f"{low:.3f}-{high:.3f}",
+                 "accuracy": "-" if none else f"{r.accuracy:.3f}",
+                 "95% CI": "-" if none else f"{low:.3f}-{high:.3f}",
                  "clean": f"{r.clean_accuracy:.3f}", "n": str(r.n), "threshold": threshold_text(r),
                  "vs baseline": delta, "status": _STATUS.get(r.status, r.status.upper())}
         rows.append(tuple(cells[c] for c in shown))
