@@ -248,3 +248,33 @@ def test_xdist_inside_a_shard_job_matches_serial(pytester: pytest.Pytester) -> N
                                            "--advrobust-json=spread.json")
     spread.assert_outcomes(passed=4)
     assert (pytester.path / "spread.json").read_bytes() == (pytester.path / "serial.json").read_bytes()
+
+
+def test_hand_written_tests_see_all_the_data_in_a_shard_run(pytester: pytest.Pytester) -> None:
+    digits(pytester.path, CHECKS.split("[[tool.advrobust.models.mlp.checks]]\nattack = \"fgsm\"")[0])
+    pytester.makepyfile(test_probe='''
+        def test_probe(advrobust):
+            assert advrobust.clean().n == 540
+    ''')
+    result = pytester.runpytest(*RUN, "--advrobust-shard=2/3", "--advrobust-json=s.json")
+    result.assert_outcomes(passed=2)
+    results = json.loads((pytester.path / "s.json").read_text())["results"]
+    assert [(r["attack"], r["n"]) for r in results] == [("clean", 192)]  # the gate: its shard
+
+
+def test_merged_statistics_add_up_and_keep_the_smallest_counterexample() -> None:
+    from pytest_advrobust.merge import _describe, _merge_stats
+
+    parts = [{"searched": 3, "flips": 1, "samples": 8, "counterexample_max_delta": 0.2,
+              "counterexample_sample": 4, "counterexample_label": 1, "counterexample_new_label": 7},
+             {"searched": 2, "flips": 0, "samples": 8},
+             {"searched": 4, "flips": 2, "samples": 8, "counterexample_max_delta": 0.1,
+              "counterexample_sample": 70, "counterexample_label": 3, "counterexample_new_label": 5}]
+    merged = _merge_stats(parts)
+    assert merged == {"searched": 9, "flips": 3, "samples": 24, "counterexample_max_delta": 0.1,
+                      "counterexample_sample": 70, "counterexample_label": 3,
+                      "counterexample_new_label": 5}
+    assert _describe("hypothesis", merged, []) == (
+        "smallest flip found: sample 70, max|delta| 0.1, label 3 -> 5 (3 of 9 correctly "
+        "classified samples flipped)")
+    assert _merge_stats([{"queries": 100}, {"queries": 50}]) == {"queries": 150}
