@@ -75,7 +75,7 @@ class SampleRandom:
         rest = self._rest(size) if out is None else None
         if rest is None:
             return self._batch_stream().random(size, dtype, out)
-        return self._per_row(lambda g: g.random(rest, dtype), size, dtype)
+        return self._fill_rows(lambda g, row: g.random(dtype=dtype, out=row), size, dtype)
 
     def integers(self, low: Any, high: Any = None, size: Any = None, dtype: Any = np.int64,
                  endpoint: bool = False) -> Any:
@@ -100,7 +100,7 @@ class SampleRandom:
         rest = self._rest(size) if out is None else None
         if rest is None:
             return self._batch_stream().standard_normal(size, dtype, out)
-        return self._per_row(lambda g: g.standard_normal(rest, dtype), size, dtype)
+        return self._fill_rows(lambda g, row: g.standard_normal(dtype=dtype, out=row), size, dtype)
 
     def choice(self, a: Any, size: Any = None, replace: bool = True, p: Any = None,
                shuffle: bool = True) -> Any:
@@ -132,6 +132,18 @@ class SampleRandom:
         if not len(self.positions):
             return np.empty(shape, dtype=dtype)
         return np.stack([np.asarray(draw(self.stream(i))) for i in range(len(self.positions))])
+
+    def _fill_rows(self, fill: Any, size: Any, dtype: Any) -> np.ndarray:
+        """Like :meth:`_per_row`, each row drawn straight into the result (no stacking copy;
+        ``g.random(out=row)`` draws what ``g.random(row.shape)`` would)."""
+        shape = (int(size),) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        out = np.empty(shape, dtype=dtype)
+        if out.size == 0:
+            return out
+        rows = out.reshape(shape[0], -1)  # a view: row i is contiguous
+        for i in range(shape[0]):
+            fill(self.stream(i), rows[i])
+        return out
 
     def _batch_stream(self) -> np.random.Generator:
         if self._batch is None:
