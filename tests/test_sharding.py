@@ -278,3 +278,43 @@ def test_merged_statistics_add_up_and_keep_the_smallest_counterexample() -> None
         "smallest flip found: sample 70, max|delta| 0.1, label 3 -> 5 (3 of 9 correctly "
         "classified samples flipped)")
     assert _merge_stats([{"queries": 100}, {"queries": 50}]) == {"queries": 150}
+
+
+def test_example_project_three_shards_merge_to_the_unsharded_counts(tmp_path) -> None:
+    """The example project as shipped (torch MLP, its ONNX export, a scikit-learn export
+    attacked by transfer and spsa): 3 shards merged are the unsharded results, exactly."""
+    import os
+    import shutil
+
+    from conftest import ROOT
+    from pytest_advrobust.merge import ShardReport, check_together, judge_merged, merge_results
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    folder = tmp_path / "example_project"
+    shutil.copytree(ROOT / "example_project", folder,
+                    ignore=shutil.ignore_patterns("models", ".advrobust", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "digits_demo.train"], cwd=folder, check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def run(shard):
+        session = RobustnessSession(plugin_manager().hook, folder / "pyproject.toml",
+                                    artifacts=tmp_path / f"art-{shard}")
+        session.engine.shard = shard
+        return [r.to_dict() for r in session.run_all()]
+
+    try:
+        whole = run(None)
+        parts = [ShardReport(Path(f"s{k}"), k, 3, "c", tuple(run((k, 3)))) for k in (1, 2, 3)]
+    finally:
+        sys.modules.pop("digits_demo", None)
+        for name in [m for m in sys.modules if m.startswith("digits_demo.")]:
+            sys.modules.pop(name)
+    check_together(parts)
+    merged = merge_results(parts)
+    judge_merged(merged, None)
+    counts = [(r["key"], r["correct"], r["clean_correct"], r["n"], r["stats"], r["passed"])
+              for r in whole]
+    assert [(r.key, r.correct, r.clean_correct, r.n, r.stats, r.passed) for r in merged] == counts
+    assert {r["attack"] for r in whole} >= {"clean", "fgsm", "noise", "universal", "pgd", "spsa",
+                                            "transfer"}
+    assert all(0 < p.results[0]["n"] < whole[0]["n"] for p in parts)
