@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_advrobust.randomness import SampleRandom
+from pytest_advrobust.randomness import SampleRandom, row_generator
 
 KEY = (0, 123, 2, 100_000_000)
 
 
 def own(position: int) -> np.random.Generator:
-    """The definition, written out: (key, row tag 0, position)."""
-    return np.random.default_rng([*KEY, 0, position])
+    """Sample ``position``'s stream from its start (the definition)."""
+    return row_generator(KEY, position)
 
 
 def test_row_i_comes_from_sample_positions_i_own_stream() -> None:
@@ -57,6 +57,13 @@ def test_draws_of_another_shape_come_from_the_batch_stream() -> None:
     assert a.permutation(5).tolist() == b.permutation(5).tolist()  # any Generator method
     assert a.random(size=(2, 2)).shape == (2, 2)  # leading dim is not the rows: no error
     assert SampleRandom(KEY, np.array([0])).random() != scalar  # another batch, another stream
+
+
+def test_row_streams_are_distinct_and_uniform() -> None:
+    draws = np.stack([own(p).random(2000) for p in range(50)])
+    assert abs(draws.mean() - 0.5) < 0.01 and abs(draws.var() - 1 / 12) < 0.002
+    assert len({tuple(d[:4]) for d in draws}) == 50  # no two samples share a stream
+    assert not np.array_equal(row_generator((1,) + KEY[1:], 0).random(8), own(0).random(8))
 
 
 def test_no_rows_gives_empty_draws() -> None:
