@@ -168,6 +168,13 @@ def check_together(shards: Sequence[ShardReport]) -> None:
                              "gates; rerun the shard that lacks it.")
         for key, entry in own.items():
             _check_same(key, reference[key], entry, first, shard)
+    for key, entry in reference.items():  # clean evaluates every sample: the parts must tile
+        if entry.get("attack") == "clean" and isinstance(entry["shard"].get("samples"), int):
+            total = sum(keys[s.index][key]["n"] for s in shards)
+            if total != entry["shard"]["samples"]:
+                raise MergeError(f"gate {key!r}: the shards measured {total} samples together but "
+                                 f"the data has {entry['shard']['samples']}; the parts do not tile "
+                                 "the data (a shard's loader yielded different batches?).")
 
 
 def _check_same(key: str, a: dict[str, Any], b: dict[str, Any], first: ShardReport,

@@ -135,6 +135,12 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
     (pytester.path / "shuffled.json").write_text(json.dumps(shuffled))
     code, out = merge(shards[0], pytester.path / "shuffled.json", shards[2])
     assert code == 2 and "shuffling loader" in capsys.readouterr().err
+    short = json.loads(shards[2].read_text())
+    for result in short["results"]:
+        result["n"] -= 1 if result["attack"] == "clean" else 0
+    (pytester.path / "short.json").write_text(json.dumps(short))
+    code, out = merge(shards[0], shards[1], pytester.path / "short.json")
+    assert code == 2 and "measured 539 samples together but the data has 540" in capsys.readouterr().err
     fewer = json.loads(shards[2].read_text())
     fewer["results"] = [r for r in fewer["results"] if r["attack"] != "pgd"]
     (pytester.path / "fewer.json").write_text(json.dumps(fewer))
