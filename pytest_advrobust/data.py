@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .config import ModelSpec
 
-__all__ = ["Batch", "EvalData"]
+__all__ = ["Batch", "Census", "EvalData"]
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -38,6 +38,32 @@ class Batch:
     x: "torch.Tensor"
     y: "torch.Tensor"
     offset: int
+
+
+class Census:
+    """What a pass saw of the whole data stream, its other shards' samples included: how
+    many samples, and a digest of every label in order. Shards of one evaluation must agree
+    on both, or they did not read the same data (a shuffling loader, another file)."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self.samples = 0
+        self._digest = hashlib.sha256()
+        self._inputs = hashlib.blake2b(digest_size=8)
+
+    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None) -> None:
+        self.samples += len(labels)
+        self._digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+        if inputs is not None:  # one byte stream: where batches are cut does not matter
+            self._inputs.update(np.ascontiguousarray(inputs).tobytes())
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "labels": "sha256:" + self._digest.hexdigest()[:16]}
+
+    def digest(self) -> str:
+        """Inputs and labels of the whole stream: what a baseline's ``data`` fingerprint holds."""
+        return f"blake2b:{self._inputs.hexdigest()}{self._digest.hexdigest()[:16]}"
 
 
 class EvalData:
@@ -57,8 +83,15 @@ class EvalData:
             else self.spec.data
 
     def batches(self, batch_size: int, dtype: "torch.dtype", *, start: int = 0,
-                stop: int | None = None) -> Iterator[Batch]:
-        """Batches of samples ``[start, stop)`` (clipped to ``max-samples``), as torch tensors."""
+                stop: int | None = None, shard: tuple[int, int] | None = None,
+                census: Census | None = None) -> Iterator[Batch]:
+        """Batches of samples ``[start, stop)`` (clipped to ``max-samples``), as torch tensors.
+
+        ``shard=(k, n)``: only batches ``k-1, k-1+n, k-1+2n, ...`` (by batch index, so a
+        loader of unknown length works and every shard keeps the unsharded batch
+        boundaries); the others are passed over without being converted or checked.
+        ``census`` counts and digests every label of the stream, passed-over ones included.
+        """
         import torch
 
         limit = self.spec.max_samples
@@ -67,6 +100,11 @@ class EvalData:
         tolerance = 1e-6 * (high - low)
         seen = 0
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
+            seen += len(ys)
+            if census is not None:
+                census.add(ys, xs)
+            if shard is not None and ((offset - start) // batch_size) % shard[1] != shard[0] - 1:
+                continue  # another shard's batch
             x = torch.tensor(xs, dtype=dtype)
             y = torch.tensor(ys, dtype=torch.int64)
             smallest, largest = (float(v) for v in torch.aminmax(x))  # NaN propagates: one pass
@@ -85,7 +123,6 @@ class EvalData:
             if y.min() < 0:
                 raise DataError(f"labels must be class indices >= 0; found {int(y.min())}.",
                                 where=self.where)
-            seen += len(y)
             yield Batch(x, y, offset)
         if seen == 0 and start == 0:
             raise DataError("the data is empty (no samples). Check the loader or the .npz file.",

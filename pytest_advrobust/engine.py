@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -19,7 +18,7 @@ from .attacks import AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
 from .errors import AdvRobustError, AttackError, DataError, ScoresNotFinite
 from .fingerprint import fingerprint
-from .gate import baseline_figure, judge
+from .gate import baseline_figure, judge, partial_message
 from .results import AttackResult, format_eps
 
 if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not at start-up
@@ -27,8 +26,8 @@ if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not
     import torch
 
     from .data import EvalData
-
     from .models.base import Classifier
+    from .randomness import SampleRandom
 
 __all__ = ["Engine", "ModelPass", "Request"]
 
@@ -53,8 +52,12 @@ class Engine:
                  baseline: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None,
                  specs: Callable[[str], ModelSpec] | None = None,
-                 load_data: Callable[[ModelSpec], Any] | None = None) -> None:
+                 load_data: Callable[[ModelSpec], Any] | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         self.registry = registry
+        #: ``(k, n)``: gates are measured on shard k of n of every model's evaluation data
+        #: and come out partial (no verdict); hand-written probes still see all the data
+        self.shard = shard
         self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
         self.artifacts = artifacts
         self._load_model = load_model
@@ -107,7 +110,7 @@ class Engine:
     def _run(self, spec: ModelSpec, todo: list[Request], *, gate: bool = True) -> None:
         started = time.perf_counter()
         try:
-            outcomes = self._evaluate(spec, todo)
+            outcomes = self._evaluate(spec, todo, shard=self.shard if gate else None)
         except AdvRobustError as exc:  # model or data problem: every gate of the pass says so
             outcomes = {request.key: exc for request in todo}
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -115,9 +118,12 @@ class Engine:
             outcome = outcomes[request.key]
             if isinstance(outcome, AttackResult):
                 outcome.seconds = seconds
-                outcome.baseline_accuracy = baseline_figure(self.baseline.get(outcome.key), outcome)
-                verdict = judge(outcome)
-                outcome.passed, outcome.message = verdict.passed, verdict.message
+                if outcome.shard is not None:  # partial: judged once the shards are merged
+                    outcome.passed, outcome.message = None, partial_message(outcome)
+                else:
+                    outcome.baseline_accuracy = baseline_figure(self.baseline.get(outcome.key), outcome)
+                    verdict = judge(outcome)
+                    outcome.passed, outcome.message = verdict.passed, verdict.message
                 if gate:
                     self._publish(outcome)
             elif gate:
@@ -144,10 +150,11 @@ class Engine:
         if self._on_result is not None:
             self._on_result(result)
 
-    def _evaluate(self, spec: ModelSpec, todo: list[Request]) -> dict[tuple[int, float], Any]:
+    def _evaluate(self, spec: ModelSpec, todo: list[Request],
+                  shard: tuple[int, int] | None = None) -> dict[tuple[int, float], Any]:
         """One streamed pass over ``spec``'s data computing every gate of ``todo``: the
         steps of :class:`ModelPass`, in order."""
-        run = ModelPass(self, spec, todo)
+        run = ModelPass(self, spec, todo, shard=shard)
         with run.model.session():
             run.fit()
             for batch in run.batches():
@@ -229,8 +236,15 @@ class ModelPass:
     :attr:`errors` and the gate is left out of later steps.
     """
 
-    def __init__(self, engine: Engine, spec: ModelSpec, todo: Sequence[Request]) -> None:
+    def __init__(self, engine: Engine, spec: ModelSpec, todo: Sequence[Request],
+                 shard: tuple[int, int] | None = None) -> None:
+        from .data import Census
+
         self.engine = engine
+        #: ``(k, n)``: evaluate only the k-th of every n batches (the fit split is read whole)
+        self.shard = shard
+        #: what the pass saw of the whole stream (other shards' samples included)
+        self.census = Census()
         self.spec = spec
         self.todo = list(todo)
         self.model = engine.classifier(spec)
@@ -240,14 +254,15 @@ class ModelPass:
         for r in self.todo:
             if self.attacks[r.key].needs_gradient and self.model.gradient_error:
                 self.errors[r.key] = _no_gradient(spec, r, self.model)
-        self.rngs = {r.key: _rng(spec, r) for r in self.todo}
+        from .randomness import sample_key
+
+        self.keys = {r.key: sample_key(spec.seed, spec.name, r.check.index, r.eps) for r in self.todo}
         self.tallies = {r.key: Tally() for r in self.todo}
         #: fitted state per gate (a universal perturbation), and the files it was saved to
         self.states: dict[tuple[int, float], Any] = {}
         self.saved: dict[tuple[int, float], list[Path]] = {}
         #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
         self.fit_sizes: dict[tuple[int, float], int] = {}
-        self._hashes = (hashlib.blake2b(digest_size=8), hashlib.blake2b(digest_size=8))
         self.limits = {r.key: int(r.check.option(self.attacks[r.key].samples_key,
                                                  self.attacks[r.key].options.get(self.attacks[r.key].samples_key)))
                        for r in self.todo if self.attacks[r.key].samples_key}
@@ -257,9 +272,22 @@ class ModelPass:
         """The gates still running (not errored)."""
         return [r for r in self.todo if r.key not in self.errors]
 
-    def rng(self, r: Request, batch: Any = None) -> "np.random.Generator":
-        """The random stream gate ``r`` draws from (on ``batch``, when one is given)."""
-        return self.rngs[r.key]
+    def rng(self, r: Request, batch: Any = None,
+            keep: "torch.Tensor | None" = None) -> "SampleRandom | np.random.Generator":
+        """What gate ``r`` draws from: on ``batch`` (its rows ``keep``), a
+        :class:`~pytest_advrobust.randomness.SampleRandom` whose per-row draws come from each
+        sample's own stream, keyed by its position; without a batch (fitting), the fit's
+        stream. Results so depend neither on the batch size nor on sharding."""
+        from .randomness import SampleRandom, fit_generator
+
+        if batch is None:
+            return fit_generator(self.keys[r.key])
+        import numpy as np
+
+        positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
+        if keep is not None:
+            positions = positions[keep.cpu().numpy()]
+        return SampleRandom(self.keys[r.key], positions)
 
     def fit(self) -> None:
         """Fit the attacks that learn a perturbation, on the first ``fit-samples`` samples."""
@@ -304,19 +332,19 @@ class ModelPass:
             self.saved[r.key] = self.engine._save_state(spec, r, state)
 
     def batches(self) -> Iterator[Any]:
-        """The evaluation batches, on the model's device (they are made on the CPU). Their
-        content is hashed on the way (:meth:`data_digest`), for the baseline's fingerprint."""
-        for batch in self.data.batches(self.spec.batch_size, self.model.dtype):
+        """The evaluation batches, on the model's device (they are made on the CPU). The
+        whole stream, other shards' batches included, is counted and hashed on the way
+        (:attr:`census`, :meth:`data_digest`), for the merge and the baseline's fingerprint."""
+        for batch in self.data.batches(self.spec.batch_size, self.model.dtype, shard=self.shard,
+                                       census=self.census):
             self.engine._report_progress(self.spec, batch.offset)
-            self._hashes[0].update(batch.x.numpy().tobytes())
-            self._hashes[1].update(batch.y.numpy().tobytes())
             yield replace(batch, x=batch.x.to(self.model.device, non_blocking=True),
                           y=batch.y.to(self.model.device, non_blocking=True))
 
     def data_digest(self) -> str:
-        """A hash of the inputs and labels the pass read, whatever the batch size (the two
-        byte streams are hashed apart, so where batches are cut does not matter)."""
-        return "blake2b:" + "".join(h.hexdigest() for h in self._hashes)
+        """A hash of every input and label of the stream (all shards'), whatever the batch
+        size: the data part of a result's fingerprint."""
+        return self.census.digest()
 
     def shared(self, batch: Any) -> Shared:
         """The batch's one forward pass (forward + backward when a live gate takes the
@@ -369,7 +397,7 @@ class ModelPass:
         outcomes: dict[tuple[int, float], Any] = dict(self.errors)
         for r in self.live():
             attack, tally = self.attacks[r.key], self.tallies[r.key]
-            if tally.n == 0:
+            if tally.n == 0 and self.shard is None:
                 why = (f"the fit split takes all {self.fit_sizes[r.key]} samples. Lower fit-samples "
                        "or give more data." if r.key in self.fit_sizes else
                        f"{attack.samples_key} = 0 selects none. Raise it.")
@@ -391,10 +419,23 @@ class ModelPass:
                 details="; ".join(filter(None, [
                     describe(tally.stats) if describe is not None else "",
                     *_model_notes(self.model, attack.needs_gradient)])),
+                shard=None if self.shard is None else self._shard_record(r),
             )
         return outcomes
 
     # -- helpers --------------------------------------------------------------------------
+    def _shard_record(self, r: Request) -> dict[str, Any]:
+        """What a shard result carries so the merge can check that shards fit together: the
+        shard, the stream it read (sample count, label digest) and a fitted state's digest."""
+        record: dict[str, Any] = {"index": self.shard[0], "count": self.shard[1],
+                                  **self.census.summary()}
+        state = self.states.get(r.key)
+        if hasattr(state, "detach"):
+
+            data = state.detach().cpu().contiguous().numpy().tobytes()
+            record["fit"] = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+        return record
+
     def _attacked(self, r: Request, batch: Any, keep: "torch.Tensor | None",
                   shared: Shared) -> "torch.Tensor":
         """Correctness of the model on the attacked batch (a bool per kept sample)."""
@@ -406,7 +447,7 @@ class ModelPass:
             scores = scores[keep.to(scores.device)]
         available = {
             "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
-            "rng": lambda: self.rng(r, batch), "grad": lambda: grad, "scores": lambda: scores,
+            "rng": lambda: self.rng(r, batch, keep), "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: self.tallies[r.key].stats, "state": lambda: self.states.get(r.key),
             "surrogates": lambda: self.engine._surrogates(self.spec, r, model),
         }
@@ -464,14 +505,6 @@ def _model_notes(model: Any, gradient: bool) -> list[str]:
     straight-through gradient); a hook's own classifier may not say."""
     notes = getattr(model, "notes", None)
     return list(notes(gradient=gradient)) if callable(notes) else []
-
-
-def _rng(spec: ModelSpec, r: Request) -> "np.random.Generator":
-    """Every random draw derives from ``seed``, the model, the check and eps."""
-    import numpy as np
-
-    return np.random.default_rng([spec.seed, zlib.crc32(spec.name.encode()), r.check.index,
-                                  int(round(r.eps * 1e9))])
 
 
 def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tuple[float, float],

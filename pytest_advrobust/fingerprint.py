@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import CheckSpec, ModelSpec
 
-__all__ = ["IDENTITY_FIELDS", "fingerprint", "file_hash", "differences"]
+__all__ = ["IDENTITY_FIELDS", "config_fingerprint", "fingerprint", "file_hash", "differences"]
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -87,3 +87,24 @@ def _draws_random(attack: Any) -> bool:
 
     functions = [attack.perturb_function()] + ([attack.fit_function()] if attack.fit is not None else [])
     return any(_accepts(function, "rng") for function in functions)
+
+
+def config_fingerprint(path: Path) -> str:
+    """The identity of a whole ``[tool.advrobust]`` table (and the plugin version), so the
+    shards of one evaluation can be told apart from runs of another config. Paths stay as
+    written (relative), so runners that check the project out elsewhere agree."""
+    import json
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    from . import __version__
+
+    try:
+        section = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("tool", {}).get("advrobust")
+    except (OSError, ValueError):
+        section = None
+    text = json.dumps({"advrobust": section, "version": __version__}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]

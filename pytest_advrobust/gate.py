@@ -7,7 +7,7 @@ from typing import Any
 
 from .results import AttackResult
 
-__all__ = ["Verdict", "judge", "baseline_figure", "regression_reason"]
+__all__ = ["Verdict", "judge", "baseline_figure", "partial_message", "regression_reason"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ def judge(result: AttackResult) -> Verdict:
               f"max-drop {result.max_drop:.3f}" if result.max_drop is not None else ""]
     within = ", ".join(b for b in bounds if b) or "no threshold"
     return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f} within {within} {context}")
+
+
+def partial_message(result: AttackResult) -> str:
+    """A shard's result: counts only, no verdict (the thresholds apply to the merged figure)."""
+    shard = result.shard or {}
+    return (f"{result.label}: partial, shard {shard.get('index')}/{shard.get('count')}: "
+            f"{result.correct}/{result.n} correct (clean {result.clean_correct}); no verdict "
+            "until the shards are merged (python -m pytest_advrobust merge)")
 
 
 def baseline_figure(entry: Any, result: AttackResult) -> float | None:

@@ -58,6 +58,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
                     help="write PNG plots (robustness curves, universal perturbations, "
                          "linearity); needs pip install pytest-advrobust[plots].")
+    group.addoption("--advrobust-shard", metavar="K/N", default=None,
+                    help="measure every gate on shard K of N of each model's evaluation data "
+                         "(batch-aligned); results are partial, gated once the shards' JSON "
+                         "reports are merged: python -m pytest_advrobust merge shard-*.json.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -163,6 +167,7 @@ class RobustnessPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         path = _config_path(config)
+        self.shard = _shard_option(config)
         self.baseline = _load_baseline(config)
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
@@ -206,9 +211,11 @@ class RobustnessPlugin:
 
         register_builtins(self.config.pluginmanager)
         artifacts = self.config.getoption("advrobust_artifacts")
-        return RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
-                                 artifacts=Path(artifacts).resolve() if artifacts else None,
-                                 baseline=self.baseline, progress=self._progress)
+        session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
+                                    artifacts=Path(artifacts).resolve() if artifacts else None,
+                                    baseline=self.baseline, progress=self._progress)
+        session.engine.shard = self.shard
+        return session
 
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -265,7 +272,7 @@ class RobustnessPlugin:
         counts = status_counts(results)
         summary = {"gates": len(results), **{key.replace(" ", "_"): n for key, n in counts.items()}}
         return str(write_json(path, results, summary=summary, interrupted=self.interrupted,
-                              complete=self.complete(results)))
+                              complete=self.complete(results), **self.shard_fields()))
 
     def _write(self, what: str, option: str | None, write: Any, path: Path | None = None) -> None:
         """Write one report; a failure is said in the summary and fails the run, and the
@@ -329,6 +336,15 @@ class RobustnessPlugin:
         self._write("baseline saved" + (" (merged: this run's measured gates replaced, the "
                                          "others kept)" if merge else ""), None,
                     lambda target: write_baseline(target, measured, merge=merge), path=path)
+
+    def shard_fields(self) -> dict[str, Any]:
+        """A shard run's JSON says which shard it is and of which config (for the merge)."""
+        if self.shard is None:
+            return {}
+        from .fingerprint import config_fingerprint
+
+        return {"shard": {"index": self.shard[0], "count": self.shard[1]},
+                "config": config_fingerprint(self.path), "gates": sorted(self.selected)}
 
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
@@ -400,6 +416,35 @@ class RobustnessPlugin:
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
                 and (not on_worker or other.request.check.index == item.request.check.index
                      or other.request.check.attack == "clean")]
+
+
+def _shard_option(config: pytest.Config) -> tuple[int, int] | None:
+    """``--advrobust-shard=K/N`` as ``(K, N)``; a malformed value, or a report option that
+    must not see a shard's partial figures, is a usage error saying what to do."""
+    option = config.getoption("advrobust_shard")
+    if option is None:
+        return None
+    from .merge import parse_shard
+
+    try:
+        shard = parse_shard(option)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-advrobust --advrobust-shard: {exc}") from None
+    if not config.getoption("advrobust_json"):
+        raise pytest.UsageError(
+            f"pytest-advrobust: --advrobust-shard={option} needs --advrobust-json=PATH: a shard's "
+            "counts are only gated once the merge reads every shard's JSON report "
+            "(python -m pytest_advrobust merge shard-*.json).")
+    for name, instead in (("baseline", "--baseline=PATH"), ("save_baseline", "--save-baseline=PATH"),
+                          ("plots", None)):
+        if config.getoption(f"advrobust_{name}"):
+            flag = f"--advrobust-{name.replace('_', '-')}"
+            where = (f"give {instead} to the merge (python -m pytest_advrobust merge shard-*.json "
+                     f"{instead}) instead" if instead else "make plots from an unsharded run")
+            raise pytest.UsageError(
+                f"pytest-advrobust: {flag} cannot be used with --advrobust-shard={option}: a "
+                f"shard measures part of the data, so its figures are partial; {where}.")
+    return shard
 
 
 def _load_baseline(config: pytest.Config) -> Any:
@@ -515,31 +560,15 @@ class GateItem(pytest.Item):
             plugin.current = ""
         self.result = result
         self._record(result)
-        if not result.passed:
+        if result.status == "failed":  # a shard's partial counts are judged by the merge
             raise GateFailed(result.message)
 
     def _record(self, result: AttackResult) -> None:
         """The gate's figures and status as JUnit properties; set before any failure is
         raised, so failing and errored gates carry them too."""
-        from .report.terminal import threshold_text
-        from .results import format_eps
+        from .report.junit import gate_properties
 
-        low, high = result.interval
-        baseline = result.baseline_accuracy
-        figure = (lambda value: f"{value:.6f}") if result.measured else (lambda value: "")
-        self.user_properties.extend([
-            ("advrobust_model", result.model), ("advrobust_attack", result.attack),
-            ("advrobust_eps", "" if result.eps is None else format_eps(result.eps)),
-            ("advrobust_status", result.status),
-            ("advrobust_accuracy", figure(result.accuracy)),
-            ("advrobust_clean_accuracy", figure(result.clean_accuracy)),
-            ("advrobust_ci_low", figure(low)), ("advrobust_ci_high", figure(high)),
-            ("advrobust_n", str(result.n) if result.measured else ""),
-            ("advrobust_min_accuracy", "" if result.min_accuracy is None else f"{result.min_accuracy:g}"),
-            ("advrobust_max_drop", "" if result.max_drop is None else f"{result.max_drop:g}"),
-            ("advrobust_threshold", threshold_text(result)),
-            ("advrobust_baseline_accuracy", "" if baseline is None else f"{baseline:.6f}"),
-        ] + ([("advrobust_error", result.error)] if result.error else []))
+        self.user_properties.extend(gate_properties(result))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GateFailed):

@@ -9,8 +9,9 @@ from typing import Any
 __all__ = ["AttackResult", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
 
 #: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict);
-#: ``not run`` a selected gate the run never reached (interrupted, ``-x``, ``--maxfail``)
-STATUSES = ("passed", "failed", "error", "measured", "not run")
+#: ``not run`` a selected gate the run never reached (interrupted, ``-x``, ``--maxfail``);
+#: ``partial`` one shard's counts (``--advrobust-shard``), judged only once merged
+STATUSES = ("passed", "failed", "error", "measured", "not run", "partial")
 
 
 def format_eps(eps: float) -> str:
@@ -52,7 +53,8 @@ class AttackResult:
     min_accuracy: float | None = None
     max_drop: float | None = None
     max_regression: float | None = None
-    passed: bool = True
+    #: the verdict; None for a shard's partial result, which has none until merged
+    passed: bool | None = True
     message: str = ""
     check: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -70,14 +72,20 @@ class AttackResult:
     report_only: bool = False
     #: why a selected gate was never computed (status ``not run``; no figures)
     not_run: str = ""
+    #: set on a shard run's result (``--advrobust-shard=K/N``): ``{"index": K, "count": N}``
+    #: and what the merge checks (the stream's sample count and label digest, a fit digest)
+    shard: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
-        """``passed``, ``failed``, ``error``, ``measured`` or ``not run`` (see :data:`STATUSES`)."""
+        """``passed``, ``failed``, ``error``, ``measured``, ``not run``, or ``partial`` for
+        one shard's counts (no verdict; see :data:`STATUSES`)."""
         if self.not_run:
             return "not run"
         if self.error:
             return "error"
+        if self.shard is not None:
+            return "partial"
         if not self.passed:
             return "failed"
         return "measured" if self.report_only else "passed"
@@ -124,6 +132,8 @@ class AttackResult:
                     ci_low=round(low, 6), ci_high=round(high, 6), key=self.key, status=self.status)
         if not self.measured:  # no figures were measured: say so rather than report zeros
             data.update(accuracy=None, clean_accuracy=None, ci_low=None, ci_high=None)
+        if self.shard is None:
+            data.pop("shard")
         return data
 
     @classmethod

@@ -128,7 +128,7 @@ def test_an_errored_gate_is_in_every_report_and_nothing_says_all_passed(
     errored = next(r for r in report["results"] if r["status"] == "error")
     assert errored["accuracy"] is None and "NaN" in errored["error"] and errored["passed"] is False
     assert report["summary"] == {"gates": 3, "passed": 2, "failed": 0, "error": 1, "measured": 0,
-                                 "not_run": 0}
+                                 "not_run": 0, "partial": 0}
     assert report["complete"] is False and report["interrupted"] is False
     for text in ((pytester.path / "s.md").read_text(), summary.read_text()):
         assert text.startswith("### :x: advrobust: 3 gates: 2 passed, 1 error")

@@ -40,6 +40,10 @@ def hypothesis_search(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: flo
 
     out = x.clone()
     first = int(stats.get("samples", 0))
+    # the samples' positions in the data (the engine's rng knows them; counted otherwise)
+    positions = getattr(rng, "positions", None)
+    if positions is None or len(positions) != len(x):
+        positions = np.arange(first, first + len(x))
     seeds = rng.integers(0, 2**32, size=len(x))  # one per sample, whether searched or not
     found: dict[int, Any] = {}
     for i in range(len(x)):
@@ -68,7 +72,7 @@ def hypothesis_search(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: flo
         stats["flips"] = stats.get("flips", 0) + 1
         size = float((out[i] - x[i]).abs().max())
         if "counterexample_max_delta" not in stats or size < stats["counterexample_max_delta"]:
-            stats.update(counterexample_sample=first + i, counterexample_max_delta=size,
+            stats.update(counterexample_sample=int(positions[i]), counterexample_max_delta=size,
                          counterexample_label=int(y[i]),
                          counterexample_new_label=int(model.scores(out[i:i + 1]).argmax(1)[0]))
     return out

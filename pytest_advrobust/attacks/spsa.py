@@ -14,8 +14,10 @@ model misclassifies and stops spending queries.
 Arguments (check keys): ``queries`` (int, 2000: forward evaluations per sample at most),
 ``samples`` (int, 32: perturbation pairs per gradient estimate), ``delta`` (float, 0.01: the
 finite-difference size, in input units), ``step-size`` (float, default ``eps / 8``: Adam's
-learning rate). Randomness comes from the seed. Cost: ``queries`` forward passes per
-sample (never a backward pass), batched: every perturbation of a batch goes to the model
+learning rate). Randomness comes from the seed, each sample's directions from its own
+stream (the engine's ``rng.rows``), so results do not depend on the batch size. Cost:
+``queries`` forward passes per sample (never a backward pass), batched: every
+perturbation of a batch goes to the model
 in as few ``scores`` calls as memory allows. The queries spent are summed into the
 report's ``stats["queries"]``.
 
@@ -65,9 +67,11 @@ def spsa(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.r
     first = torch.zeros_like(current)   # Adam's moments, per sample
     second = torch.zeros_like(current)
     spent = 0
+    rows = getattr(rng, "rows", None)  # the engine's per-sample streams: draw for the active rows
     for step in range(1, queries // per_step + 1):
         m = len(active)
-        signs = torch.from_numpy(np.where(rng.random((m, samples) + shape, dtype=np.float32) < 0.5,
+        draw = rng if rows is None else rows(active)
+        signs = torch.from_numpy(np.where(draw.random((m, samples) + shape, dtype=np.float32) < 0.5,
                                           -1.0, 1.0)).to(device=x.device, dtype=x.dtype)
         ends = current[:, None, None] + delta * torch.stack([signs, -signs], 1)  # [m, 2, samples, ...]
         ends = ends.clamp(low, high).reshape((m * 2 * samples,) + shape)

@@ -21,8 +21,12 @@ def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None"
     failed, errored or did not run, and, with a baseline, what was and was not compared."""
     results = ordered(results)
     line = verdict_line(results, interrupted=interrupted)
-    mark = ":white_check_mark:" if line.startswith("all ") else \
-        (":x:" if any(r.status in ("failed", "error") for r in results) else ":warning:")
+    if line.startswith("all "):
+        mark = ":white_check_mark:"
+    elif any(r.status in ("failed", "error") for r in results):
+        mark = ":x:"
+    else:
+        mark = ":hourglass:" if any(r.status == "partial" for r in results) else ":warning:"
     lines = [f"### {mark} advrobust: {line}", ""]
     lines += format_table(summary_rows(results, verbose=True, comparison=comparison),
                           headers(True, comparison is not None), markdown=True)

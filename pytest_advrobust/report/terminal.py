@@ -17,7 +17,7 @@ COLUMNS = ("model", "attack", "eps", "accuracy", "95% CI", "clean", "n", "thresh
            "vs baseline", "status")
 #: the status column's words
 STATUS_CELLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "measured": "MEASURED",
-                "not run": "NOT RUN"}
+                "not run": "NOT RUN", "partial": "PARTIAL"}
 COMPACT = ("model", "attack", "eps", "accuracy", "95% CI", "threshold", "status")
 HEADERS = COLUMNS
 
@@ -55,13 +55,13 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
             delta = f"{change:+.3f} (was {r.baseline_accuracy:.3f})"
         else:
             delta = (comparison.note(r.key) if comparison is not None else "") or "-"
-        measured = r.measured
+        figures = r.measured and r.n > 0  # n = 0: a shard whose part held none of its samples
         cells = {"model": r.model, "attack": r.attack,
                  "eps": "-" if r.eps is None else format_eps(r.eps),
-                 "accuracy": f"{r.accuracy:.3f}" if measured else "-",
-                 "95% CI": f"{low:.3f}-{high:.3f}" if measured else "-",
-                 "clean": f"{r.clean_accuracy:.3f}" if measured else "-",
-                 "n": str(r.n) if measured else "-", "threshold": threshold_text(r),
+                 "accuracy": f"{r.accuracy:.3f}" if figures else "-",
+                 "95% CI": f"{low:.3f}-{high:.3f}" if figures else "-",
+                 "clean": f"{r.clean_accuracy:.3f}" if figures else "-",
+                 "n": str(r.n) if r.measured else "-", "threshold": threshold_text(r),
                  "vs baseline": delta, "status": STATUS_CELLS[r.status]}
         rows.append(tuple(cells[c] for c in shown))
     return rows
@@ -77,21 +77,26 @@ def status_counts(results: Iterable[AttackResult]) -> dict[str, int]:
 
 def verdict_line(results: Iterable[AttackResult], *, interrupted: bool = False) -> str:
     """``50 gates: 47 passed, 1 failed, 2 errors`` (``all 12 gates passed`` only when that
-    is the whole truth: every selected gate ran and passed)."""
+    is the whole truth: every selected gate ran and passed). A shard run's gates are
+    ``partial``: no verdict until the shards are merged."""
     results = list(results)
     counts = status_counts(results)
     prefix = "run interrupted: " if interrupted else ""
     if results and counts["passed"] == len(results) and not interrupted:
         return f"all {len(results)} gates passed"
-    words = {"passed": "passed", "failed": "failed", "error": "error", "measured": "measured",
-             "not run": "not run"}
+    partial = [r for r in results if r.status == "partial"]
+    shard = (partial[0].shard or {}) if partial else {}
+    merge = (f"shard {shard.get('index')}/{shard.get('count')}: partial, no verdict until the "
+             "shards are merged (python -m pytest_advrobust merge shard-*.json)")
+    if partial and len(partial) == len(results) and not interrupted:
+        return f"{len(partial)} gates measured on {merge}"
     parts = []
     for status, count in counts.items():
         if count:
-            word = words[status] + ("s" if status == "error" and count > 1 else "")
-            parts.append(f"{count} {word}")
+            parts.append(f"{count} {status}" + ("s" if status == "error" and count > 1 else ""))
     noun = "gate" if len(results) == 1 else "gates"
-    return f"{prefix}{len(results)} {noun}: {', '.join(parts) or 'none ran'}"
+    line = f"{prefix}{len(results)} {noun}: {', '.join(parts) or 'none ran'}"
+    return f"{line} ({merge})" if partial else line
 
 
 def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...] = HEADERS,

@@ -26,7 +26,10 @@ def test_signs_are_plus_minus_one_balanced_and_batch_size_independent() -> None:
 
 def test_noise_gate_matches_its_definition(tmp_path) -> None:
     """Recompute the gate from the definition with the same draws: x' = clip(x + eps*s)."""
-    from pytest_advrobust.engine import Request, _rng
+    import zlib
+
+    from pytest_advrobust.engine import Request
+    from pytest_advrobust.randomness import row_generator
 
     rng = np.random.default_rng(3)
     w, b = rng.normal(size=(3, 10)).astype(np.float32), np.zeros(3, np.float32)
@@ -36,7 +39,9 @@ def test_noise_gate_matches_its_definition(tmp_path) -> None:
     session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.3\n')
     spec = session.spec()
     result = session.engine.result(spec, Request(spec.checks[0], 0.3))
-    draws = _rng(spec, Request(spec.checks[0], 0.3)).random(size=x.shape)
+    # sample i's signs come from its own stream, keyed by (seed, model, check, eps in 1e-9, i)
+    key = [spec.seed, zlib.crc32(spec.name.encode()), spec.checks[0].index, 300_000_000]
+    draws = np.stack([row_generator(key, i).random(10) for i in range(len(x))])
     adv = np.clip(x + 0.3 * np.where(draws < 0.5, -1.0, 1.0), 0, 1)
     expected = int(((adv @ w.T).argmax(1) == y).sum())
     assert result.correct == expected and result.n == 150
