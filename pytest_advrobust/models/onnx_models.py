@@ -64,7 +64,8 @@ class OnnxClassifier(Classifier):
         twin = self.twin()
         return twin(x)[self.output_index]
 
-    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor,
+                      loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
         """The twin's gradient, and onnxruntime's scores (what ships decides the accuracy).
 
         The parity check runs on every batch on purpose: both score tensors are computed
@@ -72,7 +73,7 @@ class OnnxClassifier(Classifier):
         comparison costs one [batch, classes] allclose, and a twin that agrees on the first
         batch can still diverge on inputs that reach other branches of the graph."""
         shipped = self.scores(x)
-        grad, twin_scores = super().loss_gradient(x, y)
+        grad, twin_scores = super().loss_gradient(x, y, loss)
         if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL):
             worst = float((twin_scores.to(shipped.dtype) - shipped).abs().max())
             self.gradient_error = (
