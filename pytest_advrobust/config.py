@@ -23,6 +23,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "AttackOptions",
+    "Choice",
     "CheckSpec",
     "ModelSpec",
     "Normalize",
@@ -45,11 +46,20 @@ INHERITED_KEYS = {
     "output-kind", "allow-pickle", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
-CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression"}
+CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "allow-masking"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
                    ".ts": "torchscript", ".jit": "torchscript"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An attack option's declared default whose value must be one of ``values`` (checked
+    when the config is read, like every other option type)."""
+
+    default: str
+    values: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,9 @@ class CheckSpec:
     max_regression: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    #: ``allow-masking = true``: a gradient gate whose gradients are masked reports it but
+    #: does not fail for it (see README, "when the gate says masking suspected")
+    allow_masking: bool = False
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -335,6 +348,7 @@ class _Reader:
             max_regression=self.fraction(table, "max-regression", where),
             options=options,
             index=index,
+            allow_masking=self.boolean(table, "allow-masking", where, False),
         )
 
     # -- across models --------------------------------------------------------------------
@@ -479,6 +493,10 @@ class _Reader:
         return Normalize(tuple(mean), tuple(std))
 
     def option(self, value: Any, default: Any, key: str) -> Any:
+        if isinstance(default, Choice):
+            if value not in default.values:
+                raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, default.values))}.")
+            return value
         if default is None:  # any value; lists become tuples so a check stays hashable
             return tuple(value) if isinstance(value, list) else value
         if isinstance(default, type):  # a typed option without a default value

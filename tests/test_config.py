@@ -114,3 +114,34 @@ def test_config_reading_imports_no_torch() -> None:
             "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def builtin_attacks() -> dict:
+    from pytest_advrobust.attacks import AttackRegistry
+    from pytest_advrobust.attacks.builtin import pytest_advrobust_add_attacks
+
+    registry = AttackRegistry()
+    pytest_advrobust_add_attacks(registry)
+    return registry.config_options()
+
+
+@pytest.mark.parametrize("check, message", [
+    ({"attack": "pgd", "eps": 0.1, "loss": "hinge"},
+     r"checks\[0\] loss: 'hinge' is not one of 'ce\+margin', 'ce', 'margin', 'dlr', 'ce\+dlr'"),
+    ({"attack": "fgsm", "eps": 0.1, "loss": "ce+margin"},
+     r"checks\[0\] loss: 'ce\+margin' is not one of 'ce', 'margin', 'dlr'"),
+    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "via": "bim"},
+     r"checks\[0\] via: 'bim' is not one of 'fgsm', 'pgd'"),
+    ({"attack": "pgd", "eps": 0.1, "allow-masking": "yes"},
+     r"checks\[0\] allow-masking: must be true or false"),
+])
+def test_attack_choices_are_checked_when_the_config_is_read(check, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(single(checks=[check]), path=PATH, attacks=builtin_attacks())
+
+
+def test_loss_and_allow_masking_are_read() -> None:
+    config = parse_config(single(checks=[{"attack": "pgd", "eps": 0.1, "loss": "dlr",
+                                          "allow-masking": True}]), path=PATH, attacks=builtin_attacks())
+    (check,) = config.models[0].checks
+    assert check.options == {"loss": "dlr"} and check.allow_masking is True

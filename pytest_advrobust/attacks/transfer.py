@@ -42,7 +42,7 @@ VIA = ("fgsm", "pgd")
 
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
              surrogates: Sequence[Any], *, via: str = "fgsm", steps: int = 10,
-             step_size: float | None = None) -> "torch.Tensor":
+             step_size: float | None = None, loss: str = "ce") -> "torch.Tensor":
     """Craft on ``surrogates`` (their summed loss), hand the result to the target unchanged."""
     if via not in VIA:
         raise AttackError(f"via = {via!r} is not one of {', '.join(map(repr, VIA))} (how the "
@@ -52,8 +52,9 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
         for other in surrogates:
             stack.enter_context(other.session())
 
-        def loss_gradient(inputs: "torch.Tensor", labels: "torch.Tensor") -> tuple[Any, Any]:
-            return _ensemble_gradient(surrogates, inputs, labels)
+        def loss_gradient(inputs: "torch.Tensor", labels: "torch.Tensor",
+                          kind: str = loss) -> tuple[Any, Any]:
+            return _ensemble_gradient(surrogates, inputs, labels, kind)
 
         grad, scores = loss_gradient(x, y)
         if via == "fgsm":
@@ -62,16 +63,16 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
         return pgd_linf(loss_gradient, lambda inputs: _ensemble_scores(surrogates, inputs), x, y,
                         eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
                         step_size=step_size, random_start=True, restarts=1,
-                        stop_early=False)
+                        stop_early=False, losses=(loss,))
 
 
-def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor",
-                       y: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor", y: "torch.Tensor",
+                       loss: str = "ce") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Sum of the surrogates' input gradients, and their mean log-probabilities as scores."""
     total, scores = None, None
     for other in surrogates:
         try:
-            grad, out = other.loss_gradient(x, y)
+            grad, out = other.loss_gradient(x, y, loss)
         except AttackError as exc:
             raise AttackError(f"surrogate {other.name!r} has no usable input gradient, so it "
                               f"cannot craft transfer inputs: {exc} Pick a differentiable "
