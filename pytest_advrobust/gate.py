@@ -7,7 +7,7 @@ from typing import Any
 
 from .results import AttackResult
 
-__all__ = ["Verdict", "judge", "baseline_figure", "regression_reason"]
+__all__ = ["Verdict", "judge", "baseline_figure", "masking_words", "regression_reason"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,24 @@ def judge(result: AttackResult) -> Verdict:
             reasons.append(regression)
     if result.details:
         context = f"{context}; {result.details}"
+    masking = masking_words(result)
+    if masking and result.diagnostics.get("fails_gate"):
+        reasons.append(masking + " (see README, \"when the gate says masking suspected\"; "
+                       "allow-masking = true in the check accepts it)")
+    elif masking:
+        context = f"{context}; {masking}"
     if reasons:
         return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")
     bounds = [f"min-accuracy {result.min_accuracy:.3f}" if result.min_accuracy is not None else "",
               f"max-drop {result.max_drop:.3f}" if result.max_drop is not None else ""]
     within = ", ".join(b for b in bounds if b) or "no threshold (report only)"
     return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f} within {within} {context}")
+
+
+def masking_words(result: AttackResult) -> str:
+    """``gradient masking suspected: <figures>`` when a diagnostic tripped, else ``""``."""
+    suspected = result.diagnostics.get("suspected") if result.diagnostics else None
+    return f"gradient masking suspected: {'; '.join(suspected)}" if suspected else ""
 
 
 def baseline_figure(entry: Any, result: AttackResult) -> float | None:

@@ -46,6 +46,9 @@ class AttackResult:
     seconds: float = 0.0
     #: what the attack found, in words (e.g. the hypothesis attack's shrunk counterexample)
     details: str = ""
+    #: gradient-masking diagnostics (see ``diagnostics.py``): figures such as
+    #: ``zero_gradient``, and when one trips ``suspected`` (words) and ``fails_gate``
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
