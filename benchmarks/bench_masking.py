@@ -70,6 +70,7 @@ def main() -> None:
                 row.append(f"eps {eps:g}: {f32:.3f} -> {ours:.3f}")
         print(f"FGSM {name} (clean {float((scores.argmax(1) == y).float().mean()):.3f}), float32 CE -> exact: "
               + "; ".join(row))
+    cost({"mlp": mlp, "cnn": cnn}, x, y)
     for name, net in (("mlp", mlp), ("cnn", cnn)):
         for factor in (1.0, 1e4):
             model = TorchClassifier(Scaled(net, factor), name=name, input_range=(0, 1))
@@ -91,6 +92,45 @@ def main() -> None:
                 row.append(f"{loss} {accuracy:.3f} ({calls['n'] / len(x):.1f} grads/sample)")
             print(f"PGD-10 eps 0.1, {name} x{factor:g} (zero CE gradient on {zero / int(correct.sum()):.1%} "
                   f"of correct): " + "; ".join(row))
+
+
+def cost(nets: dict, x: torch.Tensor, y: torch.Tensor, repeats: int = 21) -> None:
+    """Seconds of ``loss_gradient`` with the exact loss against the same call with float32
+    cross-entropy in its place (the old loss), alternated, medians: the cost of exactness."""
+    import statistics
+    import time
+
+    from pytest_advrobust.models import base
+
+    exact = base.loss_per_sample
+
+    def float32(scores, labels, output_kind, loss="ce"):
+        return torch.nn.functional.cross_entropy(scores, labels, reduction="none")
+
+    for name, net in nets.items():
+        model = TorchClassifier(net, name=name, input_range=(0, 1))
+        times = {"exact": [], "float32": []}
+        for _ in range(repeats):
+            for label, function in (("exact", exact), ("float32", float32)):
+                base.loss_per_sample = function
+                started = time.perf_counter()
+                model.loss_gradient(x, y)
+                times[label].append(time.perf_counter() - started)
+        base.loss_per_sample = exact
+        ours, old = statistics.median(times["exact"]), statistics.median(times["float32"])
+        print(f"loss_gradient on {len(x)} samples, {name}: exact {ours * 1e3:.2f} ms, float32 CE "
+              f"{old * 1e3:.2f} ms, ratio {ours / old:.3f} (medians of {repeats})")
+    # the loss alone, forward + backward on [samples, 10] scores: what exactness adds
+    scores = torch.randn(len(x), 10, requires_grad=True)
+    times = {"exact": [], "float32": []}
+    for _ in range(10 * repeats):
+        for label, function in (("exact", exact), ("float32", float32)):
+            started = time.perf_counter()
+            torch.autograd.grad(function(scores, y, "logits").sum(), scores)
+            times[label].append(time.perf_counter() - started)
+    print(f"the loss alone on [{len(x)}, 10] scores, forward + backward: exact "
+          f"{statistics.median(times['exact']) * 1e6:.0f} us, float32 CE "
+          f"{statistics.median(times['float32']) * 1e6:.0f} us (medians of {10 * repeats})")
 
 
 if __name__ == "__main__":
