@@ -56,30 +56,40 @@ def significantly_above(high: int, low: int, n: int) -> bool:
 
 
 def diagnose(result: Any, siblings: Sequence[Any], *, needs_gradient: bool,
-             zero_gradient: int | None, uses_cross_entropy: bool,
-             allow_masking: bool) -> dict[str, Any]:
+             zero_gradient: int | None, loss: str, allow_masking: bool) -> dict[str, Any]:
     """The ``diagnostics`` of ``result`` (an :class:`AttackResult`), given the other results
-    of the same model's pass (``siblings``, which may include ``result`` itself) and the
-    count of its correctly classified samples with a zero cross-entropy gradient (None when
-    it was not measured). Empty when nothing was measured."""
+    of the same model's pass (``siblings``, which may include ``result`` itself), the count
+    of its correctly classified samples with a zero cross-entropy gradient (None when it was
+    not measured) and the loss its attack ascends (``"ce"``, ``"ce+margin"``, ...). Empty
+    when nothing was measured."""
     out: dict[str, Any] = {}
     suspected: list[str] = []
     fails = False
     base = result.clean_correct
+    own = "gradient_free" in result.stats  # the attack counted what it could not move itself
     if zero_gradient is not None and base:
         fraction = zero_gradient / base
         out["zero_gradient"] = round(fraction, 6)
         if fraction > ZERO_GRADIENT_LIMIT:
-            suspected.append(f"the cross-entropy gradient is exactly zero for {fraction:.1%} of "
-                             f"correctly classified samples ({zero_gradient} of {base})")
-            fails = fails or ("gradient_free" not in result.stats and uses_cross_entropy)
-    if needs_gradient and "gradient_free" in result.stats and base:
+            words = (f"the cross-entropy gradient is exactly zero for {fraction:.1%} of correctly "
+                     f"classified samples ({zero_gradient} of {base})")
+            if not own and loss.split("+")[0] == "ce":
+                fails = True
+                words += f", so accuracy {result.accuracy:.3f} is no evidence of robustness"
+            elif not own:
+                words += f"; this gate ascends loss = {loss} instead"
+            suspected.append(words)
+    if needs_gradient and own and base:
         fraction = result.stats["gradient_free"] / base
         out["gradient_free"] = round(fraction, 6)
         if fraction > ZERO_GRADIENT_LIMIT:
             suspected.append(f"{result.attack} got no non-zero gradient for {fraction:.1%} of "
-                             f"correctly classified samples, which it left standing")
+                             f"correctly classified samples, which it left standing, so accuracy "
+                             f"{result.accuracy:.3f} is no evidence of robustness")
             fails = True
+        elif suspected:
+            suspected[-1] += (f"; {result.attack} (loss = {loss}) got a non-zero gradient for all "
+                              f"but {fraction:.1%} of them")
     if needs_gradient and result.eps is not None:
         for noise in siblings:
             if (noise.attack == "noise" and noise.eps == result.eps and noise.n == result.n

@@ -395,7 +395,7 @@ class ModelPass:
             result.diagnostics = diagnose(
                 result, list(results.values()), needs_gradient=attack.needs_gradient,
                 zero_gradient=self.zero_gradients.get(key) if attack.needs_gradient else None,
-                uses_cross_entropy=isinstance(loss, str) and loss.split("+")[0] == "ce",
+                loss=loss if isinstance(loss, str) else "ce",
                 allow_masking=r.check.allow_masking)
 
     def _attacked(self, r: Request, batch: Any, keep: "torch.Tensor | None",

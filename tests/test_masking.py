@@ -22,9 +22,9 @@ def result(attack="fgsm", eps=0.1, correct=50, clean=90, n=100, check=1, **kwarg
                         n=n, check=check, min_accuracy=0.1, **kwargs)
 
 
-def run(r, siblings=(), *, zero=None, ce=True, allow=False, gradient=True) -> dict:
-    return diagnose(r, [r, *siblings], needs_gradient=gradient, zero_gradient=zero,
-                    uses_cross_entropy=ce, allow_masking=allow)
+def run(r, siblings=(), *, zero=None, loss="ce", allow=False, gradient=True) -> dict:
+    return diagnose(r, [r, *siblings], needs_gradient=gradient, zero_gradient=zero, loss=loss,
+                    allow_masking=allow)
 
 
 def test_zero_gradients_above_the_limit_fail_a_cross_entropy_gate() -> None:
@@ -32,7 +32,8 @@ def test_zero_gradients_above_the_limit_fail_a_cross_entropy_gate() -> None:
     assert run(r, zero=4) == {"zero_gradient": round(4 / 90, 6)}  # 4.4%: under the limit
     d = run(r, zero=60)
     assert d["zero_gradient"] == pytest.approx(60 / 90, abs=1e-6) and d["fails_gate"] is True
-    assert "exactly zero for 66.7% of correctly classified samples (60 of 90)" in d["suspected"][0]
+    assert d["suspected"] == ["the cross-entropy gradient is exactly zero for 66.7% of correctly "
+                              "classified samples (60 of 90), so accuracy 0.500 is no evidence of robustness"]
     r.diagnostics = d
     verdict = judge(r)  # accuracy 0.5 >= min-accuracy 0.1, and still red
     assert not verdict.passed and "gradient masking suspected: the cross-entropy" in verdict.message
@@ -41,15 +42,17 @@ def test_zero_gradients_above_the_limit_fail_a_cross_entropy_gate() -> None:
     r.diagnostics = run(r, zero=60, allow=True)
     assert judge(r).passed and "gradient masking suspected" in judge(r).message
     # an attack ascending another loss is not failed by the cross-entropy's zeros
-    assert run(r, zero=60, ce=False)["fails_gate"] is False
+    d = run(r, zero=60, loss="margin")
+    assert d["fails_gate"] is False and d["suspected"][0].endswith("; this gate ascends loss = margin instead")
 
 
 def test_pgd_is_judged_by_the_samples_it_never_moved() -> None:
     saved = result(attack="pgd", stats={"gradient_free": 0})  # the margin run moved them all
-    d = run(saved, zero=90)
+    d = run(saved, zero=90, loss="ce+margin")
     assert d["zero_gradient"] == 1.0 and d["gradient_free"] == 0.0 and d["fails_gate"] is False
+    assert d["suspected"][0].endswith("; pgd (loss = ce+margin) got a non-zero gradient for all but 0.0% of them")
     stuck = result(attack="pgd", correct=85, stats={"gradient_free": 80})
-    d = run(stuck, zero=90)
+    d = run(stuck, zero=90, loss="ce+margin")
     assert d["gradient_free"] == pytest.approx(80 / 90, abs=1e-6) and d["fails_gate"] is True
     assert any("pgd got no non-zero gradient for 88.9%" in s for s in d["suspected"])
 
