@@ -146,3 +146,24 @@ def test_margin_gradient_survives_logits_scaled_by_1e4() -> None:
 def test_unknown_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="'hinge' is not one of"):
         loss_per_sample(torch.zeros(2, 3), torch.tensor([0, 1]), "logits", "hinge")
+
+
+def test_onnx_model_takes_the_same_exact_and_margin_gradients(tmp_path) -> None:
+    """An ONNX export gives the torch model's gradients for every loss (through its twin)."""
+    from conftest import export_onnx
+    from pytest_advrobust.models.onnx_models import load_onnx
+
+    w, b, x = confident_linear()
+    net = LinearNet(w, b).eval()
+    export_onnx(net, torch.zeros(1, 6), tmp_path / "linear.onnx")
+    onnx_model = load_onnx(tmp_path / "linear.onnx", output=None, device=torch.device("cpu"),
+                           name="onnx", input_range=(0.0, 1.0))
+    torch_model = TorchClassifier(net, name="torch", input_range=(0.0, 1.0))
+    xt, y = torch.from_numpy(x), torch.zeros(len(x), dtype=torch.int64)
+    expected = closed_form_ce_gradient(w, b, x, y.numpy())
+    grad, _ = onnx_model.loss_gradient(xt, y)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-4, atol=0)
+    for loss in ("margin", "dlr"):
+        ours, _ = onnx_model.loss_gradient(xt, y, loss)
+        reference, _ = torch_model.loss_gradient(xt, y, loss)
+        assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-7), loss
