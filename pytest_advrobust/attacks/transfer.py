@@ -8,7 +8,9 @@ model exported from scikit-learn) or models whose gradient is masked.
 Arguments (check keys): ``surrogate`` (a model name of the same config, or a list of names;
 required: a list attacks the sum of their losses, whose gradient is the sum of their input
 gradients), ``via`` (``"fgsm"`` or ``"pgd"``, default ``"fgsm"``), and for pgd ``steps``
-(10), ``step-size`` (``2.5 * eps / steps``) with a seeded random start. Each surrogate must
+(10), ``step-size`` (``2.5 * eps / steps``) with a seeded random start, and ``loss`` (the
+surrogates' loss: ``"ce"``, ``"margin"`` or ``"dlr"``; a distilled surrogate whose logits
+saturate needs a margin loss). Each surrogate must
 take the target's raw inputs (same input-range). Cost: on each surrogate one forward +
 backward (fgsm) or ``1 + steps`` of them (pgd); on the target one forward per eps.
 

@@ -8,7 +8,8 @@ mean loss of all samples beat ascending only over the not-yet-fooled ones on a d
 (held-out accuracy 0.24 against 0.33-0.49 at eps 0.2). Fitted on the first ``fit-samples`` samples and
 evaluated on the rest, so the reported accuracy is on inputs ``delta`` never saw.
 
-Cost: ``steps`` forward + backward passes over the fit split, then one forward per
+The loss is the ``loss`` check key (``"ce"``, ``"margin"`` or ``"dlr"``; exact, see
+``models/base.py``). Cost: ``steps`` forward + backward passes over the fit split, then one forward per
 evaluated batch.
 """
 
