@@ -173,3 +173,35 @@ def test_pytest_run_reports_masking_in_json_and_markdown(pytester: pytest.Pytest
     assert "**Gradient masking suspected**" in markdown
     assert "- fgsm eps=0.2 on blob: the cross-entropy gradient is exactly zero" in markdown
     assert "(informative: the gate's verdict stands)" in markdown
+
+
+class Quantised(torch.nn.Module):
+    """Non-differentiable preprocessing: inputs rounded to 1/8 steps, so every loss's
+    input gradient is exactly zero (straight-through is not torch's default)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(torch.round(x * 8) / 8)
+
+
+def test_margin_losses_on_a_model_with_no_gradient_at_all_still_fail(tmp_path) -> None:
+    """Rounding inside the model zeroes every loss's gradient: fgsm with loss = "margin" and
+    the default pgd count the samples they could not move, and their gates fail."""
+    _, _, x, y = digits_split()
+    save_torchscript(Quantised(trained_mlp()), tmp_path / "rounded.pt")
+    session = gate_session(tmp_path, "rounded.pt", x, y, checks='''
+        [[tool.advrobust.checks]]
+        attack = "fgsm"
+        eps = 0.05
+        loss = "margin"
+
+        [[tool.advrobust.checks]]
+        attack = "pgd"
+        eps = 0.05
+        ''')
+    for r in session.run_all():
+        assert r.diagnostics["gradient_free"] > 0.9 and r.diagnostics["fails_gate"] is True, r.attack
+        assert not r.passed and f"{r.attack} got no non-zero gradient for" in r.message

@@ -31,17 +31,24 @@ def clean(x: "torch.Tensor") -> "torch.Tensor":
 
 
 def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor", model: Any = None,
-         y: "torch.Tensor | None" = None, *, loss: str = "ce") -> "torch.Tensor":
+         y: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None,
+         stats: dict[str, float] | None = None, *, loss: str = "ce") -> "torch.Tensor":
     """Fast gradient sign method: one step of size eps along the sign of the loss gradient.
 
     Args: ``x`` a batch in raw input units, ``eps`` the L-inf size, ``grad`` the input
     gradient of the cross-entropy at ``x`` (computed once per batch by the engine, exact:
     the loss is taken in float64), ``loss`` the loss to ascend (``"ce"``; ``"margin"`` or
-    ``"dlr"`` cost one more forward + backward per batch and eps).
+    ``"dlr"`` cost one more forward + backward per batch and eps, and count in
+    ``stats["gradient_free"]`` the correctly classified samples whose gradient of that loss
+    is exactly zero: FGSM leaves them where they are).
     Returns the unclipped step; the engine clips it to ``input-range``.
     """
     if loss != "ce":
         grad = model.loss_gradient(x, y, loss)[0]
+        if stats is not None and scores is not None:
+            still = ~grad.reshape(len(grad), -1).ne(0).any(1)
+            correct = scores.argmax(1).to(still.device) == y.to(still.device)
+            stats["gradient_free"] = stats.get("gradient_free", 0) + int((still & correct).sum())
     return x + eps * grad.sign().to(x.dtype)
 
 
