@@ -143,7 +143,8 @@ def test_exact_gradients_do_not_trip_on_an_honest_model(tmp_path) -> None:
             assert r.diagnostics["zero_gradient"] == 0.0
 
 
-def test_pytest_run_reports_masking_in_json_and_markdown(pytester: pytest.Pytester, blobs) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_pytest_run_reports_masking_in_json_and_markdown(pytester: pytest.Pytester, blobs, workers) -> None:
     x, y = blobs
     model = train_blob_model(x, y)
     with torch.no_grad():  # logits x 1e4 through the last layer: a ReLU net keeps its decisions
@@ -161,7 +162,7 @@ def test_pytest_run_reports_masking_in_json_and_markdown(pytester: pytest.Pytest
         min-accuracy = 0.5
         allow-masking = true
         ''', model=model)
-    outcome = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-json=r.json",
+    outcome = pytester.runpytest("-p", "no:cacheprovider", *workers, "--advrobust-json=r.json",
                                  "--advrobust-markdown=s.md")
     outcome.assert_outcomes(passed=1, failed=1)
     outcome.stdout.fnmatch_lines(["*fgsm eps=0.1 on blob: gradient masking suspected: the cross-entropy "
