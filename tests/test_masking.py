@@ -38,6 +38,9 @@ def test_zero_gradients_above_the_limit_fail_a_cross_entropy_gate() -> None:
     verdict = judge(r)  # accuracy 0.5 >= min-accuracy 0.1, and still red
     assert not verdict.passed and "gradient masking suspected: the cross-entropy" in verdict.message
     assert "allow-masking = true" in verdict.message
+    r.min_accuracy = None  # report only: still red, the figure is not a measurement
+    assert not judge(r).passed
+    r.min_accuracy = 0.1
     assert run(r, zero=60, allow=True)["fails_gate"] is False
     r.diagnostics = run(r, zero=60, allow=True)
     assert judge(r).passed and "gradient masking suspected" in judge(r).message
