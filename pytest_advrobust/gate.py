@@ -21,7 +21,12 @@ def judge(result: AttackResult) -> Verdict:
     the result carries a baseline figure). Every failed threshold is named."""
     low, high = result.interval
     context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
-    reasons = []
+    # gradient masking: a gate whose attack could not move its samples fails whatever its
+    # thresholds say (diagnostics.py); the statistical signs only add their words
+    masking = masking_words(result)
+    masked = bool(masking) and bool(result.diagnostics.get("fails_gate"))
+    reasons = [masking + " (see README, \"when the gate says masking suspected\"; "
+               "allow-masking = true in the check accepts it)"] if masked else []
     if result.min_accuracy is not None and result.accuracy < result.min_accuracy:
         reasons.append(f"accuracy {result.accuracy:.3f} < min-accuracy {result.min_accuracy:.3f}")
     if result.max_drop is not None and result.drop > result.max_drop + 1e-12:
@@ -33,11 +38,7 @@ def judge(result: AttackResult) -> Verdict:
             reasons.append(regression)
     if result.details:
         context = f"{context}; {result.details}"
-    masking = masking_words(result)
-    if masking and result.diagnostics.get("fails_gate"):
-        reasons.append(masking + " (see README, \"when the gate says masking suspected\"; "
-                       "allow-masking = true in the check accepts it)")
-    elif masking:
+    if masking and not masked:
         context = f"{context}; {masking}"
     if reasons:
         return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")

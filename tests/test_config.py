@@ -126,13 +126,13 @@ def builtin_attacks() -> dict:
 
 
 @pytest.mark.parametrize("check, message", [
-    ({"attack": "pgd", "eps": 0.1, "loss": "hinge"},
+    ({"attack": "pgd", "eps": 0.1, "loss": "hinge", "min-accuracy": 0.5},
      r"checks\[0\] loss: 'hinge' is not one of 'ce\+margin', 'ce', 'margin', 'dlr', 'ce\+dlr'"),
-    ({"attack": "fgsm", "eps": 0.1, "loss": "ce+margin"},
+    ({"attack": "fgsm", "eps": 0.1, "loss": "ce+margin", "min-accuracy": 0.5},
      r"checks\[0\] loss: 'ce\+margin' is not one of 'ce', 'margin', 'dlr'"),
-    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "via": "bim"},
+    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "via": "bim", "min-accuracy": 0.5},
      r"checks\[0\] via: 'bim' is not one of 'fgsm', 'pgd'"),
-    ({"attack": "pgd", "eps": 0.1, "allow-masking": "yes"},
+    ({"attack": "pgd", "eps": 0.1, "allow-masking": "yes", "min-accuracy": 0.5},
      r"checks\[0\] allow-masking: must be true or false"),
 ])
 def test_attack_choices_are_checked_when_the_config_is_read(check, message) -> None:
@@ -142,6 +142,6 @@ def test_attack_choices_are_checked_when_the_config_is_read(check, message) -> N
 
 def test_loss_and_allow_masking_are_read() -> None:
     config = parse_config(single(checks=[{"attack": "pgd", "eps": 0.1, "loss": "dlr",
-                                          "allow-masking": True}]), path=PATH, attacks=builtin_attacks())
+                                          "allow-masking": True, "min-accuracy": 0.5}]), path=PATH, attacks=builtin_attacks())
     (check,) = config.models[0].checks
     assert check.options == {"loss": "dlr"} and check.allow_masking is True

@@ -38,7 +38,7 @@ def test_zero_gradients_above_the_limit_fail_a_cross_entropy_gate() -> None:
     verdict = judge(r)  # accuracy 0.5 >= min-accuracy 0.1, and still red
     assert not verdict.passed and "gradient masking suspected: the cross-entropy" in verdict.message
     assert "allow-masking = true" in verdict.message
-    r.min_accuracy = None  # report only: still red, the figure is not a measurement
+    r.min_accuracy = 0.0  # whatever the thresholds say: the figure is not a measurement
     assert not judge(r).passed
     r.min_accuracy = 0.1
     assert run(r, zero=60, allow=True)["fails_gate"] is False
@@ -105,15 +105,18 @@ min-accuracy = 0.5
 [[tool.advrobust.checks]]
 attack = "noise"
 eps = 0.1
+min-accuracy = 0.0
 
 [[tool.advrobust.checks]]
 attack = "pgd"
 eps = 0.1
+min-accuracy = 0.0
 
 [[tool.advrobust.checks]]
 attack = "fgsm"
 eps = 0.1
 loss = "margin"
+min-accuracy = 0.0
 '''
 
 
@@ -129,7 +132,7 @@ def test_saturated_digits_model_is_flagged_and_broken(tmp_path) -> None:
     pgd = results[("pgd", 0.1, 2)]
     assert pgd.accuracy < 0.5  # the default pgd is not fooled
     assert pgd.diagnostics["zero_gradient"] == 1.0 and pgd.diagnostics["gradient_free"] == 0.0
-    assert pgd.diagnostics["fails_gate"] is False and pgd.passed  # no threshold: report only
+    assert pgd.diagnostics["fails_gate"] is False and pgd.passed  # min-accuracy 0: masking decides
     assert "gradient masking suspected" in pgd.message
     margin = results[("fgsm", 0.1, 3)]
     assert margin.accuracy < 0.6 and margin.diagnostics.get("fails_gate") is False
@@ -201,10 +204,12 @@ def test_margin_losses_on_a_model_with_no_gradient_at_all_still_fail(tmp_path) -
         attack = "fgsm"
         eps = 0.05
         loss = "margin"
+        min-accuracy = 0.0
 
         [[tool.advrobust.checks]]
         attack = "pgd"
         eps = 0.05
+        min-accuracy = 0.0
         ''')
     for r in session.run_all():
         assert r.diagnostics["gradient_free"] > 0.9 and r.diagnostics["fails_gate"] is True, r.attack
