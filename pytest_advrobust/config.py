@@ -53,13 +53,22 @@ _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pt
                    ".ts": "torchscript", ".jit": "torchscript"}
 
 
-@dataclass(frozen=True)
-class Choice:
-    """An attack option's declared default whose value must be one of ``values`` (checked
-    when the config is read, like every other option type)."""
+class Choice(str):
+    """An attack option's declared default (a string, and equal to it) whose value must be
+    one of ``values``: checked when the config is read, like every other option type."""
 
-    default: str
     values: tuple[str, ...]
+
+    def __new__(cls, default: str, values: Sequence[str]) -> "Choice":
+        if default not in values:
+            raise ValueError(f"the default {default!r} is not one of {tuple(values)!r}")
+        choice = super().__new__(cls, default)
+        choice.values = tuple(values)
+        return choice
+
+    @property
+    def default(self) -> str:
+        return str(self)
 
 
 @dataclass(frozen=True)

@@ -130,14 +130,23 @@ def builtin_attacks() -> dict:
      r"checks\[0\] loss: 'hinge' is not one of 'ce\+margin', 'ce', 'margin', 'dlr', 'ce\+dlr'"),
     ({"attack": "fgsm", "eps": 0.1, "loss": "ce+margin", "min-accuracy": 0.5},
      r"checks\[0\] loss: 'ce\+margin' is not one of 'ce', 'margin', 'dlr'"),
-    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "via": "bim", "min-accuracy": 0.5},
-     r"checks\[0\] via: 'bim' is not one of 'fgsm', 'pgd'"),
+    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "loss": "hinge", "min-accuracy": 0.5},
+     r"checks\[0\] loss: 'hinge' is not one of 'ce', 'margin', 'dlr'"),
     ({"attack": "pgd", "eps": 0.1, "allow-masking": "yes", "min-accuracy": 0.5},
      r"checks\[0\] allow-masking: must be true or false"),
 ])
 def test_attack_choices_are_checked_when_the_config_is_read(check, message) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(single(checks=[check]), path=PATH, attacks=builtin_attacks())
+
+
+def test_a_choice_is_its_default_string() -> None:
+    from pytest_advrobust.config import Choice
+
+    choice = Choice("ce", ("ce", "margin"))
+    assert choice == "ce" and choice.default == "ce" and choice.values == ("ce", "margin")
+    with pytest.raises(ValueError, match="'dlr' is not one of"):
+        Choice("dlr", ("ce", "margin"))
 
 
 def test_loss_and_allow_masking_are_read() -> None:

@@ -36,8 +36,8 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                                  "loss": Choice("ce+margin", PGD_LOSSES)},
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
-                        options={"surrogate": None, "via": Choice("fgsm", ("fgsm", "pgd")), "steps": 10,
-                                 "step-size": float, "loss": Choice("ce", LOSSES)},
+                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float,
+                                 "loss": Choice("ce", LOSSES)},
                         description="inputs crafted on surrogate models, evaluated on this one"))
     registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
