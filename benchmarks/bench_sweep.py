@@ -142,7 +142,7 @@ def pgd_per_step(model, module, x, y, steps: int, batch_size: int, repeats: int)
                 xb, yb = x[s:s + batch_size], y[s:s + batch_size]
                 grad, scores = model.loss_gradient(xb, yb)
                 pgd(model, xb, yb, eps, np.random.default_rng(0), grad, scores, steps=steps,
-                    step_size=step, random_start=False)
+                    step_size=step, random_start=False, loss="ce")  # per step: one loss, like the loop
         return (time.perf_counter() - started) / (steps + 1)
 
     def plain() -> float:

@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "AttackOptions",
+    "Choice",
     "CheckSpec",
     "ModelSpec",
     "Normalize",
@@ -46,11 +47,30 @@ INHERITED_KEYS = {
     "output-kind", "allow-pickle", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
-CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only"}
+CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only",
+              "allow-masking"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
                    ".ts": "torchscript", ".jit": "torchscript"}
+
+
+class Choice(str):
+    """An attack option's declared default (a string, and equal to it) whose value must be
+    one of ``values``: checked when the config is read, like every other option type."""
+
+    values: tuple[str, ...]
+
+    def __new__(cls, default: str, values: Sequence[str]) -> "Choice":
+        if default not in values:
+            raise ValueError(f"the default {default!r} is not one of {tuple(values)!r}")
+        choice = super().__new__(cls, default)
+        choice.values = tuple(values)
+        return choice
+
+    @property
+    def default(self) -> str:
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,9 @@ class CheckSpec:
     index: int = 0
     #: figures only, no verdict (``report-only = true``): shown as MEASURED, never PASS
     report_only: bool = False
+    #: ``allow-masking = true``: a gradient gate whose gradients are masked reports it but
+    #: does not fail for it (see README, "when the gate says masking suspected")
+    allow_masking: bool = False
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -367,6 +390,7 @@ class _Reader:
             options=options,
             index=index,
             report_only=report_only,
+            allow_masking=self.boolean(table, "allow-masking", where, False),
         )
 
     # -- across models --------------------------------------------------------------------
@@ -511,6 +535,10 @@ class _Reader:
         return Normalize(tuple(mean), tuple(std))
 
     def option(self, value: Any, default: Any, key: str) -> Any:
+        if isinstance(default, Choice):
+            if value not in default.values:
+                raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, default.values))}.")
+            return value
         if default is None:  # any value; lists become tuples so a check stays hashable
             return tuple(value) if isinstance(value, list) else value
         if isinstance(default, type):  # a typed option without a default value

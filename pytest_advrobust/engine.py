@@ -263,6 +263,10 @@ class ModelPass:
         self.saved: dict[tuple[int, float], list[Path]] = {}
         #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
         self.fit_sizes: dict[tuple[int, float], int] = {}
+        #: masking diagnostic: per gradient gate, correctly classified samples whose
+        #: cross-entropy gradient is exactly zero (see :meth:`_count_zero_gradients`)
+        self.zero_gradients: dict[tuple[int, float], int] = {}
+        self._zero_rows: tuple[Any, Any] = (None, None)
         self.limits = {r.key: int(r.check.option(self.attacks[r.key].samples_key,
                                                  self.attacks[r.key].options.get(self.attacks[r.key].samples_key)))
                        for r in self.todo if self.attacks[r.key].samples_key}
@@ -391,6 +395,7 @@ class ModelPass:
         tally.correct += int(adv_ok.sum())
         tally.clean_correct += int(ok.sum())
         tally.n += int(ok.numel())
+        self._count_zero_gradients(r, keep, shared)
 
     def outcomes(self) -> dict[tuple[int, float], Any]:
         """Each gate's :class:`AttackResult`, or the error that stopped it."""
@@ -421,6 +426,7 @@ class ModelPass:
                     *_model_notes(self.model, attack.needs_gradient)])),
                 shard=None if self.shard is None else self._shard_record(r),
             )
+        self._diagnose(outcomes)
         return outcomes
 
     # -- helpers --------------------------------------------------------------------------
@@ -435,6 +441,36 @@ class ModelPass:
             data = state.detach().cpu().contiguous().numpy().tobytes()
             record["fit"] = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
         return record
+
+    def _count_zero_gradients(self, r: Request, keep: "torch.Tensor | None", shared: Shared) -> None:
+        """Masking diagnostic, free: of gate ``r``'s correctly classified samples in this
+        batch, how many have an input gradient (the shared cross-entropy one) of exactly 0."""
+        if shared.grad is None or not self.attacks[r.key].needs_gradient:
+            return
+        if self._zero_rows[0] is not shared:  # once per batch, for every gate
+            flat = shared.grad.reshape(len(shared.grad), -1)
+            self._zero_rows = (shared, ~flat.ne(0).any(1).to(shared.clean_ok.device) & shared.clean_ok)
+        zero = self._zero_rows[1] if keep is None else self._zero_rows[1][keep.to(shared.clean_ok.device)]
+        self.zero_gradients[r.key] = self.zero_gradients.get(r.key, 0) + int(zero.sum())
+
+    def _diagnose(self, outcomes: dict[tuple[int, float], Any]) -> None:
+        """Fill each result's ``diagnostics`` (see :mod:`pytest_advrobust.diagnostics`): its
+        own zero-gradient figures, and the cross-gate checks that need all of a model's
+        results (a gradient attack weaker than ``noise``, accuracy rising with eps)."""
+        from .diagnostics import diagnose
+
+        results = {r.key: outcomes[r.key] for r in self.todo if isinstance(outcomes.get(r.key), AttackResult)}
+        requests = {r.key: r for r in self.todo if r.key in results}
+        for key, result in results.items():
+            r, attack = requests[key], self.attacks[key]
+            loss = attack.with_defaults(r.check.options).get("loss", "ce")
+            inputs = {"needs_gradient": attack.needs_gradient,
+                      "zero_gradient": self.zero_gradients.get(key) if attack.needs_gradient else None,
+                      "loss": loss if isinstance(loss, str) else "ce",
+                      "allow_masking": r.check.allow_masking}
+            result.diagnostics = diagnose(result, list(results.values()), **inputs)
+            if self.shard is not None:  # the merge diagnoses the summed counts again
+                result.diagnostics["inputs"] = inputs
 
     def _attacked(self, r: Request, batch: Any, keep: "torch.Tensor | None",
                   shared: Shared) -> "torch.Tensor":

@@ -7,7 +7,8 @@ from typing import Any
 
 from .results import AttackResult
 
-__all__ = ["Verdict", "judge", "baseline_figure", "partial_message", "regression_reason"]
+__all__ = ["Verdict", "judge", "baseline_figure", "masking_words", "partial_message",
+           "regression_reason"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,15 @@ def judge(result: AttackResult) -> Verdict:
     context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
     if result.details:
         context = f"{context}; {result.details}"
+    # gradient masking: a gate whose attack could not move its samples fails whatever its
+    # thresholds say (diagnostics.py); the statistical signs only add their words
+    masking = masking_words(result)
+    masked = bool(masking) and bool(result.diagnostics.get("fails_gate"))
     if result.report_only:  # measured, never judged: no threshold, no baseline rule
         return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f}, measured "
-                             f"(report-only, no verdict) {context}")
-    reasons = []
+                             f"(report-only, no verdict) {context}" + (f"; {masking}" if masking else ""))
+    reasons = [masking + " (see README, \"when the gate says masking suspected\"; "
+               "allow-masking = true in the check accepts it)"] if masked else []
     if result.min_accuracy is not None and result.accuracy < result.min_accuracy:
         reasons.append(f"accuracy {result.accuracy:.3f} < min-accuracy {result.min_accuracy:.3f}")
     if result.max_drop is not None and result.drop > result.max_drop + 1e-12:
@@ -36,6 +42,8 @@ def judge(result: AttackResult) -> Verdict:
         regression = regression_reason(result)
         if regression:
             reasons.append(regression)
+    if masking and not masked:
+        context = f"{context}; {masking}"
     if reasons:
         return Verdict(False, f"{result.label}: {'; '.join(reasons)} {context}")
     bounds = [f"min-accuracy {result.min_accuracy:.3f}" if result.min_accuracy is not None else "",
@@ -50,6 +58,12 @@ def partial_message(result: AttackResult) -> str:
     return (f"{result.label}: partial, shard {shard.get('index')}/{shard.get('count')}: "
             f"{result.correct}/{result.n} correct (clean {result.clean_correct}); no verdict "
             "until the shards are merged (python -m pytest_advrobust merge)")
+
+
+def masking_words(result: AttackResult) -> str:
+    """``gradient masking suspected: <figures>`` when a diagnostic tripped, else ``""``."""
+    suspected = result.diagnostics.get("suspected") if result.diagnostics else None
+    return f"gradient masking suspected: {'; '.join(suspected)}" if suspected else ""
 
 
 def baseline_figure(entry: Any, result: AttackResult) -> float | None:

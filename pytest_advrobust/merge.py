@@ -225,7 +225,29 @@ def merge_results(shards: Sequence[ShardReport]) -> list[AttackResult]:
             result.fingerprint["n"] = result.n
         result.details = _describe(result.attack, result.stats, entries)
         merged.append(result)
+    _diagnose(merged, list(by_key.values()))
     return merged
+
+
+def _diagnose(merged: Sequence[AttackResult], entries: Sequence[Sequence[dict[str, Any]]]) -> None:
+    """Gradient-masking diagnostics of the merged figures, as an unsharded run computes
+    them: from the summed counts (zero gradients, attack statistics) and the model's other
+    merged gates. A shard's own diagnostics saw only its part, so they are not reused."""
+    from .diagnostics import diagnose
+
+    inputs = {}
+    for result, parts in zip(merged, entries):
+        given = [(part.get("diagnostics") or {}).get("inputs") for part in parts]
+        if any(not isinstance(item, dict) for item in given):
+            raise MergeError(f"gate {result.key!r} has no masking-diagnostics record in every shard "
+                             "(written by another version of pytest-advrobust?); rerun the shards "
+                             "with one version: a merge without them could miss masked gradients.")
+        zeros = [item.get("zero_gradient") for item in given]
+        inputs[result.key] = {**given[0], "zero_gradient": None if any(z is None for z in zeros)
+                              else sum(zeros)}
+    for result in merged:
+        siblings = [other for other in merged if other.model == result.model]
+        result.diagnostics = diagnose(result, siblings, **inputs[result.key])
 
 
 def _merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -314,10 +336,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             from .report.baseline import load_baseline
 
             baseline = load_baseline(args.baseline)
+        results = merge_results(shards)
     except AdvRobustError as exc:
         print(f"pytest-advrobust merge: {exc.kind}: {exc}", file=sys.stderr)
         return 2
-    results = merge_results(shards)
     judge_merged(results, baseline)
     try:
         notes = _write_reports(results, args, baseline)

@@ -75,6 +75,9 @@ class AttackResult:
     #: set on a shard run's result (``--advrobust-shard=K/N``): ``{"index": K, "count": N}``
     #: and what the merge checks (the stream's sample count and label digest, a fit digest)
     shard: dict[str, Any] | None = None
+    #: gradient-masking diagnostics (see ``diagnostics.py``): figures such as
+    #: ``zero_gradient``, and when one trips ``suspected`` (words) and ``fails_gate``
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:

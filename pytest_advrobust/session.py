@@ -206,8 +206,8 @@ class Probe:
     def clean(self) -> AttackResult:
         return self.attack("clean")
 
-    def fgsm(self, eps: float) -> AttackResult:
-        return self.attack("fgsm", eps)
+    def fgsm(self, eps: float, **options: Any) -> AttackResult:
+        return self.attack("fgsm", eps, **options)
 
     def noise(self, eps: float) -> AttackResult:
         return self.attack("noise", eps)

@@ -115,3 +115,43 @@ def test_config_reading_imports_no_torch() -> None:
             "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def builtin_attacks() -> dict:
+    from pytest_advrobust.attacks import AttackRegistry
+    from pytest_advrobust.attacks.builtin import pytest_advrobust_add_attacks
+
+    registry = AttackRegistry()
+    pytest_advrobust_add_attacks(registry)
+    return registry.config_options()
+
+
+@pytest.mark.parametrize("check, message", [
+    ({"attack": "pgd", "eps": 0.1, "loss": "hinge", "min-accuracy": 0.5},
+     r"checks\[0\] loss: 'hinge' is not one of 'ce\+margin', 'ce', 'margin', 'dlr', 'ce\+dlr'"),
+    ({"attack": "fgsm", "eps": 0.1, "loss": "ce+margin", "min-accuracy": 0.5},
+     r"checks\[0\] loss: 'ce\+margin' is not one of 'ce', 'margin', 'dlr'"),
+    ({"attack": "transfer", "eps": 0.1, "surrogate": "other", "loss": "hinge", "min-accuracy": 0.5},
+     r"checks\[0\] loss: 'hinge' is not one of 'ce', 'margin', 'dlr'"),
+    ({"attack": "pgd", "eps": 0.1, "allow-masking": "yes", "min-accuracy": 0.5},
+     r"checks\[0\] allow-masking: must be true or false"),
+])
+def test_attack_choices_are_checked_when_the_config_is_read(check, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(single(checks=[check]), path=PATH, attacks=builtin_attacks())
+
+
+def test_a_choice_is_its_default_string() -> None:
+    from pytest_advrobust.config import Choice
+
+    choice = Choice("ce", ("ce", "margin"))
+    assert choice == "ce" and choice.default == "ce" and choice.values == ("ce", "margin")
+    with pytest.raises(ValueError, match="'dlr' is not one of"):
+        Choice("dlr", ("ce", "margin"))
+
+
+def test_loss_and_allow_masking_are_read() -> None:
+    config = parse_config(single(checks=[{"attack": "pgd", "eps": 0.1, "loss": "dlr",
+                                          "allow-masking": True, "min-accuracy": 0.5}]), path=PATH, attacks=builtin_attacks())
+    (check,) = config.models[0].checks
+    assert check.options == {"loss": "dlr"} and check.allow_masking is True

@@ -12,9 +12,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from ..config import AttackOptions
+from ..config import AttackOptions, Choice
 
-__all__ = ["Attack", "AttackRegistry"]
+__all__ = ["Attack", "AttackRegistry", "Choice"]
 
 #: Arguments the engine can hand an attack; an attack function names the ones it needs
 #: (``surrogates``: the loaded classifiers its ``surrogate`` option names).
@@ -58,7 +58,8 @@ class Attack:
 
     def with_defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """A check's options plus the declared defaults of the keys it leaves out."""
-        defaults = {key: value for key, value in self.options.items()
+        defaults = {key: value.default if isinstance(value, Choice) else value
+                    for key, value in self.options.items()
                     if value is not None and not isinstance(value, type)}
         return {**defaults, **options}
 

@@ -2,8 +2,10 @@
 
 FGSM (Goodfellow, Shlens & Szegedy, 2015, "Explaining and Harnessing Adversarial
 Examples"), L-inf:  ``x' = clip(x + eps * sign(grad_x L(x, y)), input-range)``, with ``L`` the
-cross-entropy of the logits (or ``-log p_y`` for a model that outputs probabilities).
-Cost: one forward + one backward per batch, shared by every eps of a sweep, plus one
+cross-entropy of the logits (or ``-log p_y`` for a model that outputs probabilities),
+computed in float64 from the model's scores so its gradient keeps the true class's term
+(float32 rounds ``p_y`` to 1.0 on confident samples and loses it; this is the exact FGSM of
+the paper, stronger than float32 implementations). Cost: one forward + one backward per batch, shared by every eps of a sweep, plus one
 forward per eps.
 
 Noise: ``x' = clip(x + eps * s, input-range)`` with ``s`` uniform in {-1, +1} per element,
@@ -13,7 +15,7 @@ attack makes (adversarial directions are not random). Cost: one forward per eps.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,13 +30,25 @@ def clean(x: "torch.Tensor") -> "torch.Tensor":
     return x
 
 
-def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor") -> "torch.Tensor":
+def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor", model: Any = None,
+         y: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None,
+         stats: dict[str, float] | None = None, *, loss: str = "ce") -> "torch.Tensor":
     """Fast gradient sign method: one step of size eps along the sign of the loss gradient.
 
     Args: ``x`` a batch in raw input units, ``eps`` the L-inf size, ``grad`` the input
-    gradient of the loss at ``x`` (computed once per batch by the engine).
+    gradient of the cross-entropy at ``x`` (computed once per batch by the engine, exact:
+    the loss is taken in float64), ``loss`` the loss to ascend (``"ce"``; ``"margin"`` or
+    ``"dlr"`` cost one more forward + backward per batch and eps, and count in
+    ``stats["gradient_free"]`` the correctly classified samples whose gradient of that loss
+    is exactly zero: FGSM leaves them where they are).
     Returns the unclipped step; the engine clips it to ``input-range``.
     """
+    if loss != "ce":
+        grad = model.loss_gradient(x, y, loss)[0]
+        if stats is not None and scores is not None:
+            still = ~grad.reshape(len(grad), -1).ne(0).any(1)
+            correct = scores.argmax(1).to(still.device) == y.to(still.device)
+            stats["gradient_free"] = stats.get("gradient_free", 0) + int((still & correct).sum())
     return x + eps * grad.sign().to(x.dtype)
 
 

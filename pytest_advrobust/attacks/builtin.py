@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from . import Attack, AttackRegistry
+from . import Attack, AttackRegistry, Choice
+
+#: the losses of models/base.py (kept here as names, so registering imports no torch)
+LOSSES = ("ce", "margin", "dlr")
+#: pgd: one loss, or cross-entropy and then a margin loss on the samples still standing
+PGD_LOSSES = ("ce+margin", "ce", "margin", "dlr", "ce+dlr")
 
 __all__ = ["pytest_advrobust_add_attacks"]
 
@@ -17,20 +22,24 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
     registry.add(Attack("clean", f"{base}:clean", uses_eps=False,
                         description="accuracy on the unperturbed inputs"))
     registry.add(Attack("fgsm", f"{base}:fgsm", needs_gradient=True,
+                        options={"loss": Choice("ce", LOSSES)},
                         description="fast gradient sign method, one L-inf step"))
     registry.add(Attack("noise", f"{base}:noise",
                         description="random {-1, +1} signs of the same L-inf size"))
     registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
-                        options={"fit-samples": 256, "steps": 40, "step-size": float},
+                        options={"fit-samples": 256, "steps": 40, "step-size": float,
+                                 "loss": Choice("ce", LOSSES)},
                         positive=("fit-samples", "steps", "step-size"),
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
-                        options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1},
+                        options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1,
+                                 "loss": Choice("ce+margin", PGD_LOSSES)},
                         positive=("steps", "step-size", "restarts"),
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
-                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float},
+                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float,
+                                 "loss": Choice("ce", LOSSES)},
                         positive=("steps", "step-size"),
                         validate="pytest_advrobust.attacks.rules:transfer_options",
                         description="inputs crafted on surrogate models, evaluated on this one"))

@@ -8,7 +8,9 @@ model exported from scikit-learn) or models whose gradient is masked.
 Arguments (check keys): ``surrogate`` (a model name of the same config, or a list of names;
 required: a list attacks the sum of their losses, whose gradient is the sum of their input
 gradients), ``via`` (``"fgsm"`` or ``"pgd"``, default ``"fgsm"``), and for pgd ``steps``
-(10), ``step-size`` (``2.5 * eps / steps``) with a seeded random start. Each surrogate must
+(10), ``step-size`` (``2.5 * eps / steps``) with a seeded random start, and ``loss`` (the
+surrogates' loss: ``"ce"``, ``"margin"`` or ``"dlr"``; a distilled surrogate whose logits
+saturate needs a margin loss). Each surrogate must
 take the target's raw inputs (same input-range). Cost: on each surrogate one forward +
 backward (fgsm) or ``1 + steps`` of them (pgd); on the target one forward per eps.
 
@@ -42,7 +44,7 @@ from .rules import TRANSFER_VIA as VIA
 
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
              surrogates: Sequence[Any], *, via: str = "fgsm", steps: int = 10,
-             step_size: float | None = None) -> "torch.Tensor":
+             step_size: float | None = None, loss: str = "ce") -> "torch.Tensor":
     """Craft on ``surrogates`` (their summed loss), hand the result to the target unchanged."""
     if via not in VIA:
         raise AttackError(f"via = {via!r} is not one of {', '.join(map(repr, VIA))} (how the "
@@ -52,8 +54,9 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
         for other in surrogates:
             stack.enter_context(other.session())
 
-        def loss_gradient(inputs: "torch.Tensor", labels: "torch.Tensor") -> tuple[Any, Any]:
-            return _ensemble_gradient(surrogates, inputs, labels)
+        def loss_gradient(inputs: "torch.Tensor", labels: "torch.Tensor",
+                          kind: str = loss) -> tuple[Any, Any]:
+            return _ensemble_gradient(surrogates, inputs, labels, kind)
 
         grad, scores = loss_gradient(x, y)
         if via == "fgsm":
@@ -62,16 +65,16 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
         return pgd_linf(loss_gradient, lambda inputs: _ensemble_scores(surrogates, inputs), x, y,
                         eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
                         step_size=step_size, random_start=True, restarts=1,
-                        stop_early=False)
+                        stop_early=False, losses=(loss,))
 
 
-def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor",
-                       y: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor", y: "torch.Tensor",
+                       loss: str = "ce") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Sum of the surrogates' input gradients, and their mean log-probabilities as scores."""
     total, scores = None, None
     for other in surrogates:
         try:
-            grad, out = other.loss_gradient(x, y)
+            grad, out = other.loss_gradient(x, y, loss)
         except AttackError as exc:
             raise AttackError(f"surrogate {other.name!r} has no usable input gradient, so it "
                               f"cannot craft transfer inputs: {exc} Pick a differentiable "

@@ -8,7 +8,8 @@ mean loss of all samples beat ascending only over the not-yet-fooled ones on a d
 (held-out accuracy 0.24 against 0.33-0.49 at eps 0.2). Fitted on the first ``fit-samples`` samples and
 evaluated on the rest, so the reported accuracy is on inputs ``delta`` never saw.
 
-Cost: ``steps`` forward + backward passes over the fit split, then one forward per
+The loss is the ``loss`` check key (``"ce"``, ``"margin"`` or ``"dlr"``; exact, see
+``models/base.py``). Cost: ``steps`` forward + backward passes over the fit split, then one forward per
 evaluated batch.
 """
 
@@ -23,7 +24,8 @@ __all__ = ["fit_universal", "apply_universal"]
 
 
 def fit_universal(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, *,
-                  steps: int = 40, step_size: float | None = None, batch_size: int = 256) -> "torch.Tensor":
+                  steps: int = 40, step_size: float | None = None, batch_size: int = 256,
+                  loss: str = "ce") -> "torch.Tensor":
     """Fit ``delta`` (shape of one input, ``max|delta| <= eps``) on the fit split ``x, y``."""
     import torch
 
@@ -38,7 +40,7 @@ def fit_universal(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, 
         correct = 0
         for start in range(0, len(x), batch_size):
             xb, yb = moved[start:start + batch_size].clamp(low, high), y[start:start + batch_size]
-            grad, scores = model.loss_gradient(xb, yb)
+            grad, scores = model.loss_gradient(xb, yb, loss)
             correct += int((scores.argmax(1).cpu() == yb.cpu()).sum())
             total += (grad.to(x.device) * inside[start:start + batch_size]).sum(0)
         if best_correct is None or correct < best_correct:

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import AttackError, DataError, ModelLoadError, ScoresNotFinite
 
-__all__ = ["Classifier", "detect_output_kind", "loss_per_sample"]
+__all__ = ["LOSSES", "Classifier", "detect_output_kind", "exact_cross_entropy", "loss_per_sample"]
 
 #: added to a label error when the model has a single-score (binary) head
 BINARY_LABELS = (" The model has a single-score binary head, so labels must be 0 or 1 "
@@ -24,16 +24,79 @@ BINARY_LABELS = (" The model has a single-score binary head, so labels must be 0
 PROBABILITY_FLOOR = 1e-30
 
 
-def loss_per_sample(scores: torch.Tensor, y: torch.Tensor, output_kind: str) -> torch.Tensor:
-    """Cross-entropy of the true class: from logits, or ``-log p_y`` from probabilities.
+#: the losses a gradient attack can ascend (``loss`` check key of fgsm, pgd, universal, transfer)
+LOSSES = ("ce", "margin", "dlr")
 
-    Applying cross-entropy to probabilities as if they were logits is a different
-    function (it saturates), so the two are kept apart.
+
+def loss_per_sample(scores: torch.Tensor, y: torch.Tensor, output_kind: str,
+                    loss: str = "ce") -> torch.Tensor:
+    """The per-sample loss a gradient attack ascends, computed in float64 from the model's
+    (float32) scores so that its gradient is exact; see :func:`exact_cross_entropy`.
+
+    ``loss``: ``"ce"`` cross-entropy of the true class (from logits, or ``-log p_y`` from
+    probabilities: applying cross-entropy to probabilities as if they were logits is a
+    different function, which saturates); ``"margin"`` the Carlini-Wagner margin
+    ``max_{j != y} z_j - z_y`` (log-probabilities for a probabilities output), which does not
+    saturate; ``"dlr"`` that margin divided by ``z_(1) - z_(3)`` (Croce & Hein, 2020), which
+    is also invariant to the scale of the logits (the margin, for fewer than 3 classes).
     """
+    if loss == "ce":
+        if output_kind == "probabilities":
+            return exact_probability_loss(scores, y)
+        return exact_cross_entropy(scores, y)
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {', '.join(map(repr, LOSSES))}")
+    values = scores.double()
     if output_kind == "probabilities":
-        picked = scores.gather(1, y[:, None]).squeeze(1)
-        return -torch.log(picked.clamp_min(PROBABILITY_FLOOR))
-    return torch.nn.functional.cross_entropy(scores, y, reduction="none")
+        values = values.clamp_min(PROBABILITY_FLOOR).log()
+    index = y[:, None].to(values.device)
+    true = values.gather(1, index).squeeze(1)
+    others = values.scatter(1, index, -float("inf"))
+    gap = others.max(1).values - true  # > 0: misclassified
+    if loss == "margin" or values.shape[1] < 3:
+        return gap
+    ranked = values.sort(1, descending=True).values
+    return gap / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def exact_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the true class with an exact gradient, in float64.
+
+    Written as ``softplus(logsumexp_{j != y} z_j - z_y)``: equal to ``-log softmax(z)_y``, but
+    its gradient with respect to the true logit is ``-sigmoid(...)`` (the sum of the other
+    classes' probabilities) rather than ``p_y - 1``, which is exactly 0 once ``p_y`` rounds to
+    1.0 (at a logit gap of about 17 in float32, 37 in float64). The gradient is then
+    ``softmax - onehot`` to full relative precision for as long as the model's own dtype can
+    carry it back (float32: logit gaps up to about 87; it is exactly 0 past about 103, a
+    masked gradient, which the engine's diagnostics report; margin losses do not saturate).
+    """
+    values = logits.double()
+    if values.shape[1] < 2:  # one class: nothing to be confused with
+        return torch.nn.functional.cross_entropy(values, y.to(values.device), reduction="none")
+    index = y[:, None].to(values.device)
+    true = values.gather(1, index).squeeze(1)
+    others = values.scatter(1, index, -float("inf"))
+    return torch.nn.functional.softplus(torch.logsumexp(others, 1) - true)
+
+
+def exact_probability_loss(probabilities: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``-log p_y`` for a model that outputs probabilities, with a gradient that keeps the
+    true class's term when ``p_y`` rounds to 1.0.
+
+    The model's own softmax backward computes the true logit's term as ``p_y * (g_y - sum g
+    p)``; for ``g = grad(-log p_y)`` that is ``p_y - 1``, exactly 0 for a confident sample.
+    The gradient taken here is that of ``S * (log S - log p_y)`` with ``S = sum_{j != y} p_j``
+    held constant, which through a softmax gives ``p_j`` for the other classes and ``-S`` for
+    the true one: ``softmax - onehot`` again, with no cancellation. The value is
+    ``log1p(S / p_y)`` (``-log p_y`` for rows summing to 1).
+    """
+    values = probabilities.double()
+    index = y[:, None].to(values.device)
+    true = values.gather(1, index).squeeze(1).clamp_min(PROBABILITY_FLOOR)
+    rest = values.scatter(1, index, 0.0).sum(1).clamp_min(PROBABILITY_FLOOR)
+    value = torch.log1p(rest / true)
+    surrogate = rest.detach() * (torch.log(rest) - torch.log(true))
+    return value.detach() + surrogate - surrogate.detach()
 
 
 def detect_output_kind(scores: torch.Tensor) -> str:
@@ -115,9 +178,12 @@ class Classifier:
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self._check_scores(out, x)
 
-    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient of the summed per-sample loss with respect to the raw input, and the
-        scores of the same forward pass (so a gradient attack's clean pass is free).
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor,
+                      loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the summed per-sample ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``; see
+        :func:`loss_per_sample`: only the loss is float64, so the gradient is exact) with
+        respect to the raw input, and the scores of the same forward pass (so a gradient
+        attack's clean pass is free).
 
         A fixed-batch model gets its batch size exactly: the last chunk is padded by
         repeating a row, and the pad rows are left out of the loss and the scores, so the
@@ -136,8 +202,8 @@ class Classifier:
                                     f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
                                     "the labels match the model's class order."
                                     + (BINARY_LABELS if self.binary else ""))
-                loss = loss_per_sample(out, y[start:start + real], self.output_kind).sum()
-                (grad,) = torch.autograd.grad(loss, leaf)
+                total = loss_per_sample(out, y[start:start + real], self.output_kind, loss).sum()
+                (grad,) = torch.autograd.grad(total, leaf)
                 grads.append(grad[:real].detach())
                 outs.append(out.detach())
                 start += real
@@ -214,8 +280,8 @@ class Classifier:
         self.binary = True
         return self.output_kind
 
-    def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_per_sample(scores, y, self.output_kind)
+    def loss(self, scores: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+        return loss_per_sample(scores, y, self.output_kind, loss)
 
     def _check_scores(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if out.dim() != 2:

@@ -94,7 +94,8 @@ class OnnxClassifier(Classifier):
                              "straight-through (BPDA) the rounding")
         return notes
 
-    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor,
+                      loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
         """The twin's gradient, and onnxruntime's scores (what ships decides the accuracy).
 
         The parity check runs on every batch on purpose: both score tensors are computed
@@ -102,7 +103,7 @@ class OnnxClassifier(Classifier):
         comparison costs one [batch, classes] allclose, and a twin that agrees on the first
         batch can still diverge on inputs that reach other branches of the graph."""
         shipped = self.scores(x)
-        grad, twin_scores = super().loss_gradient(x, y)
+        grad, twin_scores = super().loss_gradient(x, y, loss)
         if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL) \
                 and not self._rounding_ties_only(twin_scores.to(shipped.dtype), shipped):
             worst = float((twin_scores.to(shipped.dtype) - shipped).abs().max())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from ..gate import masking_words
 from ..results import AttackResult
 from .files import atomic_write_text
 from .terminal import format_table, headers, ordered, summary_rows, verdict_line
@@ -36,6 +37,12 @@ def to_markdown(results: Iterable[AttackResult], comparison: "Comparison | None"
         if chosen:
             lines += ["", f"**{title}**", ""]
             lines += [f"- `{(r.message or r.not_run).replace('`', chr(39))}`" for r in chosen]
+    masked = [r for r in results if masking_words(r)]
+    if masked:  # also on gates that passed: the statistical diagnostics inform, never fail
+        lines += ["", "**Gradient masking suspected**", ""]
+        lines += [f"- {r.label}: {masking_words(r).split(': ', 1)[1]}"
+                  + ("" if r.diagnostics.get("fails_gate") else " (informative: the gate's verdict stands)")
+                  for r in masked]
     if comparison is not None:
         from .baseline import comparison_lines
 

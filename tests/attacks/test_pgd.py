@@ -92,3 +92,65 @@ def test_pgd_is_deterministic_given_the_seed(digits_mlp) -> None:
     other = run_pgd(model, x, y, 0.05, seed=4, steps=5)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+class Saturated(torch.nn.Module):
+    """A model's logits multiplied by a constant: the same decisions, a masked cross-entropy
+    gradient (the idea behind defensive distillation)."""
+
+    def __init__(self, module: torch.nn.Module, factor: float = 1e4) -> None:
+        super().__init__()
+        self.module, self.factor = module, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) * self.factor
+
+
+def accuracy(model, x, y, adversarial) -> float:
+    return float((~fooled(model, adversarial, y)).float().mean())
+
+
+def test_default_pgd_is_not_fooled_by_saturated_logits(digits_mlp) -> None:
+    """Cross-entropy PGD calls the x1e4 model robust (its gradient is exactly zero); the
+    default pgd (cross-entropy, then the margin on the survivors) finds what margin PGD finds."""
+    plain, x, y = digits_mlp
+    model = classifier(Saturated(trained_mlp()))
+    clean = accuracy(model, x, y, x)
+    assert clean == accuracy(plain, x, y, x) and clean > 0.95  # the same decisions
+    stats: dict = {}
+    ce = accuracy(model, x, y, run_pgd(model, x, y, 0.1, loss="ce", stats=stats))
+    assert ce > clean - 0.05  # "robust"
+    assert stats["gradient_free"] > 0.9 * clean * len(y)  # and it says why: nothing moved
+    margin = accuracy(model, x, y, run_pgd(model, x, y, 0.1, loss="margin"))
+    stats = {}
+    default = accuracy(model, x, y, run_pgd(model, x, y, 0.1, stats=stats))
+    assert margin < 0.5 and default <= margin + 0.05
+    assert stats["gradient_free"] == 0
+    # on the unsaturated model the default is at least as strong as cross-entropy alone
+    assert accuracy(plain, x, y, run_pgd(plain, x, y, 0.1)) <= \
+        accuracy(plain, x, y, run_pgd(plain, x, y, 0.1, loss="ce"))
+
+
+def test_margin_run_costs_only_on_the_survivors(digits_mlp) -> None:
+    """The margin run of the default sees only the samples cross-entropy left standing."""
+    model, x, y = digits_mlp
+    seen = {"ce": 0, "margin": 0}
+    real = model.loss_gradient
+
+    def counting(inputs, labels, loss="ce"):
+        seen[loss] += len(inputs)
+        return real(inputs, labels, loss)
+
+    adversarial = pgd_linf_with(counting, model, x, y, 0.1, ("ce",))
+    standing = int((~fooled(model, adversarial, y)).sum())
+    seen.update(ce=0, margin=0)
+    pgd_linf_with(counting, model, x, y, 0.1, ("ce", "margin"))
+    assert 0 < seen["margin"] <= standing * 10  # at most `steps` gradients per survivor
+
+
+def pgd_linf_with(loss_gradient, model, x, y, eps, losses):
+    from pytest_advrobust.attacks.pgd import pgd_linf
+
+    grad, scores = model.loss_gradient(x, y)
+    return pgd_linf(loss_gradient, model.scores, x, y, eps, model.input_range, np.random.default_rng(0),
+                    grad=grad, scores=scores, losses=losses)

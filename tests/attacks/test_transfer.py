@@ -124,3 +124,37 @@ def test_transfer_from_torch_to_its_onnx_export_equals_fgsm_on_itself(tmp_path: 
     assert probe.transfer(0.1, surrogate="mlp").correct == results[("fgsm", 0.1)].correct
     with pytest.raises(ConfigError, match="the model under test itself"):
         probe.transfer(0.1, surrogate="mlp-onnx")
+
+
+def test_margin_loss_crafts_on_a_saturated_surrogate() -> None:
+    """A surrogate whose logits are x1e4 has a zero cross-entropy gradient: transfer with
+    loss = "margin" still crafts on it, and the inputs fool the plain model."""
+    import numpy as np
+    import torch
+
+    from digits_project import digits_split, trained_mlp
+    from pytest_advrobust.attacks.transfer import transfer
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    class Saturated(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x) * 1e4
+
+    _, _, x_np, y_np = digits_split()
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    target = TorchClassifier(trained_mlp(), name="target", input_range=(0, 1))
+    surrogate = TorchClassifier(Saturated(trained_mlp()), name="saturated", input_range=(0, 1))
+
+    def accuracy(adversarial):
+        return float((target.scores(adversarial).argmax(1) == y).float().mean())
+
+    rng = np.random.default_rng(0)
+    clean = accuracy(x)
+    # only the few samples the surrogate misclassifies have a cross-entropy gradient
+    assert accuracy(transfer(target, x, y, 0.1, rng, [surrogate])) > clean - 0.05
+    assert accuracy(transfer(target, x, y, 0.1, rng, [surrogate], loss="margin")) < 0.5
+    assert accuracy(transfer(target, x, y, 0.1, rng, [surrogate], via="pgd", loss="dlr")) < 0.5

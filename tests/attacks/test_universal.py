@@ -86,3 +86,24 @@ def test_too_few_samples_for_the_fit_split_is_a_clear_error(tmp_path, digits_mlp
     session = gate_session(tmp_path, "mlp.pt", x[:100], y[:100], checks=UNIVERSAL_AND_NOISE)
     with pytest.raises(DataError, match="fit-samples = 200 samples and evaluates on the rest, but the data has only 100"):
         session.run_all()
+
+
+
+def test_universal_fit_ascends_the_configured_loss() -> None:
+    """loss = "margin" reaches the fit: every gradient it takes is the margin's, whose
+    gradient on a linear model is W_runner-up - W_y for each sample (closed form)."""
+    from pytest_advrobust.attacks.universal import fit_universal
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    from conftest import LinearNet
+
+    w = np.array([[1.0, -1.0, 0.5], [-1.0, 1.0, 0.0]], dtype=np.float32)
+    model = TorchClassifier(LinearNet(w, np.zeros(2, np.float32)).eval(), name="lin", input_range=(-10, 10))
+    asked = []
+    real = model.loss_gradient
+    model.loss_gradient = lambda x, y, loss="ce": (asked.append(loss), real(x, y, loss))[1]
+    x = torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 1.0]])
+    y = torch.tensor([0, 0])
+    delta = fit_universal(model, x, y, 3.0, steps=1, step_size=3.0, loss="margin")  # flips both
+    assert set(asked) == {"margin"}
+    assert torch.equal(delta, 3.0 * torch.sign(torch.from_numpy(w[1] - w[0])))
