@@ -27,6 +27,10 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
                         options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1},
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
+    registry.add(Attack("apgd", "pytest_advrobust.attacks.apgd:apgd", needs_gradient=True,
+                        options={"loss": "ce", "steps": 100, "restarts": 1, "targeted": False,
+                                 "targets": 9, "random-start": True},
+                        description="Auto-PGD (APGD-CE / APGD-DLR / APGD-T), L-inf, step size set by itself"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
                         options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float},
                         description="inputs crafted on surrogate models, evaluated on this one"))
