@@ -273,6 +273,8 @@ class ModelPass:
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(r),
                 "batch_size": lambda: spec.batch_size,
+                "progress": lambda r=r: lambda text: self.engine._report_progress(
+                    spec, 0, f"fitting {r.check.attack} eps={r.eps:g}: {text}"),
             }
             attack = self.attacks[r.key]
             try:

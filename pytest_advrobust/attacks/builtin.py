@@ -22,7 +22,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         description="random {-1, +1} signs of the same L-inf size"))
     registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
-                        options={"fit-samples": 256, "steps": 40, "step-size": float},
+                        options={"fit-samples": 256, "steps": 40, "step-size": float, "patience": 10},
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
                         options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1},

@@ -120,18 +120,20 @@ def square_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rn
         window = (((line_h[None] >= top[:, None]) & (line_h[None] < top[:, None] + size_h))[:, :, None]
                   & ((line_w[None] >= left[:, None]) & (line_w[None] < left[:, None] + size_w))[:, None, :])
         window = window[:, None]  # [m, 1, h, w]
-        proposal = delta_of(current, origin)
-        pending = torch.ones(m, dtype=torch.bool, device=device)
-        for _ in range(10):  # redraw a window's signs while they would change nothing
-            signs = rng.random(size=(n, c, 1, 1))[rows.numpy()]
-            values = eps * torch.from_numpy(np.where(signs < 0.5, -1.0, 1.0)).to(device, dtype)
-            fresh = torch.where(window & pending[:, None, None, None], values.expand(-1, -1, h, w), proposal)
-            proposal = fresh
-            moved = (origin + proposal).clamp(low, high)
-            unchanged = ((moved - current).abs() < 1e-7).flatten(1).all(1)
-            pending = pending & unchanged
-            if not pending.any():
-                break
+        # one +-eps sign per channel over the window; where that would change nothing (the
+        # window already holds it), another pattern drawn uniformly from the rest
+        pick = rows.numpy()
+        positive = torch.from_numpy(rng.random(size=(n, c))[pick] < 0.5)
+        others = rng.integers(1, 2 ** min(c, 30), size=n)[pick]
+        delta = current - origin
+        proposal = torch.where(window, _signed(positive, eps, h, w, device, dtype), delta)
+        unchanged = (((origin + proposal).clamp(low, high) - current).abs() < 1e-7).flatten(1).all(1)
+        if unchanged.any():
+            bits = (others[:, None] >> np.arange(min(c, 30))) & 1  # which channels flip
+            flip = torch.zeros(m, c, dtype=torch.bool)
+            flip[:, :min(c, 30)] = torch.from_numpy(bits.astype(bool))
+            positive = torch.where(unchanged[:, None].cpu(), positive ^ flip, positive)
+            proposal = torch.where(window, _signed(positive, eps, h, w, device, dtype), delta)
         candidate = (origin + proposal).clamp(low, high)
         s = _scores(model, candidate.reshape((m,) + shape))
         spent += m
@@ -141,17 +143,21 @@ def square_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rn
         take = (better | wrong).to(device)
         current = torch.where(take[:, None, None, None], candidate, current)
         loss = torch.where(better | wrong, new_loss, loss)
-        best[rows] = current.reshape((m,) + shape)
-        keep = ~wrong
-        if not keep.all():
+        if wrong.any():  # fooled: they keep this point and stop spending queries
+            best[rows[wrong]] = current[wrong.to(device)].reshape((int(wrong.sum()),) + shape)
+            keep = ~wrong
             rows, origin, current, loss = rows[keep], origin[keep.to(device)], current[keep.to(device)], loss[keep]
+    best[rows] = current.reshape((len(rows),) + shape)  # the lowest margin found for the rest
     stats["queries"] = stats.get("queries", 0) + spent
     return best
 
 
-def delta_of(current: "torch.Tensor", origin: "torch.Tensor") -> "torch.Tensor":
-    """The perturbation a point carries (what clipping to input-range left of it)."""
-    return current - origin
+def _signed(positive: "torch.Tensor", eps: float, h: int, w: int, device: Any, dtype: Any) -> "torch.Tensor":
+    """``+eps`` where ``positive`` else ``-eps``, per sample and channel, as [m, c, h, w]."""
+    import torch
+
+    values = torch.where(positive, eps, -eps).to(device=device, dtype=dtype)
+    return values[:, :, None, None].expand(-1, -1, h, w)
 
 
 def _grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
