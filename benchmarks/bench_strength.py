@@ -61,7 +61,7 @@ class Counted(torch.nn.Module):
 
 def ours(name: str, **options: Any) -> Callable[[Counted, torch.Tensor, torch.Tensor], torch.Tensor]:
     def run(net: Counted, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from pytest_advrobust.attacks import apgd, pgd, strongest
+        from pytest_advrobust.attacks import apgd, pgd, square, strongest
         from pytest_advrobust.models.torch_models import TorchClassifier
 
         model = TorchClassifier(net, name="bench", input_range=(0.0, 1.0))
@@ -71,6 +71,8 @@ def ours(name: str, **options: Any) -> Callable[[Counted, torch.Tensor, torch.Te
             return pgd.pgd(model, x, y, EPS, rng, grad, scores, **options)
         if name == "apgd":
             return apgd.apgd(model, x, y, EPS, rng, grad, scores, {}, **options)
+        if name == "square":
+            return square.square(model, x, y, EPS, rng, scores, {}, **options)
         return strongest.strongest(model, x, y, EPS, rng, scores, {}, **options)
     return run
 
@@ -124,14 +126,17 @@ def main() -> None:
         ("ours pgd steps=20", ours("pgd", steps=20)),
         ("ours apgd (ce, 100 steps)", ours("apgd")),
         ("ours apgd dlr targeted (9 x 100)", ours("apgd", loss="dlr", targeted=True)),
-        ("ours strongest (defaults)", ours("strongest")),
-        ("ours strongest queries=0", ours("strongest", queries=0)),
+        ("ours strongest (defaults, square 1000)", ours("strongest")),
+        ("ours strongest square-queries=5000", ours("strongest", square_queries=5000)),
+        ("ours strongest square-queries=0", ours("strongest", square_queries=0)),
+        ("ours square (5000 queries)", ours("square")),
     ]
     try:
         import torchattacks  # noqa: F401
 
         attacks += [("torchattacks PGD steps=20", torchattacks_attack("PGD", alpha=2.5 * EPS / 20, steps=20,
                                                                       random_start=True)),
+                    ("torchattacks Square (5000 queries)", torchattacks_attack("Square", n_queries=5000, seed=0)),
                     ("torchattacks AutoAttack (standard)", autoattack())]
     except ImportError as exc:
         print(f"torchattacks cannot be imported ({exc}); AutoAttack is left out of the table")
@@ -142,13 +147,13 @@ def main() -> None:
         with torch.no_grad():
             clean = float((net(x).argmax(1) == y).float().mean())
         print(f"\n{model_name}: n={n}, eps={EPS}, clean accuracy {clean:.3f}, median of {repeats} repeat(s)")
-        print(f"{'attack':38} {'robust':>7} {'fwd/sample':>11} {'bwd/sample':>11} {'seconds':>8} "
+        print(f"{'attack':40} {'robust':>7} {'fwd/sample':>11} {'bwd/sample':>11} {'seconds':>8} "
               f"{'time vs AA':>10}")
         rows = [(label, measure(net, attack, x, y, repeats)) for label, attack in attacks]
         reference = dict(rows).get("torchattacks AutoAttack (standard)")
         for label, row in rows:
             ratio = f"{row['seconds'] / reference['seconds']:.2f}x" if reference else "-"
-            print(f"{label:38} {row['robust']:7.3f} {row['forward']:11.1f} {row['backward']:11.1f} "
+            print(f"{label:40} {row['robust']:7.3f} {row['forward']:11.1f} {row['backward']:11.1f} "
                   f"{row['seconds']:8.2f} {ratio:>10}")
 
 

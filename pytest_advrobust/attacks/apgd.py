@@ -129,6 +129,10 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
     if loss not in LOSSES:
         raise AttackError(f"apgd: loss = {loss!r} is not one of {', '.join(map(repr, LOSSES))}. "
                           "Use \"ce\" (cross-entropy) or \"dlr\" (scale-invariant margin).")
+    for key, value in (("steps", steps), ("restarts", restarts)) + ((("targets", targets),) if targeted else ()):
+        if int(value) < 1:
+            raise AttackError(f"apgd: {key} = {value} runs no attack at all (the gate would report the "
+                              f"clean or FGSM accuracy as robust). Set {key} to 1 or more.")
     stats = {} if stats is None else stats
     stats.setdefault("gradients", 0)
     low, high = model.input_range

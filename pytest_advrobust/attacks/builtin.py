@@ -38,11 +38,12 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
                         description="score-based black-box attack (SPSA), no gradient needed"))
     registry.add(Attack("square", "pytest_advrobust.attacks.square:square",
-                        options={"queries": 5000, "p-init": 0.8},
+                        options={"queries": int, "p-init": 0.8},
                         description="Square attack: score-based random search, no gradient needed"))
     strongest = "pytest_advrobust.attacks.strongest"
     registry.add(Attack("strongest", f"{strongest}:strongest", describe=f"{strongest}:describe_strongest",
-                        options={"steps": 100, "restarts": 1, "targets": 9, "queries": 5000},
+                        options={"steps": 100, "restarts": 1, "targets": 9, "square-queries": 1000,
+                                 "queries": int},
                         description="fgsm, apgd-ce, apgd-t, square in turn: robust only if all fail"))
     search = "pytest_advrobust.attacks.search"
     registry.add(Attack("hypothesis", f"{search}:hypothesis_search", describe=f"{search}:describe_search",

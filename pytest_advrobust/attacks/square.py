@@ -14,8 +14,9 @@ Inputs: images ``[C, H, W]`` get square windows; ``[H, W]`` one channel; flat ve
 ``[D]`` get windows that are runs of ``p * D`` consecutive features.
 
 Each sample keeps the first point that fools the model and stops spending queries.
-Arguments (check keys): ``queries`` (int, 5000: forward evaluations per sample at most),
-``p-init`` (float, 0.8). Randomness comes from the seed. Cost: at most ``queries`` forward
+Arguments (check keys): ``queries`` (int: forward evaluations per sample at most; default
+5000 as in AutoAttack for inputs of up to 8,192 values, 1000 above, so that a 3x48x192
+input stays within about 1,000 forwards per sample still standing), ``p-init`` (float, 0.8). Randomness comes from the seed. Cost: at most ``queries`` forward
 passes per sample still standing, one ``scores`` call per step for the whole batch, never
 a backward pass. The queries spent are summed into ``stats["queries"]``.
 
@@ -34,22 +35,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import AttackError
 from .spsa import _scores, margin
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["square", "square_linf", "window_fraction"]
+__all__ = ["square", "square_linf", "window_fraction", "default_queries"]
 
+#: inputs with more values than this get 1,000 queries by default instead of 5,000
+LARGE_INPUT = 8192
 #: budget fractions (ten-thousandths) after which the window fraction is halved again
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def square(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
-           scores: "torch.Tensor", stats: dict[str, float], *, queries: int = 5000,
+           scores: "torch.Tensor", stats: dict[str, float], *, queries: int | None = None,
            p_init: float = 0.8) -> "torch.Tensor":
     """Square attack on ``model.scores`` alone; see the module docstring."""
-    return square_linf(model, x, y, eps, rng, scores=scores, stats=stats, queries=queries, p_init=p_init)
+    return square_linf(model, x, y, eps, rng, scores=scores, stats=stats,
+                       queries=default_queries(x) if queries is None else queries, p_init=p_init)
+
+
+def default_queries(x: "torch.Tensor") -> int:
+    """AutoAttack's 5,000 queries for inputs of up to :data:`LARGE_INPUT` values, 1,000 above
+    (each query of a large input costs a full forward: see the module docstring)."""
+    return 5000 if x[0].numel() <= LARGE_INPUT else 1000
 
 
 def window_fraction(p_init: float, step: int, queries: int) -> float:
@@ -66,6 +77,9 @@ def square_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rn
     mask, when given); returns the adversarial batch."""
     import torch
 
+    if int(queries) < 1:
+        raise AttackError(f"square: queries = {queries} spends no query, so the gate would report the "
+                          "clean accuracy as robust. Set queries to 1 or more (5000 is AutoAttack's).")
     stats = {} if stats is None else stats
     low, high = model.input_range
     probabilities = getattr(model, "output_kind", "logits") == "probabilities"

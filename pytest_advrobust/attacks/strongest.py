@@ -9,8 +9,11 @@ translation does not cover) gets ``square`` alone, and the gate message says so:
 figure is an upper bound that a gradient would likely lower.
 
 Arguments (check keys): ``steps`` (int, 100: per APGD run), ``restarts`` (int, 1: APGD runs
-per target), ``targets`` (int, 9: classes APGD-T targets), ``queries`` (int, 5000: square's
-budget per sample; 0 leaves square out on a model with gradients). Shapes: ``x`` [N, ...]
+per target), ``targets`` (int, 9: classes APGD-T targets), ``square-queries`` (int, 1000:
+square's budget per sample after the gradient members, a check against masked gradients;
+0 leaves it out), ``queries`` (int: square's budget on a model without gradients, where
+it is the only member; default as ``square``'s, 5000 as in AutoAttack, 1000 for inputs of
+more than 8,192 values). Shapes: ``x`` [N, ...]
 raw units; returns a tensor shaped like ``x``. Cost per batch: one forward + backward (the
 FGSM gradient), one forward per member on the samples still standing, and each member's own
 cost on them (see ``apgd``, ``square``). ``stats``: ``fooled_by_<member>`` (samples each
@@ -33,7 +36,7 @@ import numpy as np
 
 from ..errors import AttackError
 from .apgd import apgd_linf
-from .square import square_linf
+from .square import default_queries, square_linf
 
 if TYPE_CHECKING:
     import torch
@@ -45,8 +48,14 @@ MEMBERS = ("fgsm", "apgd-ce", "apgd-t", "square")
 
 def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
               scores: "torch.Tensor", stats: dict[str, float], *, steps: int = 100, restarts: int = 1,
-              targets: int = 9, queries: int = 5000) -> "torch.Tensor":
+              targets: int = 9, square_queries: int = 1000, queries: int | None = None) -> "torch.Tensor":
     """Every member in order of cost on the samples still standing; see the module docstring."""
+    for key, value in (("steps", steps), ("restarts", restarts), ("targets", targets),
+                       ("queries", 1 if queries is None else queries)):
+        if int(value) < 1:
+            raise AttackError(f"strongest: {key} = {value} leaves a member without any work, so the "
+                              f"gate would overstate robustness. Set {key} to 1 or more (only "
+                              "square-queries may be 0, to leave square out on a model with gradients).")
     for member in MEMBERS:
         stats.setdefault(f"fooled_by_{member}", 0)
     stats.setdefault("gradients", 0)
@@ -80,7 +89,8 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
     if grad is None:
         stats["no_gradient_batches"] += 1
         count("square", square_linf(model, x, y, eps, rng, scores=scores, stats=stats,
-                                    queries=max(int(queries), 1), active=standing))
+                                    queries=default_queries(x) if queries is None else int(queries),
+                                    active=standing))
         return best
     stats["gradients"] += len(x)
     count("fgsm", (x + eps * grad.sign().to(x.dtype)).clamp(low, high))
@@ -90,9 +100,9 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
             return best
         count(member, apgd_linf(model, x, y, eps, rng, scores=scores, stats=stats, steps=steps,
                                 restarts=restarts, fgsm_point=False, active=standing.clone(), **options))
-    if standing.any() and queries > 0:
+    if standing.any() and square_queries > 0:
         count("square", square_linf(model, x, y, eps, rng, scores=scores, stats=stats,
-                                    queries=queries, active=standing.clone()))
+                                    queries=square_queries, active=standing.clone()))
     return best
 
 

@@ -176,3 +176,11 @@ def test_unknown_loss_is_named(digits_mlp) -> None:
     model, x, y = digits_mlp
     with pytest.raises(AttackError, match="loss = 'hinge'.*\"ce\".*\"dlr\""):
         run_apgd(model, x[:8], y[:8], 0.1, loss="hinge")
+
+
+@pytest.mark.parametrize("options, key", [({"steps": 0}, "steps"), ({"restarts": 0}, "restarts"),
+                                          ({"targeted": True, "targets": 0}, "targets")])
+def test_options_that_run_no_attack_are_refused(digits_mlp, options, key) -> None:
+    model, x, y = digits_mlp
+    with pytest.raises(AttackError, match=f"apgd: {key} = 0 runs no attack at all.*Set {key} to 1 or more"):
+        run_apgd(model, x[:8], y[:8], 0.1, **options)

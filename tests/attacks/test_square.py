@@ -75,3 +75,18 @@ def test_square_on_images_and_seeded() -> None:
     assert torch.equal(runs[0], runs[1])
     assert float((runs[0] - x).abs().max()) <= 0.05 + 1e-6
     assert accuracy(model, runs[0], y) < 1.0  # a random net at eps 0.05 is easy to move
+
+
+def test_no_queries_is_refused_not_reported_as_robust(digits_mlp) -> None:
+    from pytest_advrobust.errors import AttackError
+
+    model, x, y = digits_mlp
+    with pytest.raises(AttackError, match="queries = 0 spends no query.*Set queries to 1 or more"):
+        square(model, x, y, 0.1, np.random.default_rng(0), model.scores(x), {}, queries=0)
+
+
+def test_default_budget_follows_input_size() -> None:
+    from pytest_advrobust.attacks.square import default_queries
+
+    assert default_queries(torch.zeros(2, 3, 32, 32)) == 5000  # AutoAttack's budget
+    assert default_queries(torch.zeros(2, 3, 48, 192)) == 1000  # a forward costs 9x more

@@ -14,7 +14,7 @@ from pytest_advrobust.attacks.apgd import apgd
 from pytest_advrobust.attacks.strongest import MEMBERS, describe_strongest, strongest
 from pytest_advrobust.models.torch_models import TorchClassifier
 
-FAST = {"steps": 20, "targets": 3, "queries": 300}
+FAST = {"steps": 20, "targets": 3, "square_queries": 300, "queries": 300}
 
 
 class Scaled(torch.nn.Module):
@@ -91,7 +91,7 @@ attack = "strongest"
 eps = 0.1
 steps = 10
 targets = 2
-queries = 100
+square-queries = 100
 min-accuracy = 0.9
 
 [[tool.advrobust.models.mlp.checks]]
@@ -132,3 +132,14 @@ def test_gates_run_the_way_users_run_them(pytester: pytest.Pytester) -> None:
     assert "only square (black-box) ran" in logistic["message"]
     assert logistic["accuracy"] < 0.5 and report[("logistic", "square")]["accuracy"] < 0.5
     assert report[("mlp", "apgd")]["accuracy"] < mlp["clean_accuracy"] - 0.3
+
+
+def test_members_without_work_are_refused(digits) -> None:
+    from pytest_advrobust.errors import AttackError
+
+    x, y = digits
+    model = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    with pytest.raises(AttackError, match="strongest: targets = 0 leaves a member without any work"):
+        run(model, x[:8], y[:8], targets=0)
+    _, stats = run(model, x[:50], y[:50], square_queries=0)  # square may be left out
+    assert stats["fooled_by_square"] == 0 and stats["queries"] == 0
