@@ -42,7 +42,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         description="Square attack: score-based random search, no gradient needed"))
     strongest = "pytest_advrobust.attacks.strongest"
     registry.add(Attack("strongest", f"{strongest}:strongest", describe=f"{strongest}:describe_strongest",
-                        options={"steps": 100, "restarts": 1, "targets": 9, "square-queries": 1000,
+                        options={"steps": 50, "restarts": 1, "targets": 9, "square-queries": 1000,
                                  "queries": int},
                         description="fgsm, apgd-ce, apgd-t, square in turn: robust only if all fail"))
     search = "pytest_advrobust.attacks.search"
