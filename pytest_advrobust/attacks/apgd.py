@@ -165,11 +165,11 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
         goals = [None]
     schedule = checkpoints(steps)
     for goal in goals:
-        for _ in range(max(0, int(restarts))):
+        for _ in range(int(restarts)):
             # one draw for every row of the batch, so a sample's start does not depend on batching
             draws = rng.random(size=tuple(x.shape)) if random_start else None
             rows = standing.nonzero().squeeze(1)
-            if not len(rows) or steps <= 0:
+            if not len(rows):
                 break
             start = x[rows]
             if draws is not None:
@@ -201,11 +201,8 @@ def _evaluate(model: Any, points: "torch.Tensor", y: "torch.Tensor", goal: "torc
     if loss == "ce" and goal is None:
         g, s = model.loss_gradient(points, y)
         return g, model.loss(s.double(), y.to(s.device)).cpu(), s
-    device_y = y
-    device_goal = None if goal is None else goal
-
     def objective(z: "torch.Tensor") -> "torch.Tensor":
-        labels, target = device_y.to(z.device), None if device_goal is None else device_goal.to(z.device)
+        labels, target = y.to(z.device), None if goal is None else goal.to(z.device)
         if loss == "dlr":
             return dlr_loss(z, labels, target, probabilities)
         ce = -z.clamp_min(1e-30).log() if probabilities else -torch.log_softmax(z, 1)
