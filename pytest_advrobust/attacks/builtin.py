@@ -32,7 +32,8 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                                  "targets": 9, "random-start": True},
                         description="Auto-PGD (APGD-CE / APGD-DLR / APGD-T), L-inf, step size set by itself"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
-                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float},
+                        options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float,
+                                 "random-start": False},
                         description="inputs crafted on surrogate models, evaluated on this one"))
     registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},
