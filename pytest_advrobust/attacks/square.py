@@ -123,7 +123,7 @@ def square_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rn
         m = len(rows)
         p = window_fraction(p_init, step, queries)
         if h > 1:
-            side = min(max(int(round(np.sqrt(p * h * w))), 1), h - 1)
+            side = min(max(int(round(np.sqrt(p * h * w))), 1), max(1, min(h, w) - 1))
             size_h, size_w = side, side
         else:  # a flat vector: a run of p * d features
             size_h, size_w = 1, min(max(int(round(p * w)), 1), w - 1 if w > 1 else 1)

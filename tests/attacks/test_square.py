@@ -90,3 +90,19 @@ def test_default_budget_follows_input_size() -> None:
 
     assert default_queries(torch.zeros(2, 3, 32, 32)) == 5000  # AutoAttack's budget
     assert default_queries(torch.zeros(2, 3, 48, 192)) == 1000  # a forward costs 9x more
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 3), (5, 64), (1, 2, 2)])
+def test_square_handles_narrow_and_flat_inputs(shape) -> None:
+    torch.manual_seed(1)
+    size = int(np.prod(shape))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(size, 3)).eval()
+    model = TorchClassifier(net, name="n", input_range=(0.0, 1.0))
+    x = torch.rand((20,) + shape)
+    y = model.scores(x).argmax(1)
+    stats = {}
+    adversarial = square(model, x, y, 0.2, np.random.default_rng(0), model.scores(x), stats, queries=100)
+    assert adversarial.shape == x.shape
+    assert float((adversarial - x).abs().max()) <= 0.2 + 1e-6
+    assert 0 < stats["queries"] <= 100 * 20
+    assert accuracy(model, adversarial, y) < 1.0
