@@ -402,7 +402,8 @@ def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
     reason = model.gradient_error or (str(exc) if exc is not None else "no input gradient")
     if "transfer" not in reason:
         reason += (" Attacks that need no gradient of this model: noise, transfer (from a "
-                   "differentiable surrogate), square and spsa (score-based; square is the stronger), and strongest (runs square on such a model).")
+                   "differentiable surrogate), square and spsa (score-based; square is the stronger), "
+                   "and strongest (runs square on such a model).")
     return AttackError(f"{r.check.attack} needs input gradients, which this model cannot give: "
                        f"{reason}", where=spec.name)
 

@@ -16,9 +16,9 @@ Inputs: images ``[C, H, W]`` get square windows; ``[H, W]`` one channel; flat ve
 Each sample keeps the first point that fools the model and stops spending queries.
 Arguments (check keys): ``queries`` (int: forward evaluations per sample at most; default
 5000 as in AutoAttack for inputs of up to 8,192 values, 1000 above, so that a 3x48x192
-input stays within about 1,000 forwards per sample still standing), ``p-init`` (float, 0.8). Randomness comes from the seed. Cost: at most ``queries`` forward
-passes per sample still standing, one ``scores`` call per step for the whole batch, never
-a backward pass. The queries spent are summed into ``stats["queries"]``.
+input stays within about 1,000 forwards per sample still standing), ``p-init`` (float,
+0.8). Randomness comes from the seed. Cost: at most ``queries`` forward passes per sample
+still standing, one ``scores`` call per step for the whole batch, never a backward pass. The queries spent are summed into ``stats["queries"]``.
 
 Example::
 
@@ -160,7 +160,8 @@ def square_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rn
         if wrong.any():  # fooled: they keep this point and stop spending queries
             best[rows[wrong]] = current[wrong.to(device)].reshape((int(wrong.sum()),) + shape)
             keep = ~wrong
-            rows, origin, current, loss = rows[keep], origin[keep.to(device)], current[keep.to(device)], loss[keep]
+            rows, origin, loss = rows[keep], origin[keep.to(device)], loss[keep]
+            current = current[keep.to(device)]
     best[rows] = current.reshape((len(rows),) + shape)  # the lowest margin found for the rest
     stats["queries"] = stats.get("queries", 0) + spent
     return best
