@@ -325,6 +325,8 @@ class ModelPass:
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(r),
                 "batch_size": lambda: spec.batch_size,
+                "progress": lambda r=r: lambda text: self.engine._report_progress(
+                    spec, 0, f"fitting {r.check.attack} eps={r.eps:g}: {text}"),
             }
             attack = self.attacks[r.key]
             try:
@@ -531,7 +533,8 @@ def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",
     reason = model.gradient_error or (str(exc) if exc is not None else "no input gradient")
     if "transfer" not in reason:
         reason += (" Attacks that need no gradient of this model: noise, transfer (from a "
-                   "differentiable surrogate) and spsa (score-based).")
+                   "differentiable surrogate), square and spsa (score-based; square is the stronger), "
+                   "and strongest (runs square on such a model).")
     return AttackError(f"{r.check.attack} needs input gradients, which this model cannot give: "
                        f"{reason}", where=spec.name)
 

@@ -66,6 +66,35 @@ def trained_mlp() -> torch.nn.Module:
     return model.eval()
 
 
+def build_cnn() -> torch.nn.Module:
+    """A small CNN for digits as 1x8x8 images."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_cnn_state() -> dict:
+    x, y, _, _ = digits_split()
+    torch.manual_seed(0)
+    model = build_cnn()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x).view(-1, 1, 8, 8), torch.from_numpy(y)
+    for _ in range(100):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        optimiser.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def trained_cnn() -> torch.nn.Module:
+    """The CNN trained on the train split (inputs [N, 1, 8, 8])."""
+    model = build_cnn()
+    model.load_state_dict(trained_cnn_state())
+    return model.eval()
+
+
 def export_sklearn(clf, x: np.ndarray, path: Path) -> Path:
     """skl2onnx export with a float [N, C] probabilities output (no ZipMap)."""
     from skl2onnx import to_onnx

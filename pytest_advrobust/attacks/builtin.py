@@ -28,7 +28,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         description="random {-1, +1} signs of the same L-inf size"))
     registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
                         fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
-                        options={"fit-samples": 256, "steps": 40, "step-size": float,
+                        options={"fit-samples": 256, "steps": 40, "step-size": float, "patience": 10,
                                  "loss": Choice("ce", LOSSES)},
                         positive=("fit-samples", "steps", "step-size"),
                         description="one perturbation shared by all inputs, fitted on a held-out split"))
@@ -37,9 +37,14 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                                  "loss": Choice("ce+margin", PGD_LOSSES)},
                         positive=("steps", "step-size", "restarts"),
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
+    registry.add(Attack("apgd", "pytest_advrobust.attacks.apgd:apgd", needs_gradient=True,
+                        options={"loss": Choice("ce", ("ce", "dlr")), "steps": 100, "restarts": 1,
+                                 "targeted": False, "targets": 9, "random-start": True},
+                        positive=("steps", "restarts", "targets"),
+                        description="Auto-PGD (APGD-CE / APGD-DLR / APGD-T), L-inf, step size set by itself"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
                         options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float,
-                                 "loss": Choice("ce", LOSSES)},
+                                 "loss": Choice("ce", LOSSES), "random-start": False},
                         positive=("steps", "step-size"),
                         validate="pytest_advrobust.attacks.rules:transfer_options",
                         description="inputs crafted on surrogate models, evaluated on this one"))
@@ -48,6 +53,16 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         positive=("queries", "samples", "delta", "step-size"),
                         validate="pytest_advrobust.attacks.rules:spsa_options",
                         description="score-based black-box attack (SPSA), no gradient needed"))
+    registry.add(Attack("square", "pytest_advrobust.attacks.square:square",
+                        options={"queries": int, "p-init": 0.8},
+                        positive=("queries", "p-init"),
+                        description="Square attack: score-based random search, no gradient needed"))
+    strongest = "pytest_advrobust.attacks.strongest"
+    registry.add(Attack("strongest", f"{strongest}:strongest", describe=f"{strongest}:describe_strongest",
+                        options={"steps": 50, "restarts": 1, "targets": 9, "square-queries": 1000,
+                                 "queries": int},
+                        positive=("steps", "restarts", "targets", "queries"),
+                        description="fgsm, apgd-ce, apgd-t, square in turn: robust only if all fail"))
     search = "pytest_advrobust.attacks.search"
     registry.add(Attack("hypothesis", f"{search}:hypothesis_search", describe=f"{search}:describe_search",
                         samples_key="samples", options={"max-examples": 100, "samples": 16},

@@ -8,7 +8,9 @@ model exported from scikit-learn) or models whose gradient is masked.
 Arguments (check keys): ``surrogate`` (a model name of the same config, or a list of names;
 required: a list attacks the sum of their losses, whose gradient is the sum of their input
 gradients), ``via`` (``"fgsm"`` or ``"pgd"``, default ``"fgsm"``), and for pgd ``steps``
-(10), ``step-size`` (``2.5 * eps / steps``) with a seeded random start, and ``loss`` (the
+(10), ``step-size`` (``2.5 * eps / steps``), ``random-start`` (false: start at the input;
+a random start transferred up to 0.037 worse on the digits MLP/CNN/logistic pairs, while
+from the input 10 steps are within 0.005 of a 40-step ``eps / 8`` ascent), and ``loss`` (the
 surrogates' loss: ``"ce"``, ``"margin"`` or ``"dlr"``; a distilled surrogate whose logits
 saturate needs a margin loss). Each surrogate must
 take the target's raw inputs (same input-range). Cost: on each surrogate one forward +
@@ -44,7 +46,8 @@ from .rules import TRANSFER_VIA as VIA
 
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
              surrogates: Sequence[Any], *, via: str = "fgsm", steps: int = 10,
-             step_size: float | None = None, loss: str = "ce") -> "torch.Tensor":
+             step_size: float | None = None, loss: str = "ce",
+             random_start: bool = False) -> "torch.Tensor":
     """Craft on ``surrogates`` (their summed loss), hand the result to the target unchanged."""
     if via not in VIA:
         raise AttackError(f"via = {via!r} is not one of {', '.join(map(repr, VIA))} (how the "
@@ -64,7 +67,7 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
         # PGD on the ensemble; "misclassified" means by the ensemble (the target is not queried)
         return pgd_linf(loss_gradient, lambda inputs: _ensemble_scores(surrogates, inputs), x, y,
                         eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
-                        step_size=step_size, random_start=True, restarts=1,
+                        step_size=step_size, random_start=random_start, restarts=1,
                         stop_early=False, losses=(loss,))
 
 

@@ -8,7 +8,7 @@ probabilities; :meth:`Classifier.loss` picks the right loss for each.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -282,6 +282,22 @@ class Classifier:
 
     def loss(self, scores: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
         return loss_per_sample(scores, y, self.output_kind, loss)
+
+    def objective_gradient(self, x: torch.Tensor,
+                           objective: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient with respect to the raw input of ``objective(scores).sum()``, and the
+        scores of the same pass: for attacks with a loss of their own (APGD's DLR).
+
+        ``objective`` gets the scores in float64 (from the float32 forward, so the loss
+        cannot saturate) and returns one loss per sample."""
+        if self.gradient_error is not None:
+            raise AttackError(self.gradient_error, where=self.source)
+        with torch.enable_grad():
+            leaf = x.detach().to(self.device, self.dtype).requires_grad_(True)
+            out = self._differentiable_forward(self.normalize(leaf))
+            self._check_scores(out.detach(), x)
+            (grad,) = torch.autograd.grad(objective(out.double()).sum(), leaf)
+        return grad.detach(), out.detach()
 
     def _check_scores(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if out.dim() != 2:

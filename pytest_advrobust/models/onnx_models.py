@@ -149,7 +149,8 @@ class OnnxClassifier(Classifier):
             except UnsupportedOperator as exc:
                 self.gradient_error = (
                     f"{exc} Attacks that work on this model: noise, transfer (from a "
-                    "differentiable surrogate) and spsa (score-based).")
+                    "differentiable surrogate), square and spsa (score-based; square is the stronger), "
+                    "and strongest (runs square on such a model).")
                 raise AttackError(self.gradient_error, where=self.source) from None
         return self._twin
 

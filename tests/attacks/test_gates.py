@@ -48,7 +48,7 @@ def test_forest_is_gated_by_transfer_and_spsa(pytester: pytest.Pytester, workers
     result.stdout.fnmatch_lines([
         "*attack error: forest: fgsm needs input gradients, which this model cannot give: operator "
         "TreeEnsembleClassifier (domain ai.onnx.ml*Attacks that work on this model: noise, "
-        "transfer (from a differentiable surrogate) and spsa (score-based).",
+        "transfer (from a differentiable surrogate), square and spsa (score-based; square is the stronger), and strongest*",
     ])
     result.stdout.fnmatch_lines(["*attack error: forest: pgd needs input gradients*TreeEnsembleClassifier*"])
     result.stdout.no_fnmatch_line("*Traceback*")

@@ -107,3 +107,83 @@ def test_universal_fit_ascends_the_configured_loss() -> None:
     delta = fit_universal(model, x, y, 3.0, steps=1, step_size=3.0, loss="margin")  # flips both
     assert set(asked) == {"margin"}
     assert torch.equal(delta, 3.0 * torch.sign(torch.from_numpy(w[1] - w[0])))
+
+
+def plain_reference(model, x, y, eps):
+    """The issue's reference: 40 steps of sign ascent with step eps / 8, the last delta."""
+    delta = torch.zeros_like(x[0])
+    for _ in range(40):
+        moved = x + delta
+        grad, _ = model.loss_gradient(moved.clamp(0, 1), y)
+        delta = (delta + eps / 8 * (grad * ((moved >= 0) & (moved <= 1))).sum(0).sign()).clamp(-eps, eps)
+    return delta
+
+
+@pytest.mark.parametrize("which, eps", [("mlp", 0.1), ("mlp", 0.2), ("cnn", 0.3)])
+def test_default_fit_is_at_least_as_strong_as_the_plain_reference(which, eps) -> None:
+    from digits_project import digits_split, trained_cnn, trained_mlp
+    from pytest_advrobust.attacks.universal import fit_universal
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    net, shape = (trained_mlp(), (64,)) if which == "mlp" else (trained_cnn(), (1, 8, 8))
+    model = TorchClassifier(net, name=which, input_range=(0.0, 1.0))
+    _, _, x, y = digits_split()
+    x, y = torch.from_numpy(x).view((-1,) + shape), torch.from_numpy(y)
+    held_x, held_y = x[256:], y[256:]
+
+    def correct(delta):
+        return int((model.scores((held_x + delta).clamp(0, 1)).argmax(1) == held_y).sum())
+
+    steps_seen = []
+    delta = fit_universal(model, x[:256], y[:256], eps, progress=steps_seen.append)
+    assert float(delta.abs().max()) <= eps + 1e-7
+    assert correct(delta) <= correct(plain_reference(model, x[:256], y[:256], eps))
+    assert correct(delta) < 0.9 * int((model.scores(held_x).argmax(1) == held_y).sum())
+    assert steps_seen[0].startswith("step 0/40, fit accuracy 0.9")
+    assert 1 < len(steps_seen) <= 41
+
+
+class Counted(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.inner(x)
+
+
+def test_fit_stops_once_fit_accuracy_stops_falling() -> None:
+    from pytest_advrobust.attacks.universal import fit_universal
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    torch.manual_seed(0)
+    # a linear model whose decisions eps = 0.01 cannot move: accuracy never falls
+    net = Counted(torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        net.inner.weight.copy_(torch.tensor([[5.0] * 8, [-5.0] * 8]))
+        net.inner.bias.zero_()
+    model = TorchClassifier(net, name="m", input_range=(0.0, 1.0))
+    x = torch.full((32, 8), 0.5)
+    y = torch.zeros(32, dtype=torch.long)
+    seen = []
+    fit_universal(model, x, y, 0.01, progress=seen.append)
+    assert len(seen) == 11  # step 0 set the low; 10 more steps without a new low
+    assert net.rows == 11 * 32
+    assert seen[-1] == "step 10/40, fit accuracy 1.000"
+
+
+def test_fit_work_is_bounded_on_large_inputs() -> None:
+    from pytest_advrobust.attacks.universal import FIT_ELEMENTS, fit_universal
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    shape = (3, 48, 192)
+    net = Counted(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 48 * 192, 4)))
+    model = TorchClassifier(net, name="m", input_range=(0.0, 1.0))
+    x = torch.rand((256,) + shape)
+    y = torch.zeros(256, dtype=torch.long)
+    delta = fit_universal(model, x, y, 0.05, patience=0)
+    per_step = FIT_ELEMENTS // (40 * x[0].numel())
+    assert per_step == 30
+    assert net.rows <= 41 * per_step  # instead of 41 x 256
+    assert float(delta.abs().max()) <= 0.05 + 1e-7

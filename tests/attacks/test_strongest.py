@@ -1,0 +1,145 @@
+"""The ensemble check: never weaker than its members, credits each member, sees through a
+saturated head, and says when a model without gradients got only the black-box member."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from digits_project import digits_split, trained_mlp, write_digits_project
+from pytest_advrobust.attacks.apgd import apgd
+from pytest_advrobust.attacks.strongest import MEMBERS, describe_strongest, strongest
+from pytest_advrobust.models.torch_models import TorchClassifier
+
+FAST = {"steps": 20, "targets": 3, "square_queries": 300, "queries": 300}
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x):
+        return self.inner(x) * self.factor
+
+
+@pytest.fixture(scope="module")
+def digits():
+    _, _, x, y = digits_split()
+    return torch.from_numpy(x[:300]), torch.from_numpy(y[:300])
+
+
+def correct(model, x, y) -> torch.Tensor:
+    return model.scores(x).argmax(1) == y
+
+
+def run(model, x, y, eps=0.1, **options):
+    stats = {}
+    adversarial = strongest(model, x, y, eps, np.random.default_rng(0), model.scores(x), stats,
+                            **{**FAST, **options})
+    return adversarial, stats
+
+
+def test_strongest_is_never_weaker_than_its_members(digits) -> None:
+    x, y = digits
+    model = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    eps = 0.1
+    adversarial, stats = run(model, x, y, eps)
+    robust = correct(model, adversarial, y)
+    assert float((adversarial - x).abs().max()) <= eps + 1e-6
+    grad, scores = model.loss_gradient(x, y)
+    assert not (robust & ~correct(model, (x + eps * grad.sign()).clamp(0, 1), y)).any()
+    alone = apgd(model, x, y, eps, np.random.default_rng(0), grad, scores, {}, steps=20)
+    assert int(robust.sum()) <= int(correct(model, alone, y).sum())
+    # every sample fooled is credited to exactly one member
+    credited = sum(stats[f"fooled_by_{m}"] for m in MEMBERS)
+    assert credited == int(correct(model, x, y).sum()) - int(robust.sum())
+    assert stats["fooled_by_fgsm"] > 0 and stats["fooled_by_apgd-ce"] > 0
+    assert stats["no_gradient_batches"] == 0
+    assert describe_strongest(stats).startswith(f"fooled first by: fgsm {stats['fooled_by_fgsm']}, ")
+
+
+def test_strongest_sees_through_logits_scaled_to_saturate(digits) -> None:
+    x, y = digits
+    plain = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    saturated = TorchClassifier(Scaled(trained_mlp(), 1e4), name="s", input_range=(0.0, 1.0))
+    figures = {}
+    for name, model in (("plain", plain), ("saturated", saturated)):
+        adversarial, _ = run(model, x, y)
+        figures[name] = float(correct(model, adversarial, y).float().mean())
+    assert figures["plain"] < 0.4
+    assert figures["saturated"] <= figures["plain"] + 0.03, figures
+
+
+def test_a_model_without_gradient_gets_square_and_the_message_says_so(digits) -> None:
+    x, y = digits
+    model = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    model.gradient_error = "no gradient here (test)."
+    adversarial, stats = run(model, x, y)
+    assert stats["no_gradient_batches"] == 1 and stats["gradients"] == 0
+    assert stats["fooled_by_square"] > 0 and stats["queries"] > 0
+    assert float(correct(model, adversarial, y).float().mean()) < 0.6
+    assert "only square (black-box) ran" in describe_strongest(stats)
+
+
+CHECKS = '''
+[[tool.advrobust.models.mlp.checks]]
+attack = "strongest"
+eps = 0.1
+steps = 10
+targets = 2
+square-queries = 100
+min-accuracy = 0.9
+
+[[tool.advrobust.models.mlp.checks]]
+attack = "apgd"
+loss = "dlr"
+steps = 10
+eps = 0.1
+min-accuracy = 0.0
+
+[tool.advrobust.models.logistic]
+model = "logistic.onnx"
+[[tool.advrobust.models.logistic.checks]]
+attack = "strongest"
+eps = 0.2
+queries = 200
+min-accuracy = 0.0
+[[tool.advrobust.models.logistic.checks]]
+attack = "square"
+eps = 0.2
+queries = 200
+min-accuracy = 0.0
+'''
+
+
+def test_gates_run_the_way_users_run_them(pytester: pytest.Pytester) -> None:
+    write_digits_project(pytester.path, CHECKS, logistic=True, max_samples=120)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-json=out.json")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*strongest eps=0.1 on mlp: accuracy 0.* < min-accuracy 0.900*"
+                                 "fooled first by: fgsm *, apgd-ce *, apgd-t *, square *"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+    report = {(r["model"], r["attack"]): r for r in
+              json.loads((pytester.path / "out.json").read_text())["results"]}
+    mlp = report[("mlp", "strongest")]
+    assert mlp["stats"]["gradients"] > 0 and mlp["stats"]["no_gradient_batches"] == 0
+    logistic = report[("logistic", "strongest")]
+    assert logistic["stats"]["no_gradient_batches"] >= 1 and logistic["stats"]["gradients"] == 0
+    assert "only square (black-box) ran" in logistic["message"]
+    assert logistic["accuracy"] < 0.5 and report[("logistic", "square")]["accuracy"] < 0.5
+    assert report[("mlp", "apgd")]["accuracy"] < mlp["clean_accuracy"] - 0.3
+
+
+def test_members_without_work_are_refused(digits) -> None:
+    from pytest_advrobust.errors import AttackError
+
+    x, y = digits
+    model = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    with pytest.raises(AttackError, match="strongest: targets = 0 leaves a member without any work"):
+        run(model, x[:8], y[:8], targets=0)
+    _, stats = run(model, x[:50], y[:50], square_queries=0)  # square may be left out
+    assert stats["fooled_by_square"] == 0 and stats["queries"] == 0
