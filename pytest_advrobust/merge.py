@@ -242,7 +242,9 @@ def _diagnose(merged: Sequence[AttackResult], entries: Sequence[Sequence[dict[st
             raise MergeError(f"gate {result.key!r} has no masking-diagnostics record in every shard "
                              "(written by another version of pytest-advrobust?); rerun the shards "
                              "with one version: a merge without them could miss masked gradients.")
-        zeros = [item.get("zero_gradient") for item in given]
+        # a shard whose part held none of the gate's samples counted nothing (None): zero
+        zeros = [item.get("zero_gradient") if part.get("n") else (item.get("zero_gradient") or 0)
+                 for item, part in zip(given, parts)]
         inputs[result.key] = {**given[0], "zero_gradient": None if any(z is None for z in zeros)
                               else sum(zeros)}
     for result in merged:
