@@ -8,13 +8,15 @@ probabilities; :meth:`Classifier.loss` picks the right loss for each.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import traceback
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import AttackError, DataError, ModelLoadError
+from ..errors import AdvRobustError, AttackError, DataError, ModelLoadError
 
-__all__ = ["Classifier", "detect_output_kind", "loss_per_sample"]
+__all__ = ["Classifier", "detect_output_kind", "loss_per_sample", "model_raised", "user_frame"]
 
 #: smallest probability whose log is taken: keeps the loss finite for a confident model
 PROBABILITY_FLOOR = 1e-30
@@ -100,30 +102,72 @@ class Classifier:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores for a batch of raw inputs, without gradient."""
         with torch.inference_mode():
-            out = self._forward(self.normalize(x.to(self.device, self.dtype)))
+            out = self._run(self._forward, self.normalize(x.to(self.device, self.dtype)))
         return self._check_scores(out, x)
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient of the summed per-sample loss with respect to the raw input, and the
-        scores of the same forward pass (so a gradient attack's clean pass is free)."""
+        scores of the same forward pass (so a gradient attack's clean pass is free).
+
+        Runs with grad mode on even when called inside ``torch.no_grad()`` or
+        ``torch.inference_mode()`` (the input is cloned out of inference mode)."""
         if self.gradient_error is not None:
             raise AttackError(self.gradient_error, where=self.source)
-        with torch.enable_grad():
-            leaf = x.detach().to(self.device, self.dtype).requires_grad_(True)
-            out = self._differentiable_forward(self.normalize(leaf))
-            self._check_scores(out.detach(), x)
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = x.detach().to(self.device, self.dtype).clone().requires_grad_(True)
+            out = self._run(self._differentiable_forward, self.normalize(leaf))
+            self._check_scores(out.detach() if isinstance(out, torch.Tensor) else out, x)
             if int(y.max()) >= out.shape[1]:
                 raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
                                 f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
                                 "the labels match the model's class order.")
-            loss = loss_per_sample(out, y.to(self.device), self.output_kind).sum()
-            (grad,) = torch.autograd.grad(loss, leaf)
+            if not out.requires_grad:
+                raise AttackError(
+                    "the model's scores carry no gradient: its forward runs under torch.no_grad() "
+                    "or detaches the input or output (.detach(), .numpy(), .item()), so no input "
+                    "gradient can be taken. Leave grad mode on in forward and keep the computation "
+                    "in torch tensors (the plugin itself switches gradients off where it needs "
+                    "none), or gate this model with attacks that need no gradient.",
+                    where=self.source)
+            loss = loss_per_sample(out, y.to(self.device).clone(), self.output_kind).sum()
+            try:
+                (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
+            except AdvRobustError:
+                raise
+            except Exception as exc:  # a custom backward, or tensors made in inference mode
+                raise model_raised(exc, self.source, during="the backward pass") from None
+            if grad is None:
+                raise AttackError(
+                    "the model's scores do not depend on its input through autograd: forward "
+                    "detaches the input (.detach(), .numpy(), .item() or a copy through another "
+                    "library), so no input gradient can be taken. Keep the computation in torch "
+                    "tensors, or gate this model with attacks that need no gradient.",
+                    where=self.source)
         return grad.detach(), out.detach()
+
+    def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Call the model; anything it raises becomes a model error naming the exception and
+        the user's own line (never torch's or the plugin's traceback)."""
+        try:
+            return forward(x)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # the user's model: report it as theirs
+            raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
 
     def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss_per_sample(scores, y, self.output_kind)
 
     def _check_scores(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
+                                 "scores [batch, classes].", where=self.source)
+        if not out.is_floating_point():
+            raise ModelLoadError(
+                f"the model returned scores of dtype {str(out.dtype).replace('torch.', '')}; class "
+                "scores must be floating-point logits or probabilities (labels or rounded scores "
+                "have no gradient and hide how close a decision is). Return the float scores, "
+                "before any argmax or cast.", where=self.source)
         if out.dim() != 2:
             raise ModelLoadError(
                 f"the model returned scores of shape {tuple(out.shape)} for inputs of shape "
@@ -140,3 +184,42 @@ class Classifier:
         if self.num_classes is None:
             self.num_classes = int(out.shape[1])
         return out
+
+
+#: where a traceback frame is ours or torch's (not the user's code)
+_INTERNAL = tuple(str(folder) + "/" for folder in (Path(torch.__file__).resolve().parent,
+                                                   Path(__file__).resolve().parent.parent))
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost traceback frame outside torch and this plugin: the
+    user's own line that raised (or that called into torch when torch raised)."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
+        if frame.filename.startswith("<") or path.startswith(_INTERNAL):
+            continue
+        return f"{frame.filename}:{frame.lineno}"
+    return None
+
+
+def model_raised(exc: BaseException, source: str, *, shape: tuple[int, ...] | None = None,
+                 during: str = "") -> AdvRobustError:
+    """A user's model raising anything, as one paragraph: type, first line, the user's frame.
+
+    Weights made under ``torch.inference_mode()`` are the one case that is not the model's
+    code: they can be scored but never differentiated, so only gradient attacks fail."""
+    text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
+    if "Inference tensors" in text:
+        return AttackError(
+            "the model's weights were created under torch.inference_mode(), and such tensors "
+            "cannot take part in a gradient. Build or load the model outside inference mode "
+            "(torch.no_grad() is fine there).", where=source)
+    if isinstance(exc, KeyError):
+        text = f"key {text}"
+    frame = user_frame(exc)
+    where = f" in {frame}" if frame else ""
+    what = f" on a batch of shape {shape}" if shape is not None else ""
+    during = f" during {during}" if during else ""
+    return ModelLoadError(f"the model raised {type(exc).__name__}{during}{what}{where}: {text} "
+                          "Fix the model code there (run it on one batch of the data outside the "
+                          "plugin to reproduce).", where=source)

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ModelLoadError
-from .base import Classifier
+from .base import Classifier, model_raised, user_frame
 
 __all__ = ["TorchClassifier", "load_torch_module", "borrowed"]
 
@@ -33,9 +33,13 @@ class TorchClassifier(Classifier):
         try:
             out = self.module(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+            if "Inference tensors" in str(exc):  # not the batch: the weights were made in inference mode
+                raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
+            frame = user_frame(exc)
             raise ModelLoadError(
                 f"the model rejected a batch of shape {tuple(x.shape)} and dtype "
-                f"{str(x.dtype).replace('torch.', '')}: {_first_line(exc)} Check that the data has "
+                f"{str(x.dtype).replace('torch.', '')}{f' (in {frame})' if frame else ''}: "
+                f"{_first_line(exc)} Check that the data has "
                 "the shape the model expects (flat vectors vs NCHW images) and its dtype.",
                 where=self.source) from None
         if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -59,7 +63,9 @@ def borrowed(module: Any) -> Iterator[None]:
         yield
         return
     modes = [(m, m.training) for m in module.modules()]
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+    # parameters made under torch.inference_mode() refuse flag changes (and any gradient;
+    # that is reported when a gradient is taken)
+    flags = [(p, p.requires_grad) for p in module.parameters() if not p.is_inference()]
     try:
         with contextlib.suppress(NotImplementedError):  # torch.export modules refuse .eval()
             module.eval()
