@@ -149,3 +149,80 @@ def test_raising_model_in_a_pytest_run_is_one_paragraph(pytester: pytest.Pyteste
                                  "of shape (64, 8) in */blobmodel.py:12: key 'b' Fix the model code*"])
     out = result.stdout.str()
     assert "Traceback" not in out and "site-packages" not in out and len(out.splitlines()) < 40
+
+
+# -- damaged archives ---------------------------------------------------------------------
+def _flip_member_bytes(path, member: str) -> None:
+    """Invert 8 bytes of one stored member's data, leaving the zip structure intact (torch
+    itself would load the file)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        offset = archive.getinfo(member).header_offset
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[offset + 26:offset + 30])
+    start = offset + 30 + name_length + extra_length
+    data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
+    path.write_bytes(bytes(data))
+
+
+def _member(path, suffix: str) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return next(name for name in archive.namelist() if name.endswith(suffix))
+
+
+def test_damaged_torchscript_and_state_dict_are_refused_naming_the_member(tmp_path, task) -> None:
+    from project import gate_session, save_torchscript
+
+    w, x, y = task
+    net = LinearNet(w, np.zeros(3, np.float32))
+    save_torchscript(net, tmp_path / "m.pt")
+    member = _member(tmp_path / "m.pt", "data/0")
+    _flip_member_bytes(tmp_path / "m.pt", member)
+    assert torch.jit.load(str(tmp_path / "m.pt")) is not None  # torch alone would run garbage
+    with pytest.raises(ModelLoadError, match=rf"m.pt: is damaged: the archive member '{member}' "
+                                             r"fails its CRC check"):
+        gate_session(tmp_path, "m.pt", x, y).run_all()
+
+    (tmp_path / "netmod.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(6, 3))\n")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(6, 3)).state_dict(), tmp_path / "w.pt")
+    member = _member(tmp_path / "w.pt", "data/0")
+    _flip_member_bytes(tmp_path / "w.pt", member)
+    with pytest.raises(ModelLoadError, match=rf"w.pt: is damaged: the archive member '{member}' "
+                                             r".* the weights key"):
+        gate_session(tmp_path, "netmod:build", x, y, extra='weights = "w.pt"\n').run_all()
+
+
+def test_damaged_export_archive_is_refused(tmp_path, task) -> None:
+    from project import gate_session
+
+    w, x, y = task
+    net = LinearNet(w, np.zeros(3, np.float32))
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 6),)), str(tmp_path / "m.pt2"))
+    member = _member(tmp_path / "m.pt2", "weight_0")
+    _flip_member_bytes(tmp_path / "m.pt2", member)
+    with pytest.raises(ModelLoadError, match=rf"is damaged: the archive member '{member}'"):
+        gate_session(tmp_path, "m.pt2", x, y).run_all()
+
+
+@pytest.mark.parametrize("content", ["random", "zip"])
+def test_unreadable_pt2_gives_only_our_message(tmp_path, task, capfd, caplog, content) -> None:
+    import zipfile
+
+    from project import gate_session
+
+    w, x, y = task
+    if content == "random":
+        (tmp_path / "m.pt2").write_bytes(np.random.default_rng(0).bytes(3000))
+    else:  # a sound zip that is not a torch.export archive
+        with zipfile.ZipFile(tmp_path / "m.pt2", "w") as archive:
+            archive.writestr("m/notes.txt", "hello")
+    with pytest.raises(ModelLoadError, match=r"m.pt2: is not a torch.export archive"):
+        gate_session(tmp_path, "m.pt2", x, y).run_all()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert not [r for r in caplog.records if r.name.startswith("torch")]

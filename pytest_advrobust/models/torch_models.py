@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 import zipfile
 from pathlib import Path
@@ -122,6 +123,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError("weights file not found. Check the weights key (relative to "
                              "pyproject.toml).", where=str(path))
+    verify_archive(path, "weights")
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
             warnings.simplefilter("ignore", UserWarning)
@@ -141,18 +143,24 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_export(path: Path, device: torch.device) -> Any:
+    hint = "Re-export it with torch.export.save(torch.export.export(model, (example,)), path)."
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"is not a torch.export archive (not a zip file: truncated, or of "
+                             f"another format). {hint}", where=str(path))
+    verify_archive(path, "model")
     try:
-        program = torch.export.load(str(path))
+        with _quiet("torch.export"):  # torch logs its own traceback before raising
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"is not a torch.export archive readable by torch "
-                             f"{torch.__version__}: {_first_line(exc)} Re-export it with "
-                             "torch.export.save(torch.export.export(model, (example,)), path).",
+                             f"{torch.__version__}: {_first_line(exc)} {hint}",
                              where=str(path)) from None
     module = program.module()
     return module.to(device) if device.type != "cpu" else module
 
 
 def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
+    verify_archive(path, "model")
     try:
         with warnings.catch_warnings():  # torch deprecates TorchScript; users still ship it
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -182,6 +190,35 @@ def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> A
                              "a factory: model = \"pkg.mod:build\", weights = this file.",
                              where=str(path))
     return module
+
+
+def verify_archive(path: Path, key: str) -> None:
+    """Check the CRC of every member of a zip archive (TorchScript, torch.save, .pt2) before
+    torch reads it: torch does not, and loads flipped bytes as garbage weights."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy (non-zip) torch.save file, or not an archive: the loader says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as exc:  # a damaged header or compressed stream
+        damaged = f"? ({type(exc).__name__}: {_first_line(exc)[:-1]})"
+    if damaged is not None:
+        raise ModelLoadError(
+            f"is damaged: the archive member {damaged!r} fails its CRC check (flipped bytes: a "
+            "bad copy, a truncated download or a disk error), so its weights would be garbage. "
+            f"Rebuild or re-download the file (check the {key} key's file against its source).",
+            where=str(path))
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence a torch logger for the duration (it logs a traceback we report in one line)."""
+    logger = logging.getLogger(name)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _qualname(obj: Any) -> str:
