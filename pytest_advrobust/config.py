@@ -7,6 +7,7 @@ any model loads, so a typo costs a second, not a model load.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import sys
@@ -48,6 +49,9 @@ TOP_ONLY_KEYS = {"models"}
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: the one rule for model names (they become test ids and file names): an ASCII letter or
+#: digit, then letters, digits, '_', '-', '.'; no '..'; at most 100 characters
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
                    ".ts": "torchscript", ".jit": "torchscript"}
 
@@ -220,12 +224,18 @@ class _Reader:
                             f"one per model: [{SECTION}.models.NAME].")
         defaults = {key: value for key, value in section.items() if key in INHERITED_KEYS}
         for name, table in named.items():
+            self.model_name(name, f"[{SECTION}.models.{_toml_key(name)}]", table=True)
             if not isinstance(table, dict):
                 raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
-            if any(spec.name == name for spec in models):
+            clash = next((spec.name for spec in models if spec.name.lower() == name.lower()), None)
+            if clash == name:
                 raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
                                 "twice (the top-level model has it too). Give the top-level model "
                                 "another name = \"...\" or rename the table.")
+            if clash is not None:
+                raise self.fail(f"[{SECTION}.models.{name}]", f"the model names {clash!r} and "
+                                f"{name!r} differ only in case: their report and plot files would "
+                                "overwrite each other on macOS and Windows. Rename one.")
             models.append(self.model(table, defaults, name=name))
         if not models:
             raise self.fail(f"[{SECTION}]", "names no model. Add model = \"path/to/model.onnx\" "
@@ -251,9 +261,7 @@ class _Reader:
                             "own weights. Remove weights.")
         if name is None:
             name = self.string(merged, "name", where) or _default_name(ref)
-            if not re.match(r"^[\w.-]+$", name):
-                raise self.fail(f"{where} name", f"{name!r} may hold only letters, digits, '-', "
-                                "'_' and '.' (it becomes part of test ids).")
+            self.model_name(name, f"{where} name")
         data = self.string(merged, "data", where, required=True)
         if not (data.lower().endswith(".npz") or _CALLABLE_REF.match(data) or self.custom_data):
             raise self.fail(f"{where} data", f"{data!r} is neither a .npz file (with arrays x "
@@ -374,6 +382,18 @@ class _Reader:
                                         f"{list(spec.input_range)}; a transferred input must be "
                                         "valid for both. Give both the same input-range (put what "
                                         "differs in normalize).")
+
+    def model_name(self, name: str, key: str, *, table: bool = False) -> None:
+        """The one rule for model names (:data:`MODEL_NAME`): they become test ids
+        (``pyproject.toml::NAME::fgsm[eps=0.1]``) and file names (artifacts, plots)."""
+        if MODEL_NAME.match(name) and ".." not in name:
+            return
+        fix = (f"Rename the table, e.g. [{SECTION}.models.{_suggest_name(name)}]" if table
+               else f"Set name = \"{_suggest_name(name)}\", say")
+        raise self.fail(key, f"{name!r} is not a usable model name: a name becomes part of test "
+                        "ids and of file names, so it must start with an ASCII letter or digit "
+                        "and hold only letters, digits, '_', '-' and '.' (no '..', no '/', ':' "
+                        f"or '[', at most 100 characters). {fix}.")
 
     # -- typed readers --------------------------------------------------------------------
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
@@ -505,8 +525,19 @@ class _Reader:
 
 def _default_name(ref: str) -> str:
     if model_format(ref) == "factory":
-        return ref.rsplit(":", 1)[1].rsplit(".", 1)[-1]
-    return re.sub(r"[^\w.-]", "-", Path(ref).stem).strip("-") or "model"
+        return _suggest_name(ref.rsplit(":", 1)[1].rsplit(".", 1)[-1])
+    return _suggest_name(Path(ref).stem)
+
+
+def _suggest_name(name: str) -> str:
+    """The closest name that follows :data:`MODEL_NAME`."""
+    safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", name))
+    return re.sub(r"^[^A-Za-z0-9]+", "", safe)[:100].rstrip(".-") or "model"
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as it is written in a table header (quoted unless it is a bare key)."""
+    return name if re.match(r"^[A-Za-z0-9_-]+$", name) else json.dumps(name)
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

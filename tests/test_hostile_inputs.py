@@ -226,3 +226,93 @@ def test_unreadable_pt2_gives_only_our_message(tmp_path, task, capfd, caplog, co
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
     assert not [r for r in caplog.records if r.name.startswith("torch")]
+
+
+# -- names --------------------------------------------------------------------------------
+def _parse(table: dict):
+    from pathlib import Path
+
+    from pytest_advrobust.config import AttackOptions, parse_config
+
+    attacks = {"clean": AttackOptions(uses_eps=False)}
+    return parse_config({"data": "d.npz", "checks": [{"attack": "clean"}], **table},
+                        path=Path("pyproject.toml"), attacks=attacks)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "a::b", "x[1]", "a b", "a/b",
+                                  "..", "a..b", "-lead", ".hidden", "caf\u00e9", "x" * 101, "a\nb"])
+def test_model_names_follow_one_rule_in_tables_and_name_keys(name) -> None:
+    from pytest_advrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[tool.advrobust.models.*\]: .* is not a usable model "
+                                          r"name: .*Rename the table"):
+        _parse({"models": {name: {"model": "m.onnx"}}})
+    with pytest.raises(ConfigError, match=r"\[tool.advrobust\] name: .* is not a usable model "
+                                          r"name: .*Set name = "):
+        _parse({"model": "m.onnx", "name": name})
+
+
+def test_good_names_pass_and_default_names_are_made_to_follow_the_rule() -> None:
+    config = _parse({"models": {"mlp-torch": {"model": "m.onnx"}, "v1.2_b": {"model": "n.onnx"}}})
+    assert config.model_names == ("mlp-torch", "v1.2_b")
+    assert _parse({"model": "models/_my model..v2.onnx"}).model_names == ("my-model.v2",)
+    assert _parse({"model": "pkg.mod:_build"}).model_names == ("build",)
+
+
+def test_names_differing_only_in_case_are_refused() -> None:
+    from pytest_advrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'Mlp' and 'mlp' differ only in case"):
+        _parse({"models": {"Mlp": {"model": "m.onnx"}, "mlp": {"model": "n.onnx"}}})
+
+
+def test_escaping_table_name_stops_the_run_and_writes_nothing(pytester: pytest.Pytester, blobs) -> None:
+    x, y = blobs
+    write_project(pytester.path / ".", x, y, "")
+    (pytester.path / "pyproject.toml").write_text(textwrap.dedent('''
+        [tool.advrobust]
+        data = "data.npz"
+        [tool.advrobust.models."../../../escaped"]
+        model = "blobmodel:build"
+        weights = "weights.pt"
+        [[tool.advrobust.models."../../../escaped".checks]]
+        attack = "universal"
+        eps = 0.1
+        fit-samples = 20
+        steps = 1
+        '''))
+    before = set(pytester.path.parent.parent.iterdir())
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*models.\"../../../escaped\"]: '../../../escaped' is not a usable "
+                                 "model name*"])
+    assert set(pytester.path.parent.parent.iterdir()) == before
+    assert not (pytester.path / ".advrobust").exists()
+
+
+def test_artifact_and_plot_file_names_never_leave_their_folder(tmp_path) -> None:
+    from pytest_advrobust.report.artifacts import UnsafePath, inside
+    from pytest_advrobust.report.plots import _safe
+
+    (tmp_path / "out").mkdir()
+    assert inside(tmp_path / "out", "m-universal-eps0.1.npy") == tmp_path / "out" / "m-universal-eps0.1.npy"
+    (tmp_path / "out" / "link.npy").symlink_to(tmp_path / "elsewhere.npy")
+    for bad in ("../x.npy", "a/b.npy", "..", "link.npy", str(tmp_path / "abs.npy")):
+        with pytest.raises(UnsafePath, match=r"would be written outside"):
+            inside(tmp_path / "out", bad)
+    assert _safe("mlp-torch") == "mlp-torch"
+    assert len({_safe("a b"), _safe("a_b"), _safe("a/b"), _safe("a:b")}) == 4
+    assert all("/" not in _safe(n) and ".." not in _safe(n) for n in ("../../x", "a/../b"))
+
+
+def test_two_fitted_checks_at_one_eps_keep_both_perturbations(tmp_path, task) -> None:
+    from project import gate_session, save_torchscript
+
+    w, x, y = task
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    checks = "".join(f'[[tool.advrobust.checks]]\nattack = "universal"\neps = 0.1\nfit-samples = 20\n'
+                     f'steps = {steps}\n' for steps in (1, 3))
+    results = gate_session(tmp_path, "m.pt", x, y, checks=checks).run_all()
+    saved = sorted(p.name for p in (tmp_path / ".advrobust" / "universal").glob("*.npy"))
+    assert saved == ["m-universal-eps0.1-check0.npy", "m-universal-eps0.1-check1.npy"]
+    assert [r.artifacts[0].endswith(f"-check{i}.npy") for i, r in enumerate(results)] == [True, True]
