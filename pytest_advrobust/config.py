@@ -166,9 +166,16 @@ def load_config(path: Path, attacks: Mapping[str, AttackOptions], *, custom_mode
     ``load_data`` hook is implemented, so references the built-ins do not know are let
     through for it to claim."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the file ({exc.strerror}).", where=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); TOML "
+                          "files must be UTF-8. Re-save the file as UTF-8 in your editor.",
+                          where=str(path)) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -316,3 +316,55 @@ def test_two_fitted_checks_at_one_eps_keep_both_perturbations(tmp_path, task) ->
     saved = sorted(p.name for p in (tmp_path / ".advrobust" / "universal").glob("*.npy"))
     assert saved == ["m-universal-eps0.1-check0.npy", "m-universal-eps0.1-check1.npy"]
     assert [r.artifacts[0].endswith(f"-check{i}.npy") for i, r in enumerate(results)] == [True, True]
+
+
+# -- files that are not UTF-8, baselines with wrong-typed fields ----------------------------
+def test_config_that_is_not_utf8_is_a_usage_error_naming_the_file(pytester: pytest.Pytester) -> None:
+    # (a non-UTF-8 pyproject.toml at or above the rootdir is parsed, and crashes, inside
+    # pytest's own config discovery before any plugin runs; --advrobust-config and the API
+    # read through our loader)
+    (pytester.path / "gates").mkdir()
+    (pytester.path / "gates" / "pyproject.toml").write_bytes(
+        b'[tool.advrobust]\nmodel = "m.onnx"\ndata = "d.npz"\n# caf\xe9\n')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-config=gates/pyproject.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest-advrobust: */gates/pyproject.toml: is not UTF-8 text "
+                                 "(byte 0xe9 on line 4); TOML files must be UTF-8.*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    with pytest.raises(pytest_advrobust.ConfigError, match=r"is not UTF-8 text \(byte 0xe9 on line 4\)"):
+        pytest_advrobust.evaluate(pytester.path / "gates" / "pyproject.toml")
+
+
+BASELINE_ENTRY = {"model": "m", "attack": "fgsm", "eps": 0.1, "accuracy": 0.5, "correct": 5,
+                  "n": 10, "fingerprint": {"seed": 0}}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("eps", "0.1", r"an invalid \"eps\": '0.1' \(it must be a number >= 0, or null for clean\)"),
+    ("n", "ten", r"an invalid \"n\": 'ten' \(it must be a whole number >= 0\)"),
+    ("n", 2.5, r"an invalid \"n\": 2.5"),
+    ("fingerprint", [1, 2], r"an invalid \"fingerprint\": \[1, 2\] \(it must be an object\)"),
+    ("correct", True, r"an invalid \"correct\": True"),
+    ("accuracy", "0.5", r"no valid \"accuracy\" \(a number in \[0, 1\], not '0.5'\)"),
+    ("accuracy", 1.5, r"no valid \"accuracy\" \(a number in \[0, 1\], not 1.5\)"),
+])
+def test_baseline_entry_with_a_wrong_typed_field_blames_that_field(tmp_path, field, value, says) -> None:
+    import json
+
+    from pytest_advrobust.report.baseline import BaselineError, load_baseline
+
+    good = {"format": "pytest-advrobust-baseline", "version": 1, "results": {"k": BASELINE_ENTRY}}
+    (tmp_path / "b.json").write_text(json.dumps(good))
+    assert load_baseline(tmp_path / "b.json")["k"].accuracy == 0.5
+    good["results"]["k"] = {**BASELINE_ENTRY, field: value}
+    (tmp_path / "b.json").write_text(json.dumps(good))
+    with pytest.raises(BaselineError, match=rf"b.json: the entry 'k' has {says}"):
+        load_baseline(tmp_path / "b.json")
+
+
+def test_baseline_that_is_not_utf8_names_the_file(tmp_path) -> None:
+    from pytest_advrobust.report.baseline import BaselineError, load_baseline
+
+    (tmp_path / "b.json").write_bytes(b'{"format": "pytest-advrobust-baseline",\n "x": "caf\xe9"}')
+    with pytest.raises(BaselineError, match=r"b.json: is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_baseline(tmp_path / "b.json")
