@@ -108,26 +108,52 @@ class EvalData:
         if produced is None:
             loader = import_callable(self.spec.data, self.spec.root, key=self.where, error=DataError)
             produced = self._call(loader)
-        if _is_pair_of_arrays(produced):
-            self._arrays = self._check_pair(produced[0], produced[1], "the loader's result")
+        pair = self._pair(produced, "the loader")
+        if pair is not None:
+            self._arrays = self._check_pair(pair[0], pair[1], "the loader's result")
             yield self._arrays
             return
-        if not isinstance(produced, Iterable):
-            raise DataError(f"the loader returned {type(produced).__name__}; it must return "
-                            "(inputs, labels) or an iterable of (inputs, labels) batches.",
-                            where=self.where)
+        if not isinstance(produced, Iterable) or isinstance(produced, (str, bytes)):
+            raise DataError(f"the loader returned {_describe(produced)}; it must return "
+                            f"{_EXPECTED}.", where=self.where)
         shape = None
         for index, item in enumerate(self._guard(produced)):
-            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-                raise DataError(f"batch {index} from the loader is a {type(item).__name__}; each "
-                                "batch must be an (inputs, labels) pair.", where=self.where)
-            x, y = self._check_pair(item[0], item[1], f"batch {index}")
+            pair = self._pair(item, f"batch {index} from the loader")
+            if pair is None:
+                raise DataError(f"batch {index} from the loader is {_describe(item)}; each batch "
+                                "must be an (inputs, labels) pair (a tuple, a list [x, y] or a "
+                                "dict {\"x\": ..., \"y\": ...}).", where=self.where)
+            x, y = self._check_pair(pair[0], pair[1], f"batch {index}")
             if shape is not None and x.shape[1:] != shape:
                 raise DataError(f"batch {index} holds inputs of shape {x.shape[1:]} but earlier "
                                 f"batches {shape}; every sample must have the same shape.",
                                 where=self.where)
             shape = x.shape[1:]
             yield x, y
+
+    def _pair(self, value: Any, what: str) -> tuple[Any, Any] | None:
+        """``(x, y)`` from the pair forms a loader may give: a tuple or list ``(x, y)`` whose
+        inputs are an array or tensor (labels may be a list), or ``{"x": ..., "y": ...}``.
+        None when ``value`` is none of these (it may then be an iterable of batches); a
+        DataError when it is meant as a pair but is not one (a 3-tuple, other dict keys)."""
+        if isinstance(value, dict):
+            if {"x", "y"} <= set(value):
+                return value["x"], value["y"]
+            raise DataError(f"{what} returned a dict with keys {sorted(map(str, value))}; a dict "
+                            "must hold the inputs under \"x\" and the labels under \"y\".",
+                            where=self.where)
+        if _is_array(value):
+            raise DataError(f"{what} returned one array of shape {tuple(value.shape)}, not inputs "
+                            f"and labels; it must return {_EXPECTED}.", where=self.where)
+        if isinstance(value, (tuple, list)) and value and _is_array(value[0]):
+            if len(value) != 2:
+                raise DataError(f"{what} returned a {type(value).__name__} of {len(value)} items "
+                                f"({', '.join(_describe(v) for v in value[:4])}"
+                                f"{', ...' if len(value) > 4 else ''}); it must return "
+                                f"{_EXPECTED}. Drop the extra items (e.g. return x, y).",
+                                where=self.where)
+            return value[0], value[1]
+        return None
 
     def _call(self, loader: Callable[[], Any]) -> Any:
         try:
@@ -192,9 +218,23 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _is_pair_of_arrays(value: Any) -> bool:
-    return (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, np.ndarray) or hasattr(v, "detach") for v in value))
+_EXPECTED = ("(inputs, labels), [inputs, labels] or {\"x\": inputs, \"y\": labels} (inputs a "
+             "numpy array or torch tensor, labels an array, tensor or list of class indices), or "
+             "an iterable of such batches")
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (hasattr(value, "detach") and hasattr(value, "shape"))
+
+
+def _describe(value: Any) -> str:
+    """What a loader returned, in words: the type and, for arrays, the shape and dtype."""
+    if _is_array(value):
+        return (f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype "
+                f"{str(value.dtype).replace('torch.', '')}")
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def _rechunk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, start: int,

@@ -368,3 +368,89 @@ def test_baseline_that_is_not_utf8_names_the_file(tmp_path) -> None:
     (tmp_path / "b.json").write_bytes(b'{"format": "pytest-advrobust-baseline",\n "x": "caf\xe9"}')
     with pytest.raises(BaselineError, match=r"b.json: is not UTF-8 text \(byte 0xe9 on line 2\)"):
         load_baseline(tmp_path / "b.json")
+
+
+# -- loader return shapes -----------------------------------------------------------------
+LOADERS = '''
+import numpy as np
+import torch
+
+rng = np.random.default_rng(0)
+X = rng.uniform(0, 1, size=(40, 6)).astype(np.float32)
+W = rng.normal(size=(3, 6)).astype(np.float32)
+Y = (X @ W.T).argmax(1).astype(np.int64)
+
+def tuple_with_list():
+    return X, [int(v) for v in Y]
+
+def as_list():
+    return [X, Y]
+
+def as_dict():
+    return {"x": torch.from_numpy(X), "y": Y}
+
+def dict_batches():
+    for i in range(0, 40, 16):
+        yield {"x": X[i:i + 16], "y": Y[i:i + 16]}
+
+def list_batches():
+    return [[torch.from_numpy(X[i:i + 16]), torch.from_numpy(Y[i:i + 16])] for i in range(0, 40, 16)]
+
+def three():
+    return X, Y, np.ones(40)
+
+def three_per_batch():
+    yield X, Y, np.ones(40)
+
+def only_x():
+    return X
+
+def other_keys():
+    return {"inputs": X, "labels": Y}
+
+def text():
+    return "data.npz"
+'''
+
+
+@pytest.mark.parametrize("loader", ["tuple_with_list", "as_list", "as_dict", "dict_batches",
+                                    "list_batches"])
+def test_loader_pair_forms_are_accepted(tmp_path, task, loader) -> None:
+    from project import gate_session, save_torchscript
+
+    w, x, y = task
+    (tmp_path / "shapes_a.py").write_text(LOADERS)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("shapes_probe", tmp_path / "shapes_a.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    save_torchscript(LinearNet(module.W, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    session = gate_session(tmp_path, "m.pt", x, y)
+    object.__setattr__(session.spec(), "data", f"shapes_a:{loader}")
+    (result,) = session.run_all()
+    assert result.n == 40 and result.accuracy == 1.0  # labels line up with inputs
+
+
+@pytest.mark.parametrize("loader, says", [
+    ("three", r"the loader returned a tuple of 3 items \(a ndarray of shape \(40, 6\) and dtype "
+              r"float32, .*\); it must return \(inputs, labels\), \[inputs, labels\] or "
+              r"\{\"x\": inputs, \"y\": labels\}"),
+    ("three_per_batch", r"batch 0 from the loader returned a tuple of 3 items"),
+    ("only_x", r"the loader returned one array of shape \(40, 6\), not inputs and labels"),
+    ("other_keys", r"returned a dict with keys \['inputs', 'labels'\]; a dict must hold the inputs "
+                   r"under \"x\""),
+    ("text", r"the loader returned a str; it must return \(inputs, labels\)"),
+])
+def test_loader_returning_something_else_says_what_and_what_is_expected(tmp_path, task, loader,
+                                                                       says) -> None:
+    from project import gate_session, save_torchscript
+    from pytest_advrobust.errors import DataError
+
+    w, x, y = task
+    (tmp_path / "shapes_b.py").write_text(LOADERS)
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    session = gate_session(tmp_path, "m.pt", x, y)
+    object.__setattr__(session.spec(), "data", f"shapes_b:{loader}")
+    with pytest.raises(DataError, match=says) as info:
+        session.run_all()
+    assert "[tool.advrobust] data" in str(info.value)
