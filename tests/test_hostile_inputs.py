@@ -454,3 +454,77 @@ def test_loader_returning_something_else_says_what_and_what_is_expected(tmp_path
     with pytest.raises(DataError, match=says) as info:
         session.run_all()
     assert "[tool.advrobust] data" in str(info.value)
+
+
+# -- ONNX: every place a graph can name an external file ------------------------------------
+def _external(tensor, location: str) -> None:
+    import onnx
+
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+
+
+def _escaping_onnx(where: str, location: str):
+    """A small valid-looking graph whose tensor at ``where`` names external data."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def const(name):
+        return helper.make_tensor(name, TensorProto.FLOAT, [1, 6], [0.5] * 6)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 6])
+    if where == "constant":
+        node = helper.make_node("Constant", [], ["c"], name="the_constant", value=const("c"))
+        _external(node.attribute[0].t, location)
+        nodes, inits, sparse = [node, helper.make_node("Add", ["x", "c"], ["y"])], [], []
+    elif where == "sparse":
+        values = helper.make_tensor("s_values", TensorProto.FLOAT, [1], [1.0])
+        _external(values, location)
+        indices = helper.make_tensor("s_indices", TensorProto.INT64, [1], [0])
+        sparse = [helper.make_sparse_tensor(values, indices, [1, 6])]
+        nodes, inits = [helper.make_node("Add", ["x", "s_values"], ["y"])], []
+    else:  # a Constant inside the then-branch of an If
+        inner = helper.make_node("Constant", [], ["t"], name="inner", value=const("t"))
+        _external(inner.attribute[0].t, location)
+        branch = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 6])])
+        other = helper.make_graph([helper.make_node("Constant", [], ["e"], value=const("e"))], "else", [],
+                                  [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 6])])
+        cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+        nodes = [helper.make_node("If", ["cond"], ["c"], name="branch", then_branch=branch, else_branch=other),
+                 helper.make_node("Add", ["x", "c"], ["y"])]
+        inits, sparse = [cond], []
+    graph = helper.make_graph(nodes, "g", [x], [out], initializer=inits, sparse_initializer=sparse)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("where, owner", [
+    ("constant", r"node 'the_constant' \(Constant\) attribute 'value'"),
+    ("sparse", r"sparse initializer 's_values'"),
+    ("subgraph", r"node 'inner' \(Constant\) attribute 'value' \(in the subgraph 'then_branch' of node 'branch' \(If\)\)"),
+])
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd"])
+def test_onnx_external_data_is_refused_wherever_the_graph_names_it(tmp_path, task, where, owner,
+                                                                  location) -> None:
+    from project import gate_session
+
+    w, x, y = task
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(_escaping_onnx(where, location).SerializeToString())
+    with pytest.raises(ModelLoadError, match=rf"m.onnx: {owner} points at external data "
+                                             rf"'{location}', outside the model's folder. Refused"):
+        gate_session(tmp_path, "models/m.onnx", x, y).run_all()
+
+
+def test_onnx_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path, task) -> None:
+    from project import gate_session
+
+    w, x, y = task
+    (tmp_path / "models").mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 24)
+    (tmp_path / "models" / "weights.bin").symlink_to(tmp_path / "secret.bin")
+    (tmp_path / "models" / "m.onnx").write_bytes(_escaping_onnx("constant", "weights.bin").SerializeToString())
+    with pytest.raises(ModelLoadError, match=r"points at external data 'weights.bin', outside"):
+        gate_session(tmp_path, "models/m.onnx", x, y).run_all()
