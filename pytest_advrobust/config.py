@@ -46,6 +46,8 @@ INHERITED_KEYS = {
     "output-kind", "allow-pickle", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
+#: how many configuration errors one message lists (the rest are counted)
+MAX_LISTED = 10
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -211,7 +213,21 @@ class _Reader:
         self.custom_data = custom_data
 
     def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{key}: {message}", where=str(self.path))
+        error = ConfigError(f"{key}: {message}", where=str(self.path))
+        error.detail = f"{key}: {message}"  # type: ignore[attr-defined]  (for a list of several)
+        return error
+
+    def several(self, errors: list[ConfigError]) -> ConfigError:
+        """One error for all the mistakes found (each model table and each check is read
+        even after an error elsewhere, so a run reports them all at once)."""
+        if len(errors) == 1:
+            return errors[0]
+        listed = [getattr(e, "detail", str(e)) for e in errors]
+        shown = "\n".join(f"  {i}. {text}" for i, text in enumerate(listed[:MAX_LISTED], 1))
+        more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
+        error = ConfigError(f"{len(errors)} configuration errors:\n{shown}{more}", where=str(self.path))
+        error.errors = errors  # type: ignore[attr-defined]
+        return error
 
     # -- top level ------------------------------------------------------------------------
     def config(self, section: Any) -> RobustnessConfig:
@@ -219,8 +235,12 @@ class _Reader:
             raise self.fail(f"[{SECTION}]", "must be a table.")
         self.unknown_keys(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]")
         models: list[ModelSpec] = []
+        errors: list[ConfigError] = []
         if "model" in section:
-            models.append(self.model(section, {}, name=None))
+            try:
+                models.append(self.model(section, {}, name=None))
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", [exc]))
         elif "weights" in section or "name" in section or "output" in section:
             raise self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
                             "Add model = \"path/to/model.onnx\" (or \"pkg.mod:factory\"), or move "
@@ -231,23 +251,32 @@ class _Reader:
                             f"one per model: [{SECTION}.models.NAME].")
         defaults = {key: value for key, value in section.items() if key in INHERITED_KEYS}
         for name, table in named.items():
-            self.model_name(name, f"[{SECTION}.models.{_toml_key(name)}]", table=True)
-            if not isinstance(table, dict):
-                raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
-            clash = next((spec.name for spec in models if spec.name.lower() == name.lower()), None)
-            if clash == name:
-                raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
-                                "twice (the top-level model has it too). Give the top-level model "
-                                "another name = \"...\" or rename the table.")
-            if clash is not None:
-                raise self.fail(f"[{SECTION}.models.{name}]", f"the model names {clash!r} and "
-                                f"{name!r} differ only in case: their report and plot files would "
-                                "overwrite each other on macOS and Windows. Rename one.")
-            models.append(self.model(table, defaults, name=name))
+            try:
+                models.append(self.named_model(name, table, defaults, models))
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", [exc]))
+        if errors:
+            raise self.several(errors)
         if not models:
             raise self.fail(f"[{SECTION}]", "names no model. Add model = \"path/to/model.onnx\" "
                             f"(or \"pkg.mod:factory\"), or one [{SECTION}.models.NAME] table per model.")
         return RobustnessConfig(path=self.path, models=tuple(models))
+
+    def named_model(self, name: str, table: Any, defaults: dict, models: list[ModelSpec]) -> ModelSpec:
+        """A ``[tool.advrobust.models.NAME]`` table (``models``: those read before it)."""
+        self.model_name(name, f"[{SECTION}.models.{_toml_key(name)}]", table=True)
+        if not isinstance(table, dict):
+            raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
+        clash = next((spec.name for spec in models if spec.name.lower() == name.lower()), None)
+        if clash == name:
+            raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
+                            "twice (the top-level model has it too). Give the top-level model "
+                            "another name = \"...\" or rename the table.")
+        if clash is not None:
+            raise self.fail(f"[{SECTION}.models.{name}]", f"the model names {clash!r} and "
+                            f"{name!r} differ only in case: their report and plot files would "
+                            "overwrite each other on macOS and Windows. Rename one.")
+        return self.model(table, defaults, name=name)
 
     # -- one model ------------------------------------------------------------------------
     def model(self, table: dict, defaults: dict, *, name: str | None) -> ModelSpec:
@@ -312,8 +341,13 @@ class _Reader:
             raise self.fail(f"{where} checks", "is empty; add at least one check.")
         seen: dict[tuple, int] = {}
         out = []
+        errors: list[ConfigError] = []
         for index, table in enumerate(raw):
-            check = self.check(table, f"{where} checks[{index}]", width, index)
+            try:
+                check = self.check(table, f"{where} checks[{index}]", width, index)
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
             for eps in check.eps:
                 signature = (check.attack, eps, tuple(sorted(check.options.items(), key=str)))
                 if signature in seen:
@@ -321,6 +355,8 @@ class _Reader:
                                     f"from checks[{seen[signature]}]. Merge the two checks.")
                 seen[signature] = index
             out.append(check)
+        if errors:
+            raise self.several(errors)
         return tuple(out)
 
     def check(self, table: dict, where: str, width: float, index: int) -> CheckSpec:
@@ -548,5 +584,9 @@ def _toml_key(name: str) -> str:
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    """A suggestion for a misspelt name, case-insensitively (``FGSM`` -> ``fgsm``)."""
+    lowered = {choice.lower(): choice for choice in sorted(map(str, choices))}
+    if word.lower() in lowered:
+        return f" Did you mean {lowered[word.lower()]!r}? (names are case-sensitive)"
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" Did you mean {lowered[close[0]]!r}?" if close else ""

@@ -10,6 +10,7 @@ written to.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ import re
 
 import numpy as np
 
-from .errors import DataError
+from .errors import AdvRobustWarning, DataError
 from .imports import import_callable
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "EvalData"]
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: data spanning less than this share of input-range's width gets a warning (eps and
+#: clipping are in input-range units, so they then mean something else than intended)
+NARROW_DATA = 0.05
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class EvalData:
         self.where = spec.key("data")
         self._custom = custom
         self._arrays: tuple[Any, Any] | None = None
+        self._range_checked = False
 
     @property
     def source(self) -> str:
@@ -66,6 +71,7 @@ class EvalData:
         low, high = self.spec.input_range
         tolerance = 1e-6 * (high - low)
         seen = 0
+        span = [math.inf, -math.inf]  # the data's range over a whole pass
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             x = torch.tensor(xs, dtype=dtype)
             y = torch.tensor(ys, dtype=torch.int64)
@@ -86,10 +92,32 @@ class EvalData:
                 raise DataError(f"labels must be class indices >= 0; found {int(y.min())}.",
                                 where=self.where)
             seen += len(y)
+            span[0], span[1] = min(span[0], smallest), max(span[1], largest)
             yield Batch(x, y, offset)
         if seen == 0 and start == 0:
             raise DataError("the data is empty (no samples). Check the loader or the .npz file.",
                             where=self.where)
+        if start == 0 and stop == limit and not self._range_checked:
+            self._range_checked = True
+            self._warn_if_narrow(*span)
+
+    def _warn_if_narrow(self, smallest: float, largest: float) -> None:
+        """Once per model: data filling a tiny part of input-range (data in [0, 1] with
+        input-range [0, 255]) makes every eps mean something else than intended."""
+        low, high = self.spec.input_range
+        if largest - smallest >= NARROW_DATA * (high - low):
+            return
+        eps = max((e for check in self.spec.checks for e in check.eps), default=0.0)
+        scale = (f" The largest eps, {eps:g}, is {eps / (largest - smallest):.3g} times the "
+                 "data's whole span." if eps > 0 and largest > smallest else "")
+        warnings.warn_explicit(AdvRobustWarning(
+            f"{self.where}: the data ranges over [{smallest:.4g}, {largest:.4g}], "
+            f"{100 * (largest - smallest) / (high - low):.2g}% of input-range [{low:g}, {high:g}] "
+            f"(key input-range of [{self.spec.table}]). eps and clipping are in input-range "
+            f"units, so eps then means something else than it would on data filling the range.{scale} "
+            "If the data was rescaled (x / 255), set input-range to the data's units and eps in "
+            "them; if the range is right, ignore this."), AdvRobustWarning,
+            str(self.spec.source), _line_of(self.spec.source, f"[{self.spec.table}]"))
 
     # -- sources --------------------------------------------------------------------------
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -210,6 +238,15 @@ class EvalData:
             raise DataError(f"inputs in {what} have shape {x.shape}: samples with no values. "
                             "Check how the inputs are built.", where=self.where)
         return x, y
+
+
+def _line_of(path: Path, text: str) -> int:
+    """The line of ``path`` that starts with ``text`` (1 when none does, or unreadable)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 1
+    return next((i for i, line in enumerate(lines, 1) if line.strip().startswith(text)), 1)
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -6,7 +6,8 @@ before collection, or a one-paragraph test failure when a gate runs.
 
 from __future__ import annotations
 
-__all__ = ["AdvRobustError", "ConfigError", "ModelLoadError", "DataError", "AttackError"]
+__all__ = ["AdvRobustError", "AdvRobustWarning", "ConfigError", "ModelLoadError", "DataError",
+           "AttackError"]
 
 
 class AdvRobustError(Exception):
@@ -41,3 +42,8 @@ class AttackError(AdvRobustError):
     """An attack cannot run on this model (no usable gradient, unknown option)."""
 
     kind = "attack error"
+
+
+class AdvRobustWarning(UserWarning):
+    """Something a gate accepts but that probably does not mean what the user thinks (data
+    that fills a tiny part of input-range); shown once per model in pytest's warnings summary."""

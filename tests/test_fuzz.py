@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -56,6 +57,7 @@ def test_config_parser_gives_a_config_or_a_config_error(table) -> None:
 
 
 
+@pytest.mark.filterwarnings("ignore::pytest_advrobust.errors.AdvRobustWarning")  # constant arrays
 @settings(max_examples=200, deadline=None)
 @given(x=hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
                     shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5)),

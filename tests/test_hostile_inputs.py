@@ -528,3 +528,96 @@ def test_onnx_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_p
     (tmp_path / "models" / "m.onnx").write_bytes(_escaping_onnx("constant", "weights.bin").SerializeToString())
     with pytest.raises(ModelLoadError, match=r"points at external data 'weights.bin', outside"):
         gate_session(tmp_path, "models/m.onnx", x, y).run_all()
+
+
+# -- silently accepted before ---------------------------------------------------------------
+def test_did_you_mean_ignores_case() -> None:
+    from pathlib import Path
+
+    from pytest_advrobust.config import AttackOptions, parse_config
+    from pytest_advrobust.errors import ConfigError
+
+    attacks = {"clean": AttackOptions(uses_eps=False), "fgsm": AttackOptions()}
+    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "FGSM", "eps": 0.1}]}
+    with pytest.raises(ConfigError, match=r"checks\[0\] attack: unknown attack 'FGSM'. Did you mean "
+                                          r"'fgsm'\? \(names are case-sensitive\)"):
+        parse_config(table, path=Path("pyproject.toml"), attacks=attacks)
+    table = {"model": "m.onnx", "data": "d.npz", "Batch-Size": 4, "checks": [{"attack": "clean"}]}
+    with pytest.raises(ConfigError, match=r"Batch-Size: unknown key. Did you mean 'batch-size'\?"):
+        parse_config(table, path=Path("pyproject.toml"), attacks=attacks)
+
+
+def test_several_config_errors_are_reported_at_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(textwrap.dedent('''
+        [tool.advrobust]
+        data = "d.npz"
+        [tool.advrobust.models.a]
+        model = "m.onnx"
+        [[tool.advrobust.models.a.checks]]
+        attack = "FGSM"
+        eps = 0.1
+        [[tool.advrobust.models.a.checks]]
+        attack = "fgsm"
+        eps = -1
+        [[tool.advrobust.models.a.checks]]
+        attack = "clean"
+        [tool.advrobust.models.b]
+        model = "m.h5"
+        [[tool.advrobust.models.b.checks]]
+        attack = "clean"
+        [tool.advrobust.models."c d"]
+        model = "m.onnx"
+        '''))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: pytest-advrobust: */pyproject.toml: 4 configuration errors:",
+        "  1. [[]tool.advrobust.models.a[]] checks[[]0[]] attack: unknown attack 'FGSM'. Did you mean 'fgsm'?*",
+        "  2. [[]tool.advrobust.models.a[]] checks[[]1[]] eps: -1 is negative*",
+        "  3. [[]tool.advrobust.models.b[]] model: 'm.h5' is neither a model file*",
+        "  4. [[]tool.advrobust.models.\"c d\"[]]: 'c d' is not a usable model name*",
+    ])
+
+
+def test_one_config_error_reads_as_before() -> None:
+    from pathlib import Path
+
+    from pytest_advrobust.config import AttackOptions, parse_config
+    from pytest_advrobust.errors import ConfigError
+
+    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "clean"}, {"attack": "fgsn", "eps": 0.1}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(table, path=Path("pyproject.toml"), attacks={"clean": AttackOptions(uses_eps=False),
+                                                                 "fgsm": AttackOptions()})
+    assert str(info.value).startswith("pyproject.toml: [tool.advrobust] checks[1] attack: unknown "
+                                      "attack 'fgsn'. Did you mean 'fgsm'?")
+
+
+def test_data_filling_a_tiny_part_of_input_range_warns_once_per_model(pytester: pytest.Pytester, blobs) -> None:
+    x, y = blobs
+    write_project(pytester.path, x, y, textwrap.dedent('''
+        [[tool.advrobust.checks]]
+        attack = "clean"
+        [[tool.advrobust.checks]]
+        attack = "fgsm"
+        eps = [4, 8]
+        '''), extra='input-range = [0, 255]\n')
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "always")
+    result.assert_outcomes(passed=3)  # a warning, not an error
+    out = result.stdout.str()
+    assert out.count("AdvRobustWarning") == 1
+    result.stdout.fnmatch_lines(["*pyproject.toml:2: AdvRobustWarning: pyproject.toml [[]tool.advrobust[]] "
+                                 "data: the data ranges over [[]0.1*, 0.8*[]], 0.29% of input-range [[]0, 255[]] (key input-range of "
+                                 "[[]tool.advrobust[]]). eps and clipping are in input-range units*"])
+
+
+def test_data_filling_input_range_does_not_warn(tmp_path, task, recwarn) -> None:
+    from project import gate_session, save_torchscript
+
+    w, x, y = task
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    gate_session(tmp_path, "m.pt", x, y).run_all()
+    gate_session(tmp_path, "m.pt", x * 0.5, y).run_all()  # half the range: fine
+    assert not [w for w in recwarn if "input-range" in str(w.message)]
+    gate_session(tmp_path, "m.pt", x * 0.01, y).run_all()
+    assert len([w for w in recwarn if "input-range" in str(w.message)]) == 1
