@@ -67,6 +67,32 @@ def test_integer_scores_are_refused_for_every_gate(task) -> None:
             pytest_advrobust.attack(net, x, y, attack, eps=eps)
 
 
+@pytest.mark.parametrize("forward, says", [
+    (lambda net, x: torch.cat([net.linear(x), net.linear(x[:1])]), r"scores of shape \(41, 3\) for a batch of 40"),
+    (lambda net, x: net.linear(x)[:20], r"scores of shape \(20, 3\) for a batch of 40 inputs; a classifier "
+                                       r"must return one row of class scores per input"),
+    (lambda net, x: net.linear(x).t(), r"scores of shape \(3, 40\) .* Check forward for a transpose"),
+    (lambda net, x: net.linear(x)[:, :0], r"scores of shape \(40, 0\)"),
+    (lambda net, x: net.linear(x).to_sparse(), r"scores as a sparse_coo tensor"),
+    (lambda net, x: net.linear(x).to("meta"), r"on device 'meta'"),
+    (lambda net, x: net.linear(x) > 0, r"scores of dtype bool"),
+    (lambda net, x: net.linear(x).to(torch.complex64), r"scores of dtype complex64"),
+    (lambda net, x: net.linear(x).detach().numpy(), r"returned ndarray, not a tensor"),
+])
+@pytest.mark.parametrize("attack", ["clean", "fgsm", "spsa"])
+def test_scores_of_the_wrong_kind_are_a_model_error(task, forward, says, attack) -> None:
+    w, x, y = task
+
+    class Odd(LinearNet):
+        def forward(self, batch):
+            return forward(self, batch)
+
+    with pytest.raises(ModelLoadError, match=says):
+        pytest_advrobust.attack(Odd(w, np.zeros(3, np.float32)), x, y, attack,
+                                eps=None if attack == "clean" else 0.1,
+                                **({"queries": 10, "samples": 2} if attack == "spsa" else {}))
+
+
 @pytest.mark.parametrize("net_class, says", [
     (NoGradNet, r"scores carry no gradient: its forward runs under torch.no_grad\(\)"),
     (DetachingNet, r"scores carry no gradient: .* detaches the input or output"),

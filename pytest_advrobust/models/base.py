@@ -162,6 +162,12 @@ class Classifier:
         if not isinstance(out, torch.Tensor):
             raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
                                  "scores [batch, classes].", where=self.source)
+        if out.layout != torch.strided or out.device.type == "meta":
+            raise ModelLoadError(
+                f"the model returned scores as a {str(out.layout).replace('torch.', '')} tensor on "
+                f"device {out.device.type!r}, which hold no values to compare; return a dense "
+                "tensor of class scores (.to_dense(), and keep the model on a real device).",
+                where=self.source)
         if not out.is_floating_point():
             raise ModelLoadError(
                 f"the model returned scores of dtype {str(out.dtype).replace('torch.', '')}; class "
@@ -173,6 +179,12 @@ class Classifier:
                 f"the model returned scores of shape {tuple(out.shape)} for inputs of shape "
                 f"{tuple(x.shape)}; a classifier must return [batch, classes]. If it has several "
                 "outputs, choose one with the output key.", where=self.source)
+        if out.shape[0] != x.shape[0] or out.shape[1] == 0:
+            raise ModelLoadError(
+                f"the model returned scores of shape {tuple(out.shape)} for a batch of "
+                f"{x.shape[0]} inputs; a classifier must return one row of class scores per input "
+                "([batch, classes], classes >= 1). Check forward for a transpose, a fixed batch "
+                "size or rows dropped or added.", where=self.source)
         if not torch.isfinite(out).all():
             raise ModelLoadError(
                 f"the model returned NaN or inf scores for {int((~torch.isfinite(out)).any(1).sum())} "
