@@ -78,6 +78,12 @@ class EvalData:
             smallest, largest = (float(v) for v in torch.aminmax(x))  # NaN propagates: one pass
             if not (math.isfinite(smallest) and math.isfinite(largest)):
                 bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
+                if np.isfinite(xs).all():  # finite in the data's dtype, not in the model's
+                    raise DataError(
+                        f"inputs of {bad} samples (batch starting at sample {offset}) are too "
+                        f"large for the model's dtype {str(dtype).replace('torch.', '')} (largest "
+                        f"magnitude {float(np.abs(xs).max()):.4g}) and become inf. Scale the data "
+                        "into input-range units the model can hold.", where=self.where)
                 raise DataError(f"inputs hold NaN or inf ({bad} samples in the batch starting at "
                                 f"sample {offset}). Clean the data before gating on it.",
                                 where=self.where)
@@ -227,6 +233,9 @@ class EvalData:
             raise DataError(f"inputs in {what} have dtype {x.dtype}; they must be floats in "
                             "input-range units (for 8-bit images: x.astype('float32') / 255 with "
                             "input-range = [0, 1]).", where=self.where)
+        if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"a label in {what} is {int(y.max())}, beyond any class index. Check "
+                            "the labels (an unsigned overflow of -1?).", where=self.where)
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise DataError(f"labels in {what} have shape {y.shape} and dtype {y.dtype}; they must "
                             "be a 1-D integer array of class indices (not one-hot, not floats: "

@@ -650,3 +650,23 @@ def test_data_filling_input_range_does_not_warn(tmp_path, task, recwarn) -> None
     assert not [w for w in recwarn if "input-range" in str(w.message)]
     gate_session(tmp_path, "m.pt", x * 0.01, y).run_all()
     assert len([w for w in recwarn if "input-range" in str(w.message)]) == 1
+
+
+# -- found while looking past the list --------------------------------------------------------
+def test_unsigned_labels_beyond_int64_name_the_label(task) -> None:
+    from pytest_advrobust.errors import DataError
+
+    w, x, y = task
+    labels = y.astype(np.uint64)
+    labels[3] = np.iinfo(np.uint64).max  # was reported as "found -1" after the int64 cast
+    with pytest.raises(DataError, match=r"a label in the loader's result is 18446744073709551615"):
+        pytest_advrobust.attack(LinearNet(w, np.zeros(3, np.float32)), x, labels, "clean")
+
+
+def test_inputs_too_large_for_the_models_dtype_say_so(task) -> None:
+    from pytest_advrobust.errors import DataError
+
+    w, x, y = task
+    with pytest.raises(DataError, match=r"too large for the model's dtype float32 \(largest magnitude 1e\+300\)"):
+        pytest_advrobust.attack(LinearNet(w, np.zeros(3, np.float32)), x.astype(np.float64) * 1e300
+                                / x.max(), y, "clean", input_range=(0, 1e301))
