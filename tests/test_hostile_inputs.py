@@ -670,3 +670,28 @@ def test_inputs_too_large_for_the_models_dtype_say_so(task) -> None:
     with pytest.raises(DataError, match=r"too large for the model's dtype float32 \(largest magnitude 1e\+300\)"):
         pytest_advrobust.attack(LinearNet(w, np.zeros(3, np.float32)), x.astype(np.float64) * 1e300
                                 / x.max(), y, "clean", input_range=(0, 1e301))
+
+
+class _Plugin:
+    """A conftest-like plugin whose attacks are broken in the user's own code."""
+
+    @staticmethod
+    def pytest_advrobust_add_attacks(registry):
+        @registry.attack("keyed")
+        def keyed(x, eps):
+            return {"x": x}["adversarial"]
+
+        @registry.attack("unloadable", fit="no_such_module_adv:fit", options={"fit-samples": 5})
+        def unloadable(x, state):
+            return x
+
+
+def test_a_users_attack_raising_is_an_attack_error_with_their_line(task) -> None:
+    w, x, y = task
+    net = LinearNet(w, np.zeros(3, np.float32))
+    with pytest.raises(AttackError, match=r"keyed: the attack function raised KeyError in "
+                                          r".*test_hostile_inputs.py:\d+: 'adversarial' Fix the attack"):
+        pytest_advrobust.attack(net, x, y, "keyed", eps=0.1, plugins=[_Plugin])
+    with pytest.raises(AttackError, match=r"cannot load the attack function 'no_such_module_adv:fit' "
+                                          r"\(ModuleNotFoundError"):
+        pytest_advrobust.attack(net, x, y, "unloadable", eps=0.1, plugins=[_Plugin])

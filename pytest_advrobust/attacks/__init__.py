@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..config import AttackOptions
+from ..errors import AdvRobustError, AttackError
 
 __all__ = ["Attack", "AttackRegistry"]
 
@@ -121,7 +122,20 @@ def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[
             kwargs[name] = produce()
     if not takes_all:
         kwargs = {key: value for key, value in kwargs.items() if key in parameters}
-    return function(**kwargs)
+    if getattr(function, "__module__", "").startswith("pytest_advrobust."):
+        return function(**kwargs)  # a built-in: an exception here is our bug, shown as one
+    try:
+        return function(**kwargs)
+    except AdvRobustError:
+        raise
+    except Exception as exc:  # a user's attack: report it as theirs, with their line
+        from ..models.base import user_frame
+
+        frame = user_frame(exc)
+        text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
+        raise AttackError(f"the attack function raised {type(exc).__name__}"
+                          f"{f' in {frame}' if frame else ''}: {text} Fix the attack there.",
+                          where=_qualname(function)) from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -139,4 +153,13 @@ def _resolve(ref: Callable[..., Any] | str) -> Callable[..., Any]:
     if callable(ref):
         return ref
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise AttackError(f"cannot load the attack function {ref!r} ({type(exc).__name__}: "
+                          f"{exc}). Check the \"pkg.module:function\" given to registry.attack.",
+                          where=ref) from None
+
+
+def _qualname(function: Any) -> str:
+    return f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', repr(function))}"
