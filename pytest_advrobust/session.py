@@ -14,7 +14,7 @@ import pluggy
 from .attacks import AttackRegistry
 from .config import CheckSpec, ModelSpec, RobustnessConfig, load_config
 from .engine import Engine, Request
-from .errors import AdvRobustError, ConfigError, ModelLoadError
+from .errors import AdvRobustError, ConfigError, ModelLoadError, user_frame
 from .results import AttackResult
 
 __all__ = ["RobustnessSession", "Probe", "plugin_manager"]
@@ -75,7 +75,15 @@ class RobustnessSession:
         self.path = path
         self.registry = AttackRegistry()
         self.pytest_config = pytest_config
-        hook.pytest_advrobust_add_attacks(registry=self.registry)
+        try:
+            hook.pytest_advrobust_add_attacks(registry=self.registry)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # a user's conftest or plugin: report it as theirs
+            frame = user_frame(exc)
+            raise ConfigError(f"a pytest_advrobust_add_attacks hook raised {type(exc).__name__}"
+                              f"{f' in {frame}' if frame else ''}: {exc}",
+                              where="pytest_advrobust_add_attacks") from None
         self.config: RobustnessConfig | None = None
         if path is not None and path.is_file():
             self.config = load_config(

@@ -695,3 +695,26 @@ def test_a_users_attack_raising_is_an_attack_error_with_their_line(task) -> None
     with pytest.raises(AttackError, match=r"cannot load the attack function 'no_such_module_adv:fit' "
                                           r"\(ModuleNotFoundError"):
         pytest_advrobust.attack(net, x, y, "unloadable", eps=0.1, plugins=[_Plugin])
+
+
+def test_broken_attack_registration_is_a_configuration_error(tmp_path, task) -> None:
+    from pytest_advrobust.errors import ConfigError
+
+    class BadName:
+        @staticmethod
+        def pytest_advrobust_add_attacks(registry):
+            registry.attack("../evil")(lambda x: x)
+
+    class Raising:
+        @staticmethod
+        def pytest_advrobust_add_attacks(registry):
+            raise RuntimeError("conftest bug")
+
+    w, x, y = task
+    net = LinearNet(w, np.zeros(3, np.float32))
+    with pytest.raises(ConfigError, match=r"registry.attack\('../evil'\): an attack name becomes part of "
+                                          r"test ids and file names"):
+        pytest_advrobust.attack(net, x, y, "clean", plugins=[BadName])
+    with pytest.raises(ConfigError, match=r"a pytest_advrobust_add_attacks hook raised RuntimeError in "
+                                          r".*test_hostile_inputs.py:\d+: conftest bug"):
+        pytest_advrobust.attack(net, x, y, "clean", plugins=[Raising])

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..config import AttackOptions
-from ..errors import AdvRobustError, AttackError
+from ..errors import AdvRobustError, AttackError, user_frame
 
 __all__ = ["Attack", "AttackRegistry"]
 
@@ -94,8 +95,13 @@ class AttackRegistry:
 
     def add(self, attack: Attack) -> None:
         """Register ``attack``; the first registration of a name wins (users run first)."""
-        if not attack.name or not attack.name.replace("-", "_").isidentifier():
-            raise ValueError(f"attack name {attack.name!r} must be a simple identifier")
+        if not isinstance(attack.name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", attack.name):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"registry.attack({attack.name!r}): an attack name becomes part of "
+                              "test ids and file names, so it must be an ASCII identifier (letters, "
+                              "digits, '_' and '-', not starting with a digit or '-').",
+                              where="pytest_advrobust_add_attacks")
         self._attacks.setdefault(attack.name, attack)
 
     def __getitem__(self, name: str) -> Attack:
@@ -129,8 +135,6 @@ def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[
     except AdvRobustError:
         raise
     except Exception as exc:  # a user's attack: report it as theirs, with their line
-        from ..models.base import user_frame
-
         frame = user_frame(exc)
         text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
         raise AttackError(f"the attack function raised {type(exc).__name__}"

@@ -8,13 +8,11 @@ probabilities; :meth:`Classifier.loss` picks the right loss for each.
 from __future__ import annotations
 
 import contextlib
-import traceback
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import AdvRobustError, AttackError, DataError, ModelLoadError
+from ..errors import AdvRobustError, AttackError, DataError, ModelLoadError, user_frame
 
 __all__ = ["Classifier", "detect_output_kind", "loss_per_sample", "model_raised", "user_frame"]
 
@@ -196,22 +194,6 @@ class Classifier:
         if self.num_classes is None:
             self.num_classes = int(out.shape[1])
         return out
-
-
-#: where a traceback frame is ours or torch's (not the user's code)
-_INTERNAL = tuple(str(folder) + "/" for folder in (Path(torch.__file__).resolve().parent,
-                                                   Path(__file__).resolve().parent.parent))
-
-
-def user_frame(exc: BaseException) -> str | None:
-    """``file:line`` of the innermost traceback frame outside torch and this plugin: the
-    user's own line that raised (or that called into torch when torch raised)."""
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
-        if frame.filename.startswith("<") or path.startswith(_INTERNAL):
-            continue
-        return f"{frame.filename}:{frame.lineno}"
-    return None
 
 
 def model_raised(exc: BaseException, source: str, *, shape: tuple[int, ...] | None = None,
