@@ -65,6 +65,24 @@ def register_builtins(manager: Any) -> None:
             manager.register(module, name)
 
 
+def result_sink(hook: Any) -> Callable[[AttackResult], None]:
+    """``pytest_advrobust_result`` for each result; a sink that raises fails the gate with
+    one paragraph naming the hook and the user's line."""
+
+    def sink(result: AttackResult) -> None:
+        try:
+            hook.pytest_advrobust_result(result=result)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # a user's sink: report it as theirs
+            frame = user_frame(exc)
+            raise ConfigError(f"a pytest_advrobust_result hook raised {type(exc).__name__}"
+                              f"{f' in {frame}' if frame else ''}: {exc}",
+                              where="pytest_advrobust_result") from None
+
+    return sink
+
+
 class RobustnessSession:
     """The config, the registry and the engine for one run."""
 
@@ -97,7 +115,7 @@ class RobustnessSession:
             load_model=self.load_model,
             load_data=lambda spec: hook.pytest_advrobust_load_data(spec=spec, config=pytest_config),
             artifacts=self.artifacts,
-            on_result=lambda result: hook.pytest_advrobust_result(result=result),
+            on_result=result_sink(hook),
             baseline=baseline,
             progress=progress,
             specs=self.spec,

@@ -718,3 +718,14 @@ def test_broken_attack_registration_is_a_configuration_error(tmp_path, task) -> 
     with pytest.raises(ConfigError, match=r"a pytest_advrobust_add_attacks hook raised RuntimeError in "
                                           r".*test_hostile_inputs.py:\d+: conftest bug"):
         pytest_advrobust.attack(net, x, y, "clean", plugins=[Raising])
+
+
+def test_a_result_sink_that_raises_fails_the_gate_with_one_paragraph(pytester: pytest.Pytester, blobs) -> None:
+    x, y = blobs
+    write_project(pytester.path, x, y, '[[tool.advrobust.checks]]\nattack = "clean"\nmin-accuracy = 0.5\n')
+    pytester.makeconftest("def pytest_advrobust_result(result):\n    raise OSError('dashboard down')\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["configuration error: pytest_advrobust_result: a pytest_advrobust_result "
+                                 "hook raised OSError in */conftest.py:2: dashboard down"])
+    assert "Traceback" not in result.stdout.str()
