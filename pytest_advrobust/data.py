@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .errors import AdvRobustWarning, DataError
+from .errors import AdvRobustWarning, DataError, user_frame
 from .imports import import_callable
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ class EvalData:
         try:
             return loader()
         except Exception as exc:  # the user's loader: report it as theirs
-            raise DataError(f"the data loader raised {type(exc).__name__}: {exc}",
-                            where=self.where) from exc
+            frame = user_frame(exc)
+            raise DataError(f"the data loader raised {type(exc).__name__}: {exc}"
+                            f"{f' (in {frame})' if frame else ''}", where=self.where) from exc
 
     def _guard(self, iterable: Iterable[Any]) -> Iterator[Any]:
         iterator = iter(iterable)

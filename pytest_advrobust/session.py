@@ -132,7 +132,9 @@ class RobustnessSession:
         except AdvRobustError:
             raise
         except Exception as exc:  # a user's loader: report it as theirs
-            raise ModelLoadError(f"loading raised {type(exc).__name__}: {exc}",
+            frame = user_frame(exc)
+            raise ModelLoadError(f"loading raised {type(exc).__name__}: {exc}"
+                                 f"{f' (in {frame})' if frame else ''}",
                                  where=spec.key("model")) from exc
         if isinstance(loaded, Classifier):
             return loaded

@@ -729,3 +729,22 @@ def test_a_result_sink_that_raises_fails_the_gate_with_one_paragraph(pytester: p
     result.stdout.fnmatch_lines(["configuration error: pytest_advrobust_result: a pytest_advrobust_result "
                                  "hook raised OSError in */conftest.py:2: dashboard down"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_raising_factory_loader_and_load_hook_name_the_users_line(tmp_path, task) -> None:
+    from project import gate_session, save_torchscript
+    from pytest_advrobust.errors import DataError
+
+    w, x, y = task
+    (tmp_path / "brokenparts.py").write_text(
+        "def build():\n    raise ValueError('no net')\n\n"
+        "def data():\n    raise OSError('disk gone')\n")
+    session = gate_session(tmp_path, "brokenparts:build", x, y)
+    with pytest.raises(ModelLoadError, match=r"the model factory raised ValueError: no net. "
+                                             r"\(in .*brokenparts.py:2\)"):
+        session.run_all()
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    session = gate_session(tmp_path, "m.pt", x, y)
+    object.__setattr__(session.spec(), "data", "brokenparts:data")
+    with pytest.raises(DataError, match=r"the data loader raised OSError: disk gone \(in .*brokenparts.py:5\)"):
+        session.run_all()

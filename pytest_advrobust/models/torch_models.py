@@ -100,7 +100,9 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
     try:
         module = factory()
     except Exception as exc:  # the user's code: report it, do not crash
-        raise ModelLoadError(f"the model factory raised {type(exc).__name__}: {_first_line(exc)}",
+        frame = user_frame(exc)
+        raise ModelLoadError(f"the model factory raised {type(exc).__name__}: {_first_line(exc)}"
+                             f"{f' (in {frame})' if frame else ''}",
                              where=_qualname(factory)) from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"the model factory returned {type(module).__name__}, not a "
