@@ -233,9 +233,9 @@ class _Reader:
     def config(self, section: Any) -> RobustnessConfig:
         if not isinstance(section, dict):
             raise self.fail(f"[{SECTION}]", "must be a table.")
-        self.unknown_keys(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]")
         models: list[ModelSpec] = []
         errors: list[ConfigError] = []
+        section = self.known(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]", errors)
         if "model" in section:
             try:
                 models.append(self.model(section, {}, name=None))
@@ -252,6 +252,8 @@ class _Reader:
         defaults = {key: value for key, value in section.items() if key in INHERITED_KEYS}
         for name, table in named.items():
             try:
+                if isinstance(table, dict):
+                    table = self.known(table, MODEL_KEYS - {"name"}, f"[{SECTION}.models.{name}]", errors)
                 models.append(self.named_model(name, table, defaults, models))
             except ConfigError as exc:
                 errors.extend(getattr(exc, "errors", [exc]))
@@ -439,6 +441,17 @@ class _Reader:
                         f"or '[', at most 100 characters). {fix}.")
 
     # -- typed readers --------------------------------------------------------------------
+    def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError]) -> dict:
+        """``table`` without its unknown keys, each of which adds an error to ``errors`` (so
+        the rest of the table is still read and its mistakes reported in the same run)."""
+        for key in table:
+            if key not in allowed:
+                try:
+                    self.unknown_keys({key: None}, allowed, where)
+                except ConfigError as exc:
+                    errors.append(exc)
+        return {key: value for key, value in table.items() if key in allowed}
+
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
         for key in table:
             if key not in allowed:

@@ -608,6 +608,21 @@ def test_several_config_errors_are_reported_at_once(pytester: pytest.Pytester) -
     ])
 
 
+def test_unknown_keys_do_not_hide_the_rest_of_the_table() -> None:
+    from pytest_advrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _parse({"model": "m.onnx", "Batch-Size": 3, "seed": -1, "extra": 1,
+                "models": {"b": {"model": "n.onnx", "Max-Samples": 2}}})
+    message = str(info.value)
+    assert message.startswith("pyproject.toml: 5 configuration errors:\n")
+    for part in ("1. [tool.advrobust] Batch-Size: unknown key. Did you mean 'batch-size'?",
+                 "2. [tool.advrobust] extra: unknown key.", "3. [tool.advrobust] seed: must be a whole number",
+                 "4. [tool.advrobust.models.b] Max-Samples: unknown key. Did you mean 'max-samples'?",
+                 "5. [tool.advrobust.models.b] seed: must be a whole number"):  # inherited
+        assert part in message
+
+
 def test_one_config_error_reads_as_before() -> None:
     from pathlib import Path
 
