@@ -116,6 +116,24 @@ def test_callable_whose_scores_bypass_the_input_says_so(task) -> None:
         pytest_advrobust.attack(lambda batch: batch.detach() @ weight.T, x, y, "fgsm", eps=0.1)
 
 
+class InPlaceNet(LinearNet):
+    def forward(self, x):
+        x.clamp_(0.45, 0.55)  # writes into the engine's batch
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("attack", ["clean", "noise", "fgsm"])
+def test_a_model_that_writes_into_its_input_is_a_model_error(task, attack) -> None:
+    w, x, y = task
+    with pytest.raises(ModelLoadError, match=r"the model modified its input in place .* later gates "
+                                             r"would run on altered inputs"):
+        pytest_advrobust.attack(InPlaceNet(w, np.zeros(3, np.float32)), x, y, attack,
+                                eps=None if attack == "clean" else 0.1)
+    normalised = pytest_advrobust.attack(InPlaceNet(w, np.zeros(3, np.float32)), x, y, "clean",
+                                         normalize=([0.0], [1.0]))  # writes into a copy: harmless
+    assert normalised.n == 40
+
+
 def test_api_called_inside_inference_mode_or_no_grad_gives_the_same_numbers(task) -> None:
     w, x, y = task
     net = LinearNet(w, np.zeros(3, np.float32))

@@ -99,8 +99,14 @@ class Classifier:
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores for a batch of raw inputs, without gradient."""
+        inputs = self.normalize(x.to(self.device, self.dtype))
+        # the engine reuses ``x`` for every gate: a forward that changes it in place would
+        # make every later gate run on altered inputs
+        version = inputs._version if inputs is x and not x.is_inference() else None
         with torch.inference_mode():
-            out = self._run(self._forward, self.normalize(x.to(self.device, self.dtype)))
+            out = self._run(self._forward, inputs)
+        if version is not None and x._version != version:
+            raise ModelLoadError(IN_PLACE, where=self.source)
         return self._check_scores(out, x)
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +202,13 @@ class Classifier:
         return out
 
 
+#: a forward that writes into the batch it is given
+IN_PLACE = ("the model modified its input in place (forward changes the tensor it is given: "
+            "x.clamp_(...), x -= mean, x[...] = ...). The plugin reuses each batch for every gate, "
+            "so later gates would run on altered inputs. Work on a copy in forward "
+            "(x = x.clamp(...), x = x - mean).")
+
+
 def model_raised(exc: BaseException, source: str, *, shape: tuple[int, ...] | None = None,
                  during: str = "") -> AdvRobustError:
     """A user's model raising anything, as one paragraph: type, first line, the user's frame.
@@ -203,6 +216,9 @@ def model_raised(exc: BaseException, source: str, *, shape: tuple[int, ...] | No
     Weights made under ``torch.inference_mode()`` are the one case that is not the model's
     code: they can be scored but never differentiated, so only gradient attacks fail."""
     text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
+    if "in-place operation" in text:
+        frame = user_frame(exc)
+        return ModelLoadError(IN_PLACE + (f" (in {frame})" if frame else ""), where=source)
     if "Inference tensors" in text:
         return AttackError(
             "the model's weights were created under torch.inference_mode(), and such tensors "

@@ -34,7 +34,7 @@ class TorchClassifier(Classifier):
         try:
             out = self.module(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
-            if "Inference tensors" in str(exc):  # not the batch: the weights were made in inference mode
+            if "Inference tensors" in str(exc) or "in-place operation" in str(exc):  # not the batch's shape
                 raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
             frame = user_frame(exc)
             raise ModelLoadError(
