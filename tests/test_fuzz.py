@@ -108,6 +108,17 @@ BROKEN_FORWARDS = [
     "raise MemoryError()",
     "import no_such_module_fuzz",
     "return self.l(x.reshape(-1))",
+    "x.clamp_(0.2, 0.8)\n        return self.l(x)",
+]
+#: conftest.py files whose hooks are broken in the user's own code
+BROKEN_CONFTESTS = [
+    "def pytest_advrobust_result(result):\n    raise OSError('dashboard down')\n",
+    "def pytest_advrobust_add_attacks(registry):\n    raise RuntimeError('conftest bug')\n",
+    "def pytest_advrobust_add_attacks(registry):\n    registry.attack('a/b')(lambda x: x)\n",
+    "def pytest_advrobust_load_data(spec, config):\n    return {'inputs': 1}\n",
+    "def pytest_advrobust_load_data(spec, config):\n    raise KeyError(spec.data)\n",
+    "def pytest_advrobust_load_model(spec, config):\n    return 42\n",
+    "def pytest_advrobust_load_model(spec, config):\n    raise ValueError('no model')\n",
 ]
 FACTORY = '''
 import torch
@@ -170,7 +181,7 @@ def _tree(folder):
 @pytest.mark.filterwarnings("ignore::pytest_advrobust.errors.AdvRobustWarning")
 @settings(max_examples=60, deadline=None, derandomize=True, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(fault=st.sampled_from(["config", "data", "model"]),
+@given(fault=st.sampled_from(["config", "data", "model", "conftest"]), conftest=st.sampled_from(BROKEN_CONFTESTS),
        body=st.sampled_from(BROKEN_FORWARDS),
        build=st.sampled_from(["return Net()"] * 4 + ["raise ValueError('no net')", "return 3"]),
        name=st.sampled_from(HOSTILE_NAMES), line=st.sampled_from(HOSTILE_LINES),
@@ -180,10 +191,10 @@ def _tree(folder):
        seed=st.integers(0, 2 ** 16), broken=st.sampled_from([
            "uint8", "int", "nan", "range", "float-labels", "one-hot", "negative", "too-many-classes",
            "lengths", "empty", "features", "flat", "object"]))
-def test_whole_path_fails_cleanly_and_writes_nowhere_else(pytester, tmp_path_factory, fault, body, build,
+def test_whole_path_fails_cleanly_and_writes_nowhere_else(pytester, tmp_path_factory, fault, conftest, body, build,
                                                           name, line, garbage, checks, x, seed,
                                                           broken) -> None:
-    """Hostile config text, data or model outputs (one of them per run, the rest valid) through
+    """Hostile config text, data, model outputs or hooks (one of them per run, the rest valid) through
     a real pytest run: a non-zero exit, no traceback from pytest-advrobust's or torch's
     internals, no file outside the project's report paths."""
     import os
@@ -203,6 +214,8 @@ def test_whole_path_fails_cleanly_and_writes_nowhere_else(pytester, tmp_path_fac
         name, line, garbage = "m", "", b""
     elif not line and not garbage:  # pragma: no cover
         raise AssertionError("the config fault must break the config")
+    if fault == "conftest":
+        (project / "conftest.py").write_text(conftest)
     (project / f"{module}.py").write_text(FACTORY.format(body=body, build=build))
     np.savez(project / "data.npz", x=x, y=y)
     text = (f'[tool.advrobust]\nmodel = "{module}:build"\ndata = "data.npz"\nname = {json.dumps(name)}\n'
