@@ -118,7 +118,8 @@ class Classifier:
         if self.gradient_error is not None:
             raise AttackError(self.gradient_error, where=self.source)
         with torch.inference_mode(False), torch.enable_grad():
-            leaf = x.detach().to(self.device, self.dtype).clone().requires_grad_(True)
+            leaf = x.detach().to(self.device, self.dtype)
+            leaf = (leaf.clone() if leaf.is_inference() else leaf).requires_grad_(True)
             out = self._run(self._differentiable_forward, self.normalize(leaf))
             self._check_scores(out.detach() if isinstance(out, torch.Tensor) else out, x)
             if int(y.max()) >= out.shape[1]:
@@ -133,7 +134,8 @@ class Classifier:
                     "in torch tensors (the plugin itself switches gradients off where it needs "
                     "none), or gate this model with attacks that need no gradient.",
                     where=self.source)
-            loss = loss_per_sample(out, y.to(self.device).clone(), self.output_kind).sum()
+            y = y.to(self.device)
+            loss = loss_per_sample(out, y.clone() if y.is_inference() else y, self.output_kind).sum()
             try:
                 (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
             except AdvRobustError:
