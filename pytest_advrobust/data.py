@@ -116,14 +116,19 @@ class EvalData:
         eps = max((e for check in self.spec.checks for e in check.eps), default=0.0)
         scale = (f" The largest eps, {eps:g}, is {eps / (largest - smallest):.3g} times the "
                  "data's whole span." if eps > 0 and largest > smallest else "")
-        warnings.warn_explicit(AdvRobustWarning(
+        warning = AdvRobustWarning(
             f"{self.where}: the data ranges over [{smallest:.4g}, {largest:.4g}], "
             f"{100 * (largest - smallest) / (high - low):.2g}% of input-range [{low:g}, {high:g}] "
             f"(key input-range of [{self.spec.table}]). eps and clipping are in input-range "
             f"units, so eps then means something else than it would on data filling the range.{scale} "
             "If the data was rescaled (x / 255), set input-range to the data's units and eps in "
-            "them; if the range is right, ignore this."), AdvRobustWarning,
-            str(self.spec.source), _line_of(self.spec.source, f"[{self.spec.table}]"))
+            "them; if the range is right, ignore this.")
+        try:
+            warnings.warn_explicit(warning, AdvRobustWarning, str(self.spec.source),
+                                   _line_of(self.spec.source, f"[{self.spec.table}]"))
+        except AdvRobustWarning:  # a warnings filter turned it into an error (-W error)
+            raise DataError(f"{str(warning).split(': ', 1)[1]} (AdvRobustWarning, turned into an "
+                            "error by a warnings filter)", where=self.where) from None
 
     # -- sources --------------------------------------------------------------------------
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

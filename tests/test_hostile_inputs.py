@@ -673,6 +673,17 @@ def test_data_filling_a_tiny_part_of_input_range_warns_once_per_model(pytester: 
                                  "[[]tool.advrobust[]]). eps and clipping are in input-range units*"])
 
 
+def test_narrow_data_warning_turned_into_an_error_is_a_data_error(pytester: pytest.Pytester, blobs) -> None:
+    x, y = blobs
+    write_project(pytester.path, x, y, '[[tool.advrobust.checks]]\nattack = "clean"\n',
+                  extra='input-range = [0, 255]\n')
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["data error: pyproject.toml [[]tool.advrobust[]] data: the data ranges over *"
+                                 "(AdvRobustWarning, turned into an error by a warnings filter)"])
+    assert "Traceback" not in result.stdout.str()
+
+
 def test_data_filling_input_range_does_not_warn(tmp_path, task, recwarn) -> None:
     from project import gate_session, save_torchscript
 
