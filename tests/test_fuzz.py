@@ -179,7 +179,7 @@ def _tree(folder):
 
 
 @pytest.mark.filterwarnings("ignore::pytest_advrobust.errors.AdvRobustWarning")
-@settings(max_examples=60, deadline=None, derandomize=True, phases=[Phase.generate],
+@settings(max_examples=60, deadline=None, derandomize=True, phases=[Phase.generate], database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(fault=st.sampled_from(["config", "data", "model", "conftest"]), conftest=st.sampled_from(BROKEN_CONFTESTS),
        body=st.sampled_from(BROKEN_FORWARDS),
