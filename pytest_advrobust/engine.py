@@ -8,6 +8,7 @@ and results are cached for the session, so no work is done twice.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -412,8 +413,11 @@ def _rng(spec: ModelSpec, r: Request) -> "np.random.Generator":
     """Every random draw derives from ``seed``, the model, the check and eps."""
     import numpy as np
 
+    # eps in billionths (an int); an eps so large that this overflows (1e300) keys by its
+    # integer value instead, so a valid config never ends in an OverflowError
+    scaled = r.eps * 1e9
     return np.random.default_rng([spec.seed, zlib.crc32(spec.name.encode()), r.check.index,
-                                  int(round(r.eps * 1e9))])
+                                  int(round(scaled)) if math.isfinite(scaled) else int(r.eps)])
 
 
 def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tuple[float, float],

@@ -792,3 +792,14 @@ def test_raising_factory_loader_and_load_hook_name_the_users_line(tmp_path, task
     object.__setattr__(session.spec(), "data", "brokenparts:data")
     with pytest.raises(DataError, match=r"the data loader raised OSError: disk gone \(in .*brokenparts.py:5\)"):
         session.run_all()
+
+
+def test_an_eps_too_large_for_the_seed_derivation_still_runs(task) -> None:
+    """eps = 1e300 (valid with a huge input-range) overflowed int(round(eps * 1e9))."""
+    w, x, y = task
+    net = LinearNet(w, np.zeros(3, np.float32)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pytest_advrobust.errors.AdvRobustWarning)  # narrow data
+        runs = [pytest_advrobust.attack(net, x.astype(np.float64), y, "noise", eps=1e300,
+                                        input_range=(-1e300, 1e300)) for _ in range(2)]
+    assert runs[0].n == 40 and runs[0].accuracy == runs[1].accuracy < 1.0
