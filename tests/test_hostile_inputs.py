@@ -803,3 +803,12 @@ def test_an_eps_too_large_for_the_seed_derivation_still_runs(task) -> None:
         runs = [pytest_advrobust.attack(net, x.astype(np.float64), y, "noise", eps=1e300,
                                         input_range=(-1e300, 1e300)) for _ in range(2)]
     assert runs[0].n == 40 and runs[0].accuracy == runs[1].accuracy < 1.0
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "universal", "spsa"])
+def test_an_input_range_beyond_the_models_dtype_is_a_model_error(task, attack) -> None:
+    w, x, y = task
+    with pytest.raises(ModelLoadError, match=r"input-range \[-1e\+39, 1e\+39\] does not fit the model's "
+                                             r"dtype float32 \(largest value 3.403e\+38\)"):
+        pytest_advrobust.attack(LinearNet(w, np.zeros(3, np.float32)), x, y, attack, eps=1e39,
+                                input_range=(-1e39, 1e39))  # was torch's "cannot be converted ... overflow"

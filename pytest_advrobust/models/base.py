@@ -60,6 +60,14 @@ class Classifier:
         self.device = torch.device(device)
         self.dtype = dtype
         self.source = source or name
+        limit = torch.finfo(dtype).max if dtype.is_floating_point else float("inf")
+        low, high = self.input_range
+        if not (abs(low) <= limit and abs(high) <= limit and high - low <= limit):
+            raise ModelLoadError(
+                f"input-range [{low:g}, {high:g}] does not fit the model's dtype "
+                f"{str(dtype).replace('torch.', '')} (largest value {limit:.4g}): eps and the "
+                "clipping bounds would overflow. Give input-range in the data's real units.",
+                where=self.source)
         self._mean_std = None
         if normalize is not None:
             mean, std = normalize
