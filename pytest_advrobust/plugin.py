@@ -102,12 +102,20 @@ class RobustnessPlugin:
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
         self._session: RobustnessSession | None = None
-        if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
+        explicit = config.getoption("advrobust_config")
+        if explicit and not path.is_file():  # a typo here must not pass as "no gates"
+            raise pytest.UsageError(f"pytest-advrobust: --advrobust-config {path}: no such file. "
+                                    "Check the path (relative to the directory pytest runs in).")
+        if not explicit and not _may_configure_gates(path):  # nothing to gate: pay for nothing
             return
         try:
             self._session = self._build_session()
         except ConfigError as exc:
             raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+        if explicit and self.session.config is None:
+            raise pytest.UsageError(f"pytest-advrobust: --advrobust-config {path}: the file has no "
+                                    "[tool.advrobust] table, so no gate would run. Name the file "
+                                    "that holds it, or add the table.")
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))

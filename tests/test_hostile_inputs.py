@@ -812,3 +812,17 @@ def test_an_input_range_beyond_the_models_dtype_is_a_model_error(task, attack) -
                                              r"dtype float32 \(largest value 3.403e\+38\)"):
         pytest_advrobust.attack(LinearNet(w, np.zeros(3, np.float32)), x, y, attack, eps=1e39,
                                 input_range=(-1e39, 1e39))  # was torch's "cannot be converted ... overflow"
+
+
+@pytest.mark.parametrize("content", [None, "[tool.other]\nx = 1\n"])
+def test_an_explicit_config_that_is_missing_or_has_no_table_is_a_usage_error(pytester: pytest.Pytester,
+                                                                            content) -> None:
+    """Before, a typo in --advrobust-config ran no gate and passed: a false green."""
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    if content is not None:
+        (pytester.path / "robust.toml").write_text(content)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-config=robust.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest-advrobust: --advrobust-config */robust.toml: "
+                                 + ("no such file.*" if content is None else "the file has no "
+                                    "[[]tool.advrobust[]] table, so no gate would run.*")])
