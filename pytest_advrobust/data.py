@@ -55,6 +55,9 @@ class EvalData:
         self._custom = custom
         self._arrays: tuple[Any, Any] | None = None
         self._range_checked = False
+        #: the narrow-data warning, when a warnings filter made it an error: every later pass
+        #: over this data fails with it too (under xdist a worker runs several passes)
+        self._range_error: DataError | None = None
 
     @property
     def source(self) -> str:
@@ -66,6 +69,8 @@ class EvalData:
         """Batches of samples ``[start, stop)`` (clipped to ``max-samples``), as torch tensors."""
         import torch
 
+        if self._range_error is not None:
+            raise self._range_error
         limit = self.spec.max_samples
         stop = limit if stop is None else (stop if limit is None else min(stop, limit))
         low, high = self.spec.input_range
@@ -127,8 +132,10 @@ class EvalData:
             warnings.warn_explicit(warning, AdvRobustWarning, str(self.spec.source),
                                    _line_of(self.spec.source, f"[{self.spec.table}]"))
         except AdvRobustWarning:  # a warnings filter turned it into an error (-W error)
-            raise DataError(f"{str(warning).split(': ', 1)[1]} (AdvRobustWarning, turned into an "
-                            "error by a warnings filter)", where=self.where) from None
+            self._range_error = DataError(f"{str(warning).split(': ', 1)[1]} (AdvRobustWarning, "
+                                          "turned into an error by a warnings filter)",
+                                          where=self.where)
+            raise self._range_error from None
 
     # -- sources --------------------------------------------------------------------------
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

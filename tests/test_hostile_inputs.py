@@ -826,3 +826,19 @@ def test_an_explicit_config_that_is_missing_or_has_no_table_is_a_usage_error(pyt
     result.stderr.fnmatch_lines(["ERROR: pytest-advrobust: --advrobust-config */robust.toml: "
                                  + ("no such file.*" if content is None else "the file has no "
                                     "[[]tool.advrobust[]] table, so no gate would run.*")])
+
+
+def test_narrow_data_made_an_error_fails_every_later_pass_too(tmp_path, task) -> None:
+    """Under xdist a worker runs one pass per check: each must fail, not only the first."""
+    from project import gate_session, save_torchscript
+    from pytest_advrobust.errors import AdvRobustWarning, DataError
+
+    w, x, y = task
+    save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
+    session = gate_session(tmp_path, "m.pt", x, y, extra="input-range = [0, 255]\n")
+    data = session.engine.data(session.spec())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AdvRobustWarning)
+        for _ in range(2):
+            with pytest.raises(DataError, match=r"turned into an error by a warnings filter"):
+                list(data.batches(16, torch.float32))
