@@ -242,9 +242,9 @@ class _Reader:
             except ConfigError as exc:
                 errors.extend(getattr(exc, "errors", [exc]))
         elif "weights" in section or "name" in section or "output" in section:
-            raise self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
+            errors.append(self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
                             "Add model = \"path/to/model.onnx\" (or \"pkg.mod:factory\"), or move "
-                            f"these keys into a [{SECTION}.models.NAME] table.")
+                            f"these keys into a [{SECTION}.models.NAME] table."))
         named = section.get("models", {})
         if not isinstance(named, dict):
             raise self.fail(f"[{SECTION}] models", "must be a table of tables, "
