@@ -174,7 +174,8 @@ def build():
 '''
 
 
-def test_raising_model_in_a_pytest_run_is_one_paragraph(pytester: pytest.Pytester, blobs) -> None:
+@pytest.mark.parametrize("spread", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_raising_model_in_a_pytest_run_is_one_paragraph(pytester: pytest.Pytester, blobs, spread) -> None:
     x, y = blobs
     write_project(pytester.path, x, y, textwrap.dedent('''
         [[tool.advrobust.checks]]
@@ -188,9 +189,9 @@ def test_raising_model_in_a_pytest_run_is_one_paragraph(pytester: pytest.Pyteste
     (pytester.path / "blobmodel.py").write_text(RAISING_FACTORY)
     (pytester.path / "pyproject.toml").write_text(
         (pytester.path / "pyproject.toml").read_text().replace('weights = "weights.pt"\n', ""))
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", *spread)
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["model error: blobmodel:build: the model raised KeyError on a batch "
+    result.stdout.fnmatch_lines(["*model error: blobmodel:build: the model raised KeyError on a batch "
                                  "of shape (64, 8) in */blobmodel.py:12: key 'b' Fix the model code*"])
     out = result.stdout.str()
     assert "Traceback" not in out and "site-packages" not in out and len(out.splitlines()) < 40
