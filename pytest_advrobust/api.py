@@ -17,7 +17,7 @@ from .config import parse_config
 from .engine import Engine, Request
 from .errors import ConfigError
 from .results import AttackResult
-from .session import RobustnessSession, plugin_manager
+from .session import RobustnessSession, plugin_manager, result_sink
 
 __all__ = ["attack", "evaluate", "open_session"]
 
@@ -90,7 +90,7 @@ def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
     engine = Engine(session.registry, load_model=lambda s: _classifier(model, s),
                     load_data=lambda s: (x, y),
                     artifacts=Path(artifacts).resolve() if artifacts else Path.cwd() / ".advrobust",
-                    on_result=lambda result: manager.hook.pytest_advrobust_result(result=result))
+                    on_result=result_sink(manager.hook))
     check = spec.checks[0]
     return engine.result(spec, Request(check, check.eps[0]))
 

@@ -7,6 +7,7 @@ any model loads, so a typo costs a second, not a model load.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import sys
@@ -47,10 +48,15 @@ INHERITED_KEYS = {
     "output-kind", "allow-pickle", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
+#: how many configuration errors one message lists (the rest are counted)
+MAX_LISTED = 10
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only",
               "allow-masking"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: the one rule for model names (they become test ids and file names): an ASCII letter or
+#: digit, then letters, digits, '_', '-', '.'; no '..'; at most 100 characters
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _MODEL_SUFFIXES = {".onnx": "onnx", ".pt2": "export", ".pt": "torchscript", ".pth": "torchscript",
                    ".ts": "torchscript", ".jit": "torchscript"}
 
@@ -192,9 +198,16 @@ def load_config(path: Path, attacks: Mapping[str, AttackOptions], *, custom_mode
     ``load_data`` hook is implemented, so references the built-ins do not know are let
     through for it to claim."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the file ({exc.strerror}).", where=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); TOML "
+                          "files must be UTF-8. Re-save the file as UTF-8 in your editor.",
+                          where=str(path)) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -230,37 +243,72 @@ class _Reader:
         self.custom_data = custom_data
 
     def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{key}: {message}", where=str(self.path))
+        error = ConfigError(f"{key}: {message}", where=str(self.path))
+        error.detail = f"{key}: {message}"  # type: ignore[attr-defined]  (for a list of several)
+        return error
+
+    def several(self, errors: list[ConfigError]) -> ConfigError:
+        """One error for all the mistakes found (each model table and each check is read
+        even after an error elsewhere, so a run reports them all at once)."""
+        if len(errors) == 1:
+            return errors[0]
+        listed = [getattr(e, "detail", str(e)) for e in errors]
+        shown = "\n".join(f"  {i}. {text}" for i, text in enumerate(listed[:MAX_LISTED], 1))
+        more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
+        error = ConfigError(f"{len(errors)} configuration errors:\n{shown}{more}", where=str(self.path))
+        error.errors = errors  # type: ignore[attr-defined]
+        return error
 
     # -- top level ------------------------------------------------------------------------
     def config(self, section: Any) -> RobustnessConfig:
         if not isinstance(section, dict):
             raise self.fail(f"[{SECTION}]", "must be a table.")
-        self.unknown_keys(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]")
         models: list[ModelSpec] = []
+        errors: list[ConfigError] = []
+        section = self.known(section, MODEL_KEYS | TOP_ONLY_KEYS, f"[{SECTION}]", errors)
         if "model" in section:
-            models.append(self.model(section, {}, name=None))
+            try:
+                models.append(self.model(section, {}, name=None))
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", [exc]))
         elif "weights" in section or "name" in section or "output" in section:
-            raise self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
+            errors.append(self.fail(f"[{SECTION}]", "sets 'weights', 'name' or 'output' without 'model'. "
                             "Add model = \"path/to/model.onnx\" (or \"pkg.mod:factory\"), or move "
-                            f"these keys into a [{SECTION}.models.NAME] table.")
+                            f"these keys into a [{SECTION}.models.NAME] table."))
         named = section.get("models", {})
         if not isinstance(named, dict):
             raise self.fail(f"[{SECTION}] models", "must be a table of tables, "
                             f"one per model: [{SECTION}.models.NAME].")
         defaults = {key: value for key, value in section.items() if key in INHERITED_KEYS}
         for name, table in named.items():
-            if not isinstance(table, dict):
-                raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
-            if any(spec.name == name for spec in models):
-                raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
-                                "twice (the top-level model has it too). Give the top-level model "
-                                "another name = \"...\" or rename the table.")
-            models.append(self.model(table, defaults, name=name))
+            try:
+                if isinstance(table, dict):
+                    table = self.known(table, MODEL_KEYS - {"name"}, f"[{SECTION}.models.{name}]", errors)
+                models.append(self.named_model(name, table, defaults, models))
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", [exc]))
+        if errors:
+            raise self.several(errors)
         if not models:
             raise self.fail(f"[{SECTION}]", "names no model. Add model = \"path/to/model.onnx\" "
                             f"(or \"pkg.mod:factory\"), or one [{SECTION}.models.NAME] table per model.")
         return RobustnessConfig(path=self.path, models=tuple(models))
+
+    def named_model(self, name: str, table: Any, defaults: dict, models: list[ModelSpec]) -> ModelSpec:
+        """A ``[tool.advrobust.models.NAME]`` table (``models``: those read before it)."""
+        self.model_name(name, f"[{SECTION}.models.{_toml_key(name)}]", table=True)
+        if not isinstance(table, dict):
+            raise self.fail(f"[{SECTION}.models] {name}", "must be a table.")
+        clash = next((spec.name for spec in models if spec.name.lower() == name.lower()), None)
+        if clash == name:
+            raise self.fail(f"[{SECTION}.models.{name}]", f"the model name {name!r} is used "
+                            "twice (the top-level model has it too). Give the top-level model "
+                            "another name = \"...\" or rename the table.")
+        if clash is not None:
+            raise self.fail(f"[{SECTION}.models.{name}]", f"the model names {clash!r} and "
+                            f"{name!r} differ only in case: their report and plot files would "
+                            "overwrite each other on macOS and Windows. Rename one.")
+        return self.model(table, defaults, name=name)
 
     # -- one model ------------------------------------------------------------------------
     def model(self, table: dict, defaults: dict, *, name: str | None) -> ModelSpec:
@@ -281,9 +329,7 @@ class _Reader:
                             "own weights. Remove weights.")
         if name is None:
             name = self.string(merged, "name", where) or _default_name(ref)
-            if not re.match(r"^[\w.-]+$", name):
-                raise self.fail(f"{where} name", f"{name!r} may hold only letters, digits, '-', "
-                                "'_' and '.' (it becomes part of test ids).")
+            self.model_name(name, f"{where} name")
         data = self.string(merged, "data", where, required=True)
         if not (data.lower().endswith(".npz") or _CALLABLE_REF.match(data) or self.custom_data):
             raise self.fail(f"{where} data", f"{data!r} is neither a .npz file (with arrays x "
@@ -328,8 +374,13 @@ class _Reader:
             raise self.fail(f"{where} checks", "is empty; add at least one check.")
         seen: dict[tuple, int] = {}
         out = []
+        errors: list[ConfigError] = []
         for index, table in enumerate(raw):
-            check = self.check(table, f"{where} checks[{index}]", width, index)
+            try:
+                check = self.check(table, f"{where} checks[{index}]", width, index)
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
             for eps in check.eps:
                 signature = (check.attack, eps, tuple(sorted(check.options.items(), key=str)))
                 if signature in seen:
@@ -337,6 +388,8 @@ class _Reader:
                                     f"from checks[{seen[signature]}]. Merge the two checks.")
                 seen[signature] = index
             out.append(check)
+        if errors:
+            raise self.several(errors)
         return tuple(out)
 
     def check(self, table: dict, where: str, width: float, index: int) -> CheckSpec:
@@ -431,7 +484,30 @@ class _Reader:
                                         "valid for both. Give both the same input-range (put what "
                                         "differs in normalize).")
 
+    def model_name(self, name: str, key: str, *, table: bool = False) -> None:
+        """The one rule for model names (:data:`MODEL_NAME`): they become test ids
+        (``pyproject.toml::NAME::fgsm[eps=0.1]``) and file names (artifacts, plots)."""
+        if MODEL_NAME.match(name) and ".." not in name:
+            return
+        fix = (f"Rename the table, e.g. [{SECTION}.models.{_suggest_name(name)}]" if table
+               else f"Set name = \"{_suggest_name(name)}\", say")
+        raise self.fail(key, f"{name!r} is not a usable model name: a name becomes part of test "
+                        "ids and of file names, so it must start with an ASCII letter or digit "
+                        "and hold only letters, digits, '_', '-' and '.' (no '..', no '/', ':' "
+                        f"or '[', at most 100 characters). {fix}.")
+
     # -- typed readers --------------------------------------------------------------------
+    def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError]) -> dict:
+        """``table`` without its unknown keys, each of which adds an error to ``errors`` (so
+        the rest of the table is still read and its mistakes reported in the same run)."""
+        for key in table:
+            if key not in allowed:
+                try:
+                    self.unknown_keys({key: None}, allowed, where)
+                except ConfigError as exc:
+                    errors.append(exc)
+        return {key: value for key, value in table.items() if key in allowed}
+
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
         for key in table:
             if key not in allowed:
@@ -565,10 +641,25 @@ class _Reader:
 
 def _default_name(ref: str) -> str:
     if model_format(ref) == "factory":
-        return ref.rsplit(":", 1)[1].rsplit(".", 1)[-1]
-    return re.sub(r"[^\w.-]", "-", Path(ref).stem).strip("-") or "model"
+        return _suggest_name(ref.rsplit(":", 1)[1].rsplit(".", 1)[-1])
+    return _suggest_name(Path(ref).stem)
+
+
+def _suggest_name(name: str) -> str:
+    """The closest name that follows :data:`MODEL_NAME`."""
+    safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", name))
+    return re.sub(r"^[^A-Za-z0-9]+", "", safe)[:100].rstrip(".-") or "model"
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as it is written in a table header (quoted unless it is a bare key)."""
+    return name if re.match(r"^[A-Za-z0-9_-]+$", name) else json.dumps(name)
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    """A suggestion for a misspelt name, case-insensitively (``FGSM`` -> ``fgsm``)."""
+    lowered = {choice.lower(): choice for choice in sorted(map(str, choices))}
+    if word.lower() in lowered:
+        return f" Did you mean {lowered[word.lower()]!r}? (names are case-sensitive)"
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" Did you mean {lowered[close[0]]!r}?" if close else ""

@@ -10,6 +10,7 @@ written to.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ import re
 
 import numpy as np
 
-from .errors import DataError
+from .errors import AdvRobustWarning, DataError, user_frame
 from .imports import import_callable
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Census", "EvalData"]
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: data spanning less than this share of input-range's width gets a warning (eps and
+#: clipping are in input-range units, so they then mean something else than intended)
+NARROW_DATA = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class EvalData:
         self.where = spec.key("data")
         self._custom = custom
         self._arrays: tuple[Any, Any] | None = None
+        self._range_checked = False
+        #: the narrow-data warning, when a warnings filter made it an error: every later pass
+        #: over this data fails with it too (under xdist a worker runs several passes)
+        self._range_error: DataError | None = None
 
     @property
     def source(self) -> str:
@@ -94,11 +102,14 @@ class EvalData:
         """
         import torch
 
+        if self._range_error is not None:
+            raise self._range_error
         limit = self.spec.max_samples
         stop = limit if stop is None else (stop if limit is None else min(stop, limit))
         low, high = self.spec.input_range
         tolerance = 1e-6 * (high - low)
         seen = 0
+        span = [math.inf, -math.inf]  # the data's range over a whole pass
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             seen += len(ys)
             if census is not None:
@@ -110,6 +121,12 @@ class EvalData:
             smallest, largest = (float(v) for v in torch.aminmax(x))  # NaN propagates: one pass
             if not (math.isfinite(smallest) and math.isfinite(largest)):
                 bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
+                if np.isfinite(xs).all():  # finite in the data's dtype, not in the model's
+                    raise DataError(
+                        f"inputs of {bad} samples (batch starting at sample {offset}) are too "
+                        f"large for the model's dtype {str(dtype).replace('torch.', '')} (largest "
+                        f"magnitude {float(np.abs(xs).max()):.4g}) and become inf. Scale the data "
+                        "into input-range units the model can hold.", where=self.where)
                 raise DataError(f"inputs hold NaN or inf ({bad} samples in the batch starting at "
                                 f"sample {offset}). Clean the data before gating on it.",
                                 where=self.where)
@@ -123,10 +140,39 @@ class EvalData:
             if y.min() < 0:
                 raise DataError(f"labels must be class indices >= 0; found {int(y.min())}.",
                                 where=self.where)
+            span[0], span[1] = min(span[0], smallest), max(span[1], largest)
             yield Batch(x, y, offset)
         if seen == 0 and start == 0:
             raise DataError("the data is empty (no samples). Check the loader or the .npz file.",
                             where=self.where)
+        if start == 0 and stop == limit and not self._range_checked:
+            self._range_checked = True
+            self._warn_if_narrow(*span)
+
+    def _warn_if_narrow(self, smallest: float, largest: float) -> None:
+        """Once per model: data filling a tiny part of input-range (data in [0, 1] with
+        input-range [0, 255]) makes every eps mean something else than intended."""
+        low, high = self.spec.input_range
+        if largest - smallest >= NARROW_DATA * (high - low):
+            return
+        eps = max((e for check in self.spec.checks for e in check.eps), default=0.0)
+        scale = (f" The largest eps, {eps:g}, is {eps / (largest - smallest):.3g} times the "
+                 "data's whole span." if eps > 0 and largest > smallest else "")
+        warning = AdvRobustWarning(
+            f"{self.where}: the data ranges over [{smallest:.4g}, {largest:.4g}], "
+            f"{100 * (largest - smallest) / (high - low):.2g}% of input-range [{low:g}, {high:g}] "
+            f"(key input-range of [{self.spec.table}]). eps and clipping are in input-range "
+            f"units, so eps then means something else than it would on data filling the range.{scale} "
+            "If the data was rescaled (x / 255), set input-range to the data's units and eps in "
+            "them; if the range is right, ignore this.")
+        try:
+            warnings.warn_explicit(warning, AdvRobustWarning, str(self.spec.source),
+                                   _line_of(self.spec.source, f"[{self.spec.table}]"))
+        except AdvRobustWarning:  # a warnings filter turned it into an error (-W error)
+            self._range_error = DataError(f"{str(warning).split(': ', 1)[1]} (AdvRobustWarning, "
+                                          "turned into an error by a warnings filter)",
+                                          where=self.where)
+            raise self._range_error from None
 
     # -- sources --------------------------------------------------------------------------
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -145,20 +191,22 @@ class EvalData:
         if produced is None:
             loader = import_callable(self.spec.data, self.spec.root, key=self.where, error=DataError)
             produced = self._call(loader)
-        if _is_pair_of_arrays(produced):
-            self._arrays = self._check_pair(produced[0], produced[1], "the loader's result")
+        pair = self._pair(produced, "the loader")
+        if pair is not None:
+            self._arrays = self._check_pair(pair[0], pair[1], "the loader's result")
             yield self._arrays
             return
-        if not isinstance(produced, Iterable):
-            raise DataError(f"the loader returned {type(produced).__name__}; it must return "
-                            "(inputs, labels) or an iterable of (inputs, labels) batches.",
-                            where=self.where)
+        if not isinstance(produced, Iterable) or isinstance(produced, (str, bytes)):
+            raise DataError(f"the loader returned {_describe(produced)}; it must return "
+                            f"{_EXPECTED}.", where=self.where)
         shape = None
         for index, item in enumerate(self._guard(produced)):
-            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-                raise DataError(f"batch {index} from the loader is a {type(item).__name__}; each "
-                                "batch must be an (inputs, labels) pair.", where=self.where)
-            x, y = self._check_pair(item[0], item[1], f"batch {index}")
+            pair = self._pair(item, f"batch {index} from the loader")
+            if pair is None:
+                raise DataError(f"batch {index} from the loader is {_describe(item)}; each batch "
+                                "must be an (inputs, labels) pair (a tuple, a list [x, y] or a "
+                                "dict {\"x\": ..., \"y\": ...}).", where=self.where)
+            x, y = self._check_pair(pair[0], pair[1], f"batch {index}")
             if shape is not None and x.shape[1:] != shape:
                 raise DataError(f"batch {index} holds inputs of shape {x.shape[1:]} but earlier "
                                 f"batches {shape}; every sample must have the same shape.",
@@ -166,12 +214,37 @@ class EvalData:
             shape = x.shape[1:]
             yield x, y
 
+    def _pair(self, value: Any, what: str) -> tuple[Any, Any] | None:
+        """``(x, y)`` from the pair forms a loader may give: a tuple or list ``(x, y)`` whose
+        inputs are an array or tensor (labels may be a list), or ``{"x": ..., "y": ...}``.
+        None when ``value`` is none of these (it may then be an iterable of batches); a
+        DataError when it is meant as a pair but is not one (a 3-tuple, other dict keys)."""
+        if isinstance(value, dict):
+            if {"x", "y"} <= set(value):
+                return value["x"], value["y"]
+            raise DataError(f"{what} returned a dict with keys {sorted(map(str, value))}; a dict "
+                            "must hold the inputs under \"x\" and the labels under \"y\".",
+                            where=self.where)
+        if _is_array(value):
+            raise DataError(f"{what} returned one array of shape {tuple(value.shape)}, not inputs "
+                            f"and labels; it must return {_EXPECTED}.", where=self.where)
+        if isinstance(value, (tuple, list)) and value and _is_array(value[0]):
+            if len(value) != 2:
+                raise DataError(f"{what} returned a {type(value).__name__} of {len(value)} items "
+                                f"({', '.join(_describe(v) for v in value[:4])}"
+                                f"{', ...' if len(value) > 4 else ''}); it must return "
+                                f"{_EXPECTED}. Drop the extra items (e.g. return x, y).",
+                                where=self.where)
+            return value[0], value[1]
+        return None
+
     def _call(self, loader: Callable[[], Any]) -> Any:
         try:
             return loader()
         except Exception as exc:  # the user's loader: report it as theirs
-            raise DataError(f"the data loader raised {type(exc).__name__}: {exc}",
-                            where=self.where) from exc
+            frame = user_frame(exc)
+            raise DataError(f"the data loader raised {type(exc).__name__}: {exc}"
+                            f"{f' (in {frame})' if frame else ''}", where=self.where) from exc
 
     def _guard(self, iterable: Iterable[Any]) -> Iterator[Any]:
         iterator = iter(iterable)
@@ -210,6 +283,9 @@ class EvalData:
             raise DataError(f"inputs in {what} have dtype {x.dtype}; they must be floats in "
                             "input-range units (for 8-bit images: x.astype('float32') / 255 with "
                             "input-range = [0, 1]).", where=self.where)
+        if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"a label in {what} is {int(y.max())}, beyond any class index. Check "
+                            "the labels (an unsigned overflow of -1?).", where=self.where)
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise DataError(f"labels in {what} have shape {y.shape} and dtype {y.dtype}; they must "
                             "be a 1-D integer array of class indices (not one-hot, not floats: "
@@ -223,15 +299,38 @@ class EvalData:
         return x, y
 
 
+def _line_of(path: Path, text: str) -> int:
+    """The line of ``path`` that starts with ``text`` (1 when none does, or unreadable)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 1
+    return next((i for i, line in enumerate(lines, 1) if line.strip().startswith(text)), 1)
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
 
-def _is_pair_of_arrays(value: Any) -> bool:
-    return (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, np.ndarray) or hasattr(v, "detach") for v in value))
+_EXPECTED = ("(inputs, labels), [inputs, labels] or {\"x\": inputs, \"y\": labels} (inputs a "
+             "numpy array or torch tensor, labels an array, tensor or list of class indices), or "
+             "an iterable of such batches")
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (hasattr(value, "detach") and hasattr(value, "shape"))
+
+
+def _describe(value: Any) -> str:
+    """What a loader returned, in words: the type and, for arrays, the shape and dtype."""
+    if _is_array(value):
+        return (f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype "
+                f"{str(value.dtype).replace('torch.', '')}")
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def _rechunk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, start: int,

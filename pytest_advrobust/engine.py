@@ -193,6 +193,9 @@ class Engine:
         from .report.artifacts import save_perturbation
 
         stem = f"{spec.name}-{r.check.attack}-eps{format_eps(r.eps)}"
+        sharing = [c for c in spec.checks if c.attack == r.check.attack and r.eps in c.eps]
+        if sharing != [r.check]:  # another check (or a fixture call) fits at this eps too
+            stem += f"-check{r.check.index}"
         return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
                                  title=f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}")
 

@@ -29,9 +29,14 @@ BATCH, FIT = 1, 2
 
 def sample_key(seed: int, model: str, check: int, eps: float) -> tuple[int, ...]:
     """What every stream of one gate derives from: the seed, the model, the check and eps."""
+    import math
     import zlib
 
-    return (int(seed), zlib.crc32(model.encode()), int(check), int(round(eps * 1e9)))
+    # eps in billionths (an int); an eps so large that this overflows (1e300) keys by its
+    # integer value instead, so a valid config never ends in an OverflowError
+    scaled = eps * 1e9
+    return (int(seed), zlib.crc32(model.encode()), int(check),
+            int(round(scaled)) if math.isfinite(scaled) else int(eps))
 
 
 def fit_generator(key: Sequence[int]) -> np.random.Generator:

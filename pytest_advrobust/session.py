@@ -14,7 +14,7 @@ import pluggy
 from .attacks import AttackRegistry
 from .config import CheckSpec, ModelSpec, RobustnessConfig, load_config
 from .engine import Engine, Request
-from .errors import AdvRobustError, ConfigError, ModelLoadError
+from .errors import AdvRobustError, ConfigError, ModelLoadError, user_frame
 from .results import AttackResult
 
 __all__ = ["RobustnessSession", "Probe", "plugin_manager"]
@@ -65,6 +65,24 @@ def register_builtins(manager: Any) -> None:
             manager.register(module, name)
 
 
+def result_sink(hook: Any) -> Callable[[AttackResult], None]:
+    """``pytest_advrobust_result`` for each result; a sink that raises fails the gate with
+    one paragraph naming the hook and the user's line."""
+
+    def sink(result: AttackResult) -> None:
+        try:
+            hook.pytest_advrobust_result(result=result)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # a user's sink: report it as theirs
+            frame = user_frame(exc)
+            raise ConfigError(f"a pytest_advrobust_result hook raised {type(exc).__name__}"
+                              f"{f' in {frame}' if frame else ''}: {exc}",
+                              where="pytest_advrobust_result") from None
+
+    return sink
+
+
 class RobustnessSession:
     """The config, the registry and the engine for one run."""
 
@@ -75,7 +93,15 @@ class RobustnessSession:
         self.path = path
         self.registry = AttackRegistry()
         self.pytest_config = pytest_config
-        hook.pytest_advrobust_add_attacks(registry=self.registry)
+        try:
+            hook.pytest_advrobust_add_attacks(registry=self.registry)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # a user's conftest or plugin: report it as theirs
+            frame = user_frame(exc)
+            raise ConfigError(f"a pytest_advrobust_add_attacks hook raised {type(exc).__name__}"
+                              f"{f' in {frame}' if frame else ''}: {exc}",
+                              where="pytest_advrobust_add_attacks") from None
         self.config: RobustnessConfig | None = None
         if path is not None and path.is_file():
             self.config = load_config(
@@ -89,7 +115,7 @@ class RobustnessSession:
             load_model=self.load_model,
             load_data=lambda spec: hook.pytest_advrobust_load_data(spec=spec, config=pytest_config),
             artifacts=self.artifacts,
-            on_result=lambda result: hook.pytest_advrobust_result(result=result),
+            on_result=result_sink(hook),
             baseline=baseline,
             progress=progress,
             specs=self.spec,
@@ -106,7 +132,9 @@ class RobustnessSession:
         except AdvRobustError:
             raise
         except Exception as exc:  # a user's loader: report it as theirs
-            raise ModelLoadError(f"loading raised {type(exc).__name__}: {exc}",
+            frame = user_frame(exc)
+            raise ModelLoadError(f"loading raised {type(exc).__name__}: {exc}"
+                                 f"{f' (in {frame})' if frame else ''}",
                                  where=spec.key("model")) from exc
         if isinstance(loaded, Classifier):
             return loaded

@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from ..config import AttackOptions, Choice
+from ..errors import AdvRobustError, AttackError, user_frame
 
 __all__ = ["Attack", "AttackRegistry", "Choice"]
 
@@ -103,8 +105,13 @@ class AttackRegistry:
 
     def add(self, attack: Attack) -> None:
         """Register ``attack``; the first registration of a name wins (users run first)."""
-        if not attack.name or not attack.name.replace("-", "_").isidentifier():
-            raise ValueError(f"attack name {attack.name!r} must be a simple identifier")
+        if not isinstance(attack.name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", attack.name):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"registry.attack({attack.name!r}): an attack name becomes part of "
+                              "test ids and file names, so it must be an ASCII identifier (letters, "
+                              "digits, '_' and '-', not starting with a digit or '-').",
+                              where="pytest_advrobust_add_attacks")
         self._attacks.setdefault(attack.name, attack)
 
     def __getitem__(self, name: str) -> Attack:
@@ -131,7 +138,18 @@ def call_attack(function: Callable[..., Any], available: Mapping[str, Callable[[
             kwargs[name] = produce()
     if not takes_all:
         kwargs = {key: value for key, value in kwargs.items() if key in parameters}
-    return function(**kwargs)
+    if getattr(function, "__module__", "").startswith("pytest_advrobust."):
+        return function(**kwargs)  # a built-in: an exception here is our bug, shown as one
+    try:
+        return function(**kwargs)
+    except AdvRobustError:
+        raise
+    except Exception as exc:  # a user's attack: report it as theirs, with their line
+        frame = user_frame(exc)
+        text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
+        raise AttackError(f"the attack function raised {type(exc).__name__}"
+                          f"{f' in {frame}' if frame else ''}: {text} Fix the attack there.",
+                          where=_qualname(function)) from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -149,4 +167,13 @@ def _resolve(ref: Callable[..., Any] | str) -> Callable[..., Any]:
     if callable(ref):
         return ref
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise AttackError(f"cannot load the attack function {ref!r} ({type(exc).__name__}: "
+                          f"{exc}). Check the \"pkg.module:function\" given to registry.attack.",
+                          where=ref) from None
+
+
+def _qualname(function: Any) -> str:
+    return f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', repr(function))}"

@@ -12,9 +12,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import AttackError, DataError, ModelLoadError, ScoresNotFinite
+from ..errors import AdvRobustError, AttackError, DataError, ModelLoadError, ScoresNotFinite, user_frame
 
-__all__ = ["LOSSES", "Classifier", "detect_output_kind", "exact_cross_entropy", "loss_per_sample"]
+__all__ = ["LOSSES", "Classifier", "detect_output_kind", "exact_cross_entropy", "loss_per_sample",
+           "model_raised", "user_frame"]
 
 #: added to a label error when the model has a single-score (binary) head
 BINARY_LABELS = (" The model has a single-score binary head, so labels must be 0 or 1 "
@@ -127,6 +128,14 @@ class Classifier:
         self.device = torch.device(device)
         self.dtype = dtype
         self.source = source or name
+        limit = torch.finfo(dtype).max if dtype.is_floating_point else float("inf")
+        low, high = self.input_range
+        if not (abs(low) <= limit and abs(high) <= limit and high - low <= limit):
+            raise ModelLoadError(
+                f"input-range [{low:g}, {high:g}] does not fit the model's dtype "
+                f"{str(dtype).replace('torch.', '')} (largest value {limit:.4g}): eps and the "
+                "clipping bounds would overflow. Give input-range in the data's real units.",
+                where=self.source)
         self._mean_std = None
         if normalize is not None:
             mean, std = normalize
@@ -171,11 +180,17 @@ class Classifier:
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores for a batch of raw inputs, without gradient."""
+        inputs = x.to(self.device, self.dtype)
+        # the engine reuses ``x`` for every gate: a forward that changes it in place would
+        # make every later gate run on altered inputs (normalize, if any, makes a copy)
+        version = inputs._version if inputs is x and self._mean_std is None \
+            and not x.is_inference() else None
         with torch.inference_mode():
-            x = x.to(self.device, self.dtype)
-            outs = [self._as_classes(self._forward(self.normalize(chunk)), chunk)[:real]
-                    for chunk, real in self._chunks(x)]
-            out = outs[0] if len(outs) == 1 else torch.cat(outs)
+            outs = [self._chunk_scores(self._forward, chunk, real) for chunk, real in self._chunks(inputs)]
+            out = outs[0] if len(outs) == 1 or not all(isinstance(o, torch.Tensor) for o in outs) \
+                else torch.cat(outs)
+        if version is not None and x._version != version:
+            raise ModelLoadError(IN_PLACE, where=self.source)
         return self._check_scores(out, x)
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor,
@@ -183,33 +198,86 @@ class Classifier:
         """Gradient of the summed per-sample ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``; see
         :func:`loss_per_sample`: only the loss is float64, so the gradient is exact) with
         respect to the raw input, and the scores of the same forward pass (so a gradient
-        attack's clean pass is free).
+        attack's clean pass is free)."""
+        y = y.to(self.device)
+        y = y.clone() if y.is_inference() else y
 
-        A fixed-batch model gets its batch size exactly: the last chunk is padded by
-        repeating a row, and the pad rows are left out of the loss and the scores, so the
-        gradient of every real row is exact."""
+        def total(out: torch.Tensor) -> torch.Tensor:
+            if int(y.max()) >= out.shape[1]:
+                raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
+                                f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
+                                "the labels match the model's class order."
+                                + (BINARY_LABELS if self.binary else ""))
+            return loss_per_sample(out, y, self.output_kind, loss)
+
+        return self._gradient(x, total)
+
+    def _gradient(self, x: torch.Tensor,
+                  per_sample: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of ``per_sample(scores).sum()`` with respect to the raw input, and the
+        scores of the same pass. Runs with grad mode on even inside ``torch.no_grad()`` or
+        ``torch.inference_mode()`` (the input is cloned out of inference mode). A
+        fixed-batch model gets its batch size exactly: the last chunk is padded by repeating
+        a row, and the pad rows are left out of the scores and the loss, so the gradient of
+        every real row is exact."""
         if self.gradient_error is not None:
             raise AttackError(self.gradient_error, where=self.source)
-        y = y.to(self.device)
-        grads, outs, start = [], [], 0
-        with torch.enable_grad():
-            for chunk, real in self._chunks(x.detach().to(self.device, self.dtype)):
+        with torch.inference_mode(False), torch.enable_grad():
+            base = x.detach().to(self.device, self.dtype)
+            base = base.clone() if base.is_inference() else base
+            leaves, outs = [], []
+            for chunk, real in self._chunks(base):
                 leaf = chunk.detach().requires_grad_(True)
-                out = self._as_classes(self._differentiable_forward(self.normalize(leaf)), leaf)[:real]
-                self._check_scores(out.detach(), x)
-                if int(y.max()) >= out.shape[1]:
-                    raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
-                                    f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
-                                    "the labels match the model's class order."
-                                    + (BINARY_LABELS if self.binary else ""))
-                total = loss_per_sample(out, y[start:start + real], self.output_kind, loss).sum()
-                (grad,) = torch.autograd.grad(total, leaf)
-                grads.append(grad[:real].detach())
-                outs.append(out.detach())
-                start += real
-        if len(grads) == 1:
-            return grads[0], outs[0]
-        return torch.cat(grads), torch.cat(outs)
+                leaves.append((leaf, real))
+                outs.append(self._chunk_scores(self._differentiable_forward, leaf, real))
+            out = outs[0] if len(outs) == 1 or not all(isinstance(o, torch.Tensor) for o in outs) \
+                else torch.cat(outs)
+            self._check_scores(out.detach() if isinstance(out, torch.Tensor) else out, x)
+            if not out.requires_grad:
+                raise AttackError(
+                    "the model's scores carry no gradient: its forward runs under torch.no_grad() "
+                    "or detaches the input or output (.detach(), .numpy(), .item()), so no input "
+                    "gradient can be taken. Leave grad mode on in forward and keep the computation "
+                    "in torch tensors (the plugin itself switches gradients off where it needs "
+                    "none), or gate this model with attacks that need no gradient.",
+                    where=self.source)
+            total = per_sample(out).sum()
+            try:
+                grads = torch.autograd.grad(total, [leaf for leaf, _ in leaves], allow_unused=True)
+            except AdvRobustError:
+                raise
+            except Exception as exc:  # a custom backward, or tensors made in inference mode
+                raise model_raised(exc, self.source, during="the backward pass") from None
+            if any(grad is None for grad in grads):
+                raise AttackError(
+                    "the model's scores do not depend on its input through autograd: forward "
+                    "detaches the input (.detach(), .numpy(), .item() or a copy through another "
+                    "library), so no input gradient can be taken. Keep the computation in torch "
+                    "tensors, or gate this model with attacks that need no gradient.",
+                    where=self.source)
+            parts = [grad[:real].detach() for grad, (_, real) in zip(grads, leaves)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), out.detach()
+
+    def _chunk_scores(self, forward: Callable[[torch.Tensor], torch.Tensor], chunk: torch.Tensor,
+                      real: int) -> torch.Tensor:
+        """The model's scores for one chunk (normalised inside), as class columns, without
+        the pad rows; a score tensor with another number of rows than the chunk is refused
+        before the pad is cut (cutting would hide the extra rows)."""
+        out = self._run(forward, self.normalize(chunk))
+        if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] != len(chunk):
+            self._check_scores(out, chunk)  # raises, naming the shape
+        out = self._as_classes(out, chunk)
+        return out[:real] if isinstance(out, torch.Tensor) and real != len(chunk) else out
+
+    def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Call the model; anything it raises becomes a model error naming the exception and
+        the user's own line (never torch's or the plugin's traceback)."""
+        try:
+            return forward(x)
+        except AdvRobustError:
+            raise
+        except Exception as exc:  # the user's model: report it as theirs
+            raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
 
     def notes(self, gradient: bool = False) -> list[str]:
         """What a reader of a gate's result should know about how this model was run
@@ -290,21 +358,35 @@ class Classifier:
 
         ``objective`` gets the scores in float64 (from the float32 forward, so the loss
         cannot saturate) and returns one loss per sample."""
-        if self.gradient_error is not None:
-            raise AttackError(self.gradient_error, where=self.source)
-        with torch.enable_grad():
-            leaf = x.detach().to(self.device, self.dtype).requires_grad_(True)
-            out = self._differentiable_forward(self.normalize(leaf))
-            self._check_scores(out.detach(), x)
-            (grad,) = torch.autograd.grad(objective(out.double()).sum(), leaf)
-        return grad.detach(), out.detach()
+        return self._gradient(x, lambda out: objective(out.double()))
 
     def _check_scores(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise ModelLoadError(f"the model returned {type(out).__name__}, not a tensor of class "
+                                 "scores [batch, classes].", where=self.source)
+        if out.layout != torch.strided or out.device.type == "meta":
+            raise ModelLoadError(
+                f"the model returned scores as a {str(out.layout).replace('torch.', '')} tensor on "
+                f"device {out.device.type!r}, which hold no values to compare; return a dense "
+                "tensor of class scores (.to_dense(), and keep the model on a real device).",
+                where=self.source)
+        if not out.is_floating_point():
+            raise ModelLoadError(
+                f"the model returned scores of dtype {str(out.dtype).replace('torch.', '')}; class "
+                "scores must be floating-point logits or probabilities (labels or rounded scores "
+                "have no gradient and hide how close a decision is). Return the float scores, "
+                "before any argmax or cast.", where=self.source)
         if out.dim() != 2:
             raise ModelLoadError(
                 f"the model returned scores of shape {tuple(out.shape)} for inputs of shape "
                 f"{tuple(x.shape)}; a classifier must return [batch, classes]. If it has several "
                 "outputs, choose one with the output key.", where=self.source)
+        if out.shape[0] != x.shape[0] or out.shape[1] == 0:
+            raise ModelLoadError(
+                f"the model returned scores of shape {tuple(out.shape)} for a batch of "
+                f"{x.shape[0]} inputs; a classifier must return one row of class scores per input "
+                "([batch, classes], classes >= 1). Check forward for a transpose, a fixed batch "
+                "size or rows dropped or added.", where=self.source)
         if not torch.isfinite(out).all():
             raise ScoresNotFinite(
                 f"the model returned NaN or inf scores for {int((~torch.isfinite(out)).any(1).sum())} "
@@ -317,3 +399,36 @@ class Classifier:
         if self.num_classes is None:
             self.num_classes = int(out.shape[1])
         return out
+
+
+#: a forward that writes into the batch it is given
+IN_PLACE = ("the model modified its input in place (forward changes the tensor it is given: "
+            "x.clamp_(...), x -= mean, x[...] = ...). The plugin reuses each batch for every gate, "
+            "so later gates would run on altered inputs. Work on a copy in forward "
+            "(x = x.clamp(...), x = x - mean).")
+
+
+def model_raised(exc: BaseException, source: str, *, shape: tuple[int, ...] | None = None,
+                 during: str = "") -> AdvRobustError:
+    """A user's model raising anything, as one paragraph: type, first line, the user's frame.
+
+    Weights made under ``torch.inference_mode()`` are the one case that is not the model's
+    code: they can be scored but never differentiated, so only gradient attacks fail."""
+    text = " ".join(str(exc).strip().split("\n")[0].split())[:400] or "(no message)"
+    if "in-place operation" in text:
+        frame = user_frame(exc)
+        return ModelLoadError(IN_PLACE + (f" (in {frame})" if frame else ""), where=source)
+    if "Inference tensors" in text:
+        return AttackError(
+            "the model's weights were created under torch.inference_mode(), and such tensors "
+            "cannot take part in a gradient. Build or load the model outside inference mode "
+            "(torch.no_grad() is fine there).", where=source)
+    if isinstance(exc, KeyError):
+        text = f"key {text}"
+    frame = user_frame(exc)
+    where = f" in {frame}" if frame else ""
+    what = f" on a batch of shape {shape}" if shape is not None else ""
+    during = f" during {during}" if during else ""
+    return ModelLoadError(f"the model raised {type(exc).__name__}{during}{what}{where}: {text} "
+                          "Fix the model code there (run it on one batch of the data outside the "
+                          "plugin to reproduce).", where=source)

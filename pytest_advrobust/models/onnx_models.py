@@ -9,7 +9,7 @@ black-box attacks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -196,20 +196,59 @@ def load_onnx(path: Path, *, output: str | None, device: torch.device, **kwargs:
 
 
 def _refuse_escaping_external_data(proto: Any, path: Path) -> None:
-    """External tensor data must stay inside the model's folder (no ``../`` escapes)."""
-    from onnx.external_data_helper import uses_external_data
-
+    """External tensor data must stay inside the model's folder (no ``../`` escapes, no
+    absolute paths, no symlinks out), wherever a graph can name a file: initializers,
+    sparse initializers, tensor attributes of any node (``Constant``), and the same inside
+    subgraphs (``If``/``Loop``/``Scan`` bodies) and model-local functions."""
     root = path.parent.resolve()
-    for tensor in proto.graph.initializer:
-        if not uses_external_data(tensor):
+    for tensor, owner in _all_tensors(proto):
+        if not (tensor.external_data or tensor.data_location == 1):  # 1: TensorProto.EXTERNAL
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (root / location).resolve()
-        if Path(location).is_absolute() or root not in target.parents:
+        if not location or Path(location).is_absolute() or root not in target.parents:
             raise ModelLoadError(
-                f"initializer {tensor.name!r} points at external data {location!r}, outside the "
-                "model's folder. Refused: a model file may not read other files on this machine. "
-                "Keep external data next to the .onnx file.", where=str(path))
+                f"{owner} points at external data {location!r}, outside the model's folder. "
+                "Refused: a model file may not read other files on this machine. Keep external "
+                "data next to the .onnx file.", where=str(path))
+
+
+def _all_tensors(proto: Any) -> Iterator[tuple[Any, str]]:
+    """Every TensorProto of a model that could hold external data, with its owner in words."""
+    yield from _graph_tensors(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            yield from _node_tensors(node, f" (function {function.name!r})")
+
+
+def _graph_tensors(graph: Any, inside: str = "") -> Iterator[tuple[Any, str]]:
+    for tensor in graph.initializer:
+        yield tensor, f"initializer {tensor.name!r}{inside}"
+    for sparse in graph.sparse_initializer:
+        name = sparse.values.name or sparse.indices.name
+        yield sparse.values, f"sparse initializer {name!r}{inside}"
+        yield sparse.indices, f"sparse initializer {name!r} (indices){inside}"
+    for node in graph.node:
+        yield from _node_tensors(node, inside)
+
+
+def _node_tensors(node: Any, inside: str) -> Iterator[tuple[Any, str]]:
+    owner = f"node {node.name or node.op_type!r} ({node.op_type})"
+    for attribute in node.attribute:
+        what = f"{owner} attribute {attribute.name!r}{inside}"
+        if attribute.HasField("t"):
+            yield attribute.t, what
+        for tensor in attribute.tensors:
+            yield tensor, what
+        sparse = list(attribute.sparse_tensors)
+        if attribute.HasField("sparse_tensor"):
+            sparse.append(attribute.sparse_tensor)
+        for item in sparse:
+            yield item.values, what
+            yield item.indices, what
+        subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+        for graph in subgraphs:
+            yield from _graph_tensors(graph, f" (in the subgraph {attribute.name!r} of {owner}){inside}")
 
 
 def _choose_output(session: Any, wanted: str | int | None, source: str) -> tuple[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 import zipfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ModelLoadError
-from .base import Classifier
+from .base import Classifier, model_raised, user_frame
 
 __all__ = ["TorchClassifier", "load_torch_module", "borrowed", "static_batch"]
 
@@ -37,9 +38,13 @@ class TorchClassifier(Classifier):
         try:
             out = self.module(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+            if "Inference tensors" in str(exc) or "in-place operation" in str(exc):  # not the batch's shape
+                raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
+            frame = user_frame(exc)
             raise ModelLoadError(
                 f"the model rejected a batch of shape {tuple(x.shape)} and dtype "
-                f"{str(x.dtype).replace('torch.', '')}: {_first_line(exc)} Check that the data has "
+                f"{str(x.dtype).replace('torch.', '')}{f' (in {frame})' if frame else ''}: "
+                f"{_first_line(exc)} Check that the data has "
                 "the shape the model expects (flat vectors vs NCHW images) and its dtype.",
                 where=self.source) from None
         return self._pick(out, len(x))
@@ -113,7 +118,9 @@ def borrowed(module: Any) -> Iterator[None]:
         yield
         return
     modes = [(m, m.training) for m in module.modules()]
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+    # parameters made under torch.inference_mode() refuse flag changes (and any gradient;
+    # that is reported when a gradient is taken)
+    flags = [(p, p.requires_grad) for p in module.parameters() if not p.is_inference()]
     try:
         with contextlib.suppress(NotImplementedError):  # torch.export modules refuse .eval()
             module.eval()
@@ -147,7 +154,9 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
     try:
         module = factory()
     except Exception as exc:  # the user's code: report it, do not crash
-        raise ModelLoadError(f"the model factory raised {type(exc).__name__}: {_first_line(exc)}",
+        frame = user_frame(exc)
+        raise ModelLoadError(f"the model factory raised {type(exc).__name__}: {_first_line(exc)}"
+                             f"{f' (in {frame})' if frame else ''}",
                              where=_qualname(factory)) from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"the model factory returned {type(module).__name__}, not a "
@@ -170,6 +179,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError("weights file not found. Check the weights key (relative to "
                              "pyproject.toml).", where=str(path))
+    verify_archive(path, "weights")
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
             warnings.simplefilter("ignore", UserWarning)
@@ -189,18 +199,24 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_export(path: Path, device: torch.device) -> Any:
+    hint = "Re-export it with torch.export.save(torch.export.export(model, (example,)), path)."
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"is not a torch.export archive (not a zip file: truncated, or of "
+                             f"another format). {hint}", where=str(path))
+    verify_archive(path, "model")
     try:
-        program = torch.export.load(str(path))
+        with _quiet("torch.export"):  # torch logs its own traceback before raising
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"is not a torch.export archive readable by torch "
-                             f"{torch.__version__}: {_first_line(exc)} Re-export it with "
-                             "torch.export.save(torch.export.export(model, (example,)), path).",
+                             f"{torch.__version__}: {_first_line(exc)} {hint}",
                              where=str(path)) from None
     module = program.module()
     return module.to(device) if device.type != "cpu" else module
 
 
 def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
+    verify_archive(path, "model")
     try:
         with warnings.catch_warnings():  # torch deprecates TorchScript; users still ship it
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -257,6 +273,35 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"{str(value.dtype).replace('torch.', '')} {list(value.shape)}"
     return type(value).__name__
+
+
+def verify_archive(path: Path, key: str) -> None:
+    """Check the CRC of every member of a zip archive (TorchScript, torch.save, .pt2) before
+    torch reads it: torch does not, and loads flipped bytes as garbage weights."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy (non-zip) torch.save file, or not an archive: the loader says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as exc:  # a damaged header or compressed stream
+        damaged = f"? ({type(exc).__name__}: {_first_line(exc)[:-1]})"
+    if damaged is not None:
+        raise ModelLoadError(
+            f"is damaged: the archive member {damaged!r} fails its CRC check (flipped bytes: a "
+            "bad copy, a truncated download or a disk error), so its weights would be garbage. "
+            f"Rebuild or re-download the file (check the {key} key's file against its source).",
+            where=str(path))
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence a torch logger for the duration (it logs a traceback we report in one line)."""
+    logger = logging.getLogger(name)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _qualname(obj: Any) -> str:

@@ -7,15 +7,35 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import AdvRobustError
 from .files import atomic_write
 
-__all__ = ["save_perturbation", "render_perturbation", "as_image"]
+__all__ = ["UnsafePath", "inside", "save_perturbation", "render_perturbation", "as_image"]
+
+
+class UnsafePath(AdvRobustError):
+    """A file name that would land outside the folder it is meant for."""
+
+    kind = "path error"
+
+
+def inside(folder: Path, filename: str) -> Path:
+    """``folder / filename``, refused unless it resolves to a file directly in ``folder``
+    (no separators, no ``..``, no symlink leading out): names from the config never choose
+    where a file goes."""
+    target = folder / filename
+    if (Path(filename).name != filename or filename in (".", "..")
+            or target.resolve().parent != folder.resolve()):
+        raise UnsafePath(f"the file name {filename!r} would be written outside {folder}; refused. "
+                         "Model and attack names may hold only letters, digits, '_', '-' and '.'.",
+                         where=str(folder))
+    return target
 
 
 def save_perturbation(delta: np.ndarray, folder: Path, stem: str, *, title: str = "") -> list[Path]:
     """Write ``stem.npy`` (always) and ``stem.png`` (when matplotlib is installed)."""
-    paths = [atomic_write(folder / f"{stem}.npy", lambda tmp: _save_npy(tmp, delta))]
-    png = folder / f"{stem}.png"
+    paths = [atomic_write(inside(folder, f"{stem}.npy"), lambda tmp: _save_npy(tmp, delta))]
+    png = inside(folder, f"{stem}.png")
     if render_perturbation(delta, png, title=title):
         paths.append(png)
     return paths

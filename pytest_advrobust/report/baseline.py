@@ -13,6 +13,7 @@ key when the fingerprints agree (see ``gate.regression_reason`` for the rule).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -95,15 +96,23 @@ def write_baseline(path: Path, results: Iterable[AttackResult], *, merge: bool =
 
 
 def load_baseline(path: Path) -> dict[str, BaselineEntry]:
-    """Gate key -> entry. Every problem is a :class:`BaselineError` naming the file."""
+    """Gate key -> entry. Every problem is a :class:`BaselineError` naming the file (and the
+    entry and field at fault)."""
     hint = "Write one with --advrobust-save-baseline PATH on a run you trust."
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise BaselineError(f"the baseline file does not exist. {hint}", where=where) from None
     except OSError as exc:
         raise BaselineError(f"cannot read the baseline file ({exc.strerror}).", where=where) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BaselineError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); a "
+                            f"baseline is JSON written by pytest-advrobust, so the file is damaged "
+                            f"or is another file. {hint}", where=where) from None
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -119,21 +128,42 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry]:
     if not isinstance(raw, dict):
         raise BaselineError(f"\"results\" must be an object of gate key -> figures. {hint}",
                             where=where)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    # field -> (is it valid, what it must be); a field that is absent is not checked
+    rules = {
+        "eps": (lambda v: v is None or (number(v) and v >= 0), "a number >= 0, or null for clean"),
+        "n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "a whole number >= 0"),
+        "correct": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                    "a whole number >= 0"),
+        "fingerprint": (lambda v: v is None or isinstance(v, dict), "an object"),
+        "model": (lambda v: isinstance(v, str), "a string"),
+        "attack": (lambda v: isinstance(v, str), "a string"),
+    }
     entries = {}
     for key, item in raw.items():
-        try:
-            accuracy = float(item["accuracy"])
-            if not 0.0 <= accuracy <= 1.0:
-                raise ValueError(accuracy)
-            exact = _exact(item)
-            if exact is not None and abs(exact - accuracy) <= 1e-6:
-                accuracy = exact  # the stored figure is rounded; a hand-edited one wins
-            entries[key] = BaselineEntry(key=key, accuracy=accuracy, n=int(item.get("n", 0)),
-                                         fingerprint=dict(item.get("fingerprint") or {}),
-                                         label=_label(item, key))
-        except (KeyError, TypeError, ValueError):
-            raise BaselineError(f"the entry {key!r} has no valid \"accuracy\" (a number in [0, 1]). "
-                                f"{hint}", where=where) from None
+        if not isinstance(item, dict):
+            raise BaselineError(f"the entry {key!r} must be an object of figures, not "
+                                f"{type(item).__name__}. {hint}", where=where)
+        accuracy = item.get("accuracy")
+        if not (number(accuracy) and 0.0 <= accuracy <= 1.0):
+            raise BaselineError(f"the entry {key!r} has no valid \"accuracy\" (a number in [0, 1]"
+                                f"{'' if 'accuracy' not in item else f', not {accuracy!r}'}). {hint}",
+                                where=where)
+        for name, (valid, expected) in rules.items():
+            if name in item and not valid(item[name]):
+                raise BaselineError(f"the entry {key!r} has an invalid \"{name}\": {item[name]!r} "
+                                    f"(it must be {expected}). {hint}", where=where)
+        accuracy = float(accuracy)
+        exact = _exact(item)
+        if exact is not None and abs(exact - accuracy) <= 1e-6:
+            accuracy = exact  # the stored figure is rounded; a hand-edited one wins
+        entries[key] = BaselineEntry(key=key, accuracy=accuracy, n=int(item.get("n", 0)),
+                                     fingerprint=dict(item.get("fingerprint") or {}),
+                                     label=_label(item, key))
     return entries
 
 

@@ -6,6 +6,7 @@ as a reference line), the fitted universal perturbation(s), and the linearity pl
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import AdvRobustError
 from ..results import AttackResult
-from .artifacts import render_perturbation
+from .artifacts import inside, render_perturbation
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def write_plots(results: Iterable[AttackResult], folder: Path, *,
             except AdvRobustError as exc:
                 problems.append(f"linearity plot of {model}: {exc}")
                 continue
-            written.append(linearity_plot(curves, folder / f"{_safe(model)}-linearity.png", model=model))
+            written.append(linearity_plot(curves, inside(folder, f"{_safe(model)}-linearity.png"), model=model))
     return written, problems
 
 
@@ -105,7 +106,7 @@ def robustness_curves(results: Iterable[AttackResult], folder: Path) -> list[Pat
             axis.set_title(f"{model}: accuracy under attack (bands: 95% Wilson interval)", fontsize=10)
             axis.legend(fontsize=8, loc="lower left")
             figure.tight_layout()
-            written.append(_save(figure, folder / f"{_safe(model)}-robustness.png"))
+            written.append(_save(figure, inside(folder, f"{_safe(model)}-robustness.png")))
         finally:
             plt.close(figure)
     return written
@@ -120,7 +121,7 @@ def perturbation_images(results: Iterable[AttackResult], folder: Path) -> list[P
             if not artifact.endswith(".npy") or not Path(artifact).is_file():
                 continue
             delta = np.load(artifact)
-            target = folder / f"{_safe(r.model)}-{r.attack}-eps{r.eps:g}.png"
+            target = inside(folder, f"{_safe(Path(artifact).stem)}.png")  # the artifact's unique stem
             title = (f"{r.attack} perturbation on {r.model}, eps={r.eps:g}\n"
                      f"accuracy {r.accuracy:.3f} (clean {r.clean_accuracy:.3f})")
             if render_perturbation(delta, target, title=title, any_shape=True):
@@ -182,7 +183,12 @@ def _order(name: str) -> tuple[int, str]:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]", "_", name)
+    """A file-name part for ``name``: itself when it follows the model-name rule, else a
+    cleaned form plus a hash of the original, so two names never share a file."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) and ".." not in name:
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "model"
+    return f"{cleaned[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _save(figure: Any, path: Path) -> Path:
