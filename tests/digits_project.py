@@ -132,7 +132,7 @@ def write_digits_project(root: Path, models: str, *, mlp_onnx: bool = False,
     return root / "pyproject.toml"
 
 
-def build_cnn() -> torch.nn.Module:
+def build_flat_cnn() -> torch.nn.Module:
     """A small CNN over the 8x8 digits (flat 64-vectors in, 10 logits out)."""
     return torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 8, 3, padding=1),
                                torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
@@ -140,12 +140,12 @@ def build_cnn() -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=1)
-def trained_cnn_state() -> dict:
+def trained_flat_cnn_state() -> dict:
     """Trained briefly (150 full-batch Adam steps, about 2 s of CPU): confident enough that
     float32 cross-entropy saturates on many samples."""
     x, y, _, _ = digits_split()
     torch.manual_seed(0)
-    model = build_cnn()
+    model = build_flat_cnn()
     optimiser = torch.optim.Adam(model.parameters(), lr=0.03)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(150):
@@ -155,7 +155,7 @@ def trained_cnn_state() -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def trained_cnn() -> torch.nn.Module:
-    model = build_cnn()
-    model.load_state_dict(trained_cnn_state())
+def trained_flat_cnn() -> torch.nn.Module:
+    model = build_flat_cnn()
+    model.load_state_dict(trained_flat_cnn_state())
     return model.eval()

@@ -155,12 +155,12 @@ def test_exact_fgsm_on_a_digits_cnn_is_stronger_than_float32_cross_entropy() -> 
     """Before/after on a small CNN: the gradient of float32 cross-entropy (what peer libraries
     take) against ours (the loss in float64). Measured: eps 0.2, 0.085 -> 0.024; eps 0.3,
     0.026 -> 0.000."""
-    from digits_project import digits_split, trained_cnn
+    from digits_project import digits_split, trained_flat_cnn
     from pytest_advrobust.models.torch_models import TorchClassifier
 
     _, _, x_np, y_np = digits_split()
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    net = trained_cnn()
+    net = trained_flat_cnn()
     model = TorchClassifier(net, name="cnn", input_range=(0, 1))
     exact, scores = model.loss_gradient(x, y)
     leaf = x.clone().requires_grad_(True)
@@ -181,13 +181,13 @@ def test_linearity_plot_direction_lowers_the_true_class_score() -> None:
     """The linearity plot's "FGSM direction" is the exact one: on the digits CNN's samples
     whose float32 p_y is exactly 1.0, the true class's logit falls along it for every one,
     while along the float32 cross-entropy's direction it rises for some (7 of 50 here)."""
-    from digits_project import digits_split, trained_cnn
+    from digits_project import digits_split, trained_flat_cnn
     from pytest_advrobust.linearity import linearity_curves
     from pytest_advrobust.models.torch_models import TorchClassifier
 
     _, _, x_np, y_np = digits_split()
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    net = trained_cnn()
+    net = trained_flat_cnn()
     with torch.no_grad():
         logits = net(x)
     saturated = (torch.softmax(logits, 1).max(1).values == 1.0) & (logits.argmax(1) == y)
