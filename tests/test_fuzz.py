@@ -142,8 +142,8 @@ CHECKS = {
     "fgsm": 'attack = "fgsm"\neps = [0.05, 0.1]\nmin-accuracy = 0.5\n',
     "noise": 'attack = "noise"\neps = 0.1\nmax-drop = 0.2\n',
     "pgd": 'attack = "pgd"\neps = 0.1\nsteps = 2\nmin-accuracy = 0.1\n',
-    "universal": 'attack = "universal"\neps = 0.1\nfit-samples = 4\nsteps = 1\n',
-    "spsa": 'attack = "spsa"\neps = 0.1\nqueries = 6\nsamples = 2\n',
+    "universal": 'attack = "universal"\neps = 0.1\nfit-samples = 4\nsteps = 1\nmin-accuracy = 0.1\n',
+    "spsa": 'attack = "spsa"\neps = 0.1\nqueries = 6\nsamples = 2\nmin-accuracy = 0.1\n',
 }
 #: model names that try to become paths or break ids
 HOSTILE_NAMES = ["../../escaped", "/tmp/abs", "a::b", "x[1]", "a b", "..", "caf\u00e9", "-x", "a/b"]

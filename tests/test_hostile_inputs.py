@@ -283,7 +283,7 @@ def _parse(table: dict):
     from pytest_advrobust.config import AttackOptions, parse_config
 
     attacks = {"clean": AttackOptions(uses_eps=False)}
-    return parse_config({"data": "d.npz", "checks": [{"attack": "clean"}], **table},
+    return parse_config({"data": "d.npz", "checks": [{"attack": "clean", "report-only": True}], **table},
                         path=Path("pyproject.toml"), attacks=attacks)
 
 
@@ -358,7 +358,7 @@ def test_two_fitted_checks_at_one_eps_keep_both_perturbations(tmp_path, task) ->
 
     w, x, y = task
     save_torchscript(LinearNet(w, np.zeros(3, np.float32)), tmp_path / "m.pt")
-    checks = "".join(f'[[tool.advrobust.checks]]\nattack = "universal"\neps = 0.1\nfit-samples = 20\n'
+    checks = "".join(f'[[tool.advrobust.checks]]\nattack = "universal"\nreport-only = true\neps = 0.1\nfit-samples = 20\n'
                      f'steps = {steps}\n' for steps in (1, 3))
     results = gate_session(tmp_path, "m.pt", x, y, checks=checks).run_all()
     saved = sorted(p.name for p in (tmp_path / ".advrobust" / "universal").glob("*.npy"))
@@ -590,7 +590,7 @@ def test_did_you_mean_ignores_case() -> None:
     with pytest.raises(ConfigError, match=r"checks\[0\] attack: unknown attack 'FGSM'. Did you mean "
                                           r"'fgsm'\? \(names are case-sensitive\)"):
         parse_config(table, path=Path("pyproject.toml"), attacks=attacks)
-    table = {"model": "m.onnx", "data": "d.npz", "Batch-Size": 4, "checks": [{"attack": "clean"}]}
+    table = {"model": "m.onnx", "data": "d.npz", "Batch-Size": 4, "checks": [{"attack": "clean", "report-only": True}]}
     with pytest.raises(ConfigError, match=r"Batch-Size: unknown key. Did you mean 'batch-size'\?"):
         parse_config(table, path=Path("pyproject.toml"), attacks=attacks)
 
@@ -603,16 +603,20 @@ def test_several_config_errors_are_reported_at_once(pytester: pytest.Pytester) -
         model = "m.onnx"
         [[tool.advrobust.models.a.checks]]
         attack = "FGSM"
+        report-only = true
         eps = 0.1
         [[tool.advrobust.models.a.checks]]
         attack = "fgsm"
+        report-only = true
         eps = -1
         [[tool.advrobust.models.a.checks]]
         attack = "clean"
+        report-only = true
         [tool.advrobust.models.b]
         model = "m.h5"
         [[tool.advrobust.models.b.checks]]
         attack = "clean"
+        report-only = true
         [tool.advrobust.models."c d"]
         model = "m.onnx"
         '''))
@@ -648,7 +652,7 @@ def test_one_config_error_reads_as_before() -> None:
     from pytest_advrobust.config import AttackOptions, parse_config
     from pytest_advrobust.errors import ConfigError
 
-    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "clean"}, {"attack": "fgsn", "eps": 0.1}]}
+    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "clean", "report-only": True}, {"attack": "fgsn", "eps": 0.1}]}
     with pytest.raises(ConfigError) as info:
         parse_config(table, path=Path("pyproject.toml"), attacks={"clean": AttackOptions(uses_eps=False),
                                                                  "fgsm": AttackOptions()})
@@ -661,8 +665,10 @@ def test_data_filling_a_tiny_part_of_input_range_warns_once_per_model(pytester: 
     write_project(pytester.path, x, y, textwrap.dedent('''
         [[tool.advrobust.checks]]
         attack = "clean"
+        report-only = true
         [[tool.advrobust.checks]]
         attack = "fgsm"
+        report-only = true
         eps = [4, 8]
         '''), extra='input-range = [0, 255]\n')
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "always")
@@ -676,7 +682,7 @@ def test_data_filling_a_tiny_part_of_input_range_warns_once_per_model(pytester: 
 
 def test_narrow_data_warning_turned_into_an_error_is_a_data_error(pytester: pytest.Pytester, blobs) -> None:
     x, y = blobs
-    write_project(pytester.path, x, y, '[[tool.advrobust.checks]]\nattack = "clean"\n',
+    write_project(pytester.path, x, y, '[[tool.advrobust.checks]]\nattack = "clean"\nreport-only = true\n',
                   extra='input-range = [0, 255]\n')
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "error")
     result.assert_outcomes(failed=1)
@@ -824,9 +830,9 @@ def test_an_explicit_config_that_is_missing_or_has_no_table_is_a_usage_error(pyt
         (pytester.path / "robust.toml").write_text(content)
     result = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-config=robust.toml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: pytest-advrobust: --advrobust-config */robust.toml: "
-                                 + ("no such file.*" if content is None else "the file has no "
-                                    "[[]tool.advrobust[]] table, so no gate would run.*")])
+    result.stderr.fnmatch_lines(["ERROR: pytest-advrobust: --advrobust-config=robust.toml: */robust.toml "
+                                 + ("does not exist.*" if content is None else
+                                    "has no [[]tool.advrobust[]] table.*")])
 
 
 def test_narrow_data_made_an_error_fails_every_later_pass_too(tmp_path, task) -> None:

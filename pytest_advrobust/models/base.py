@@ -200,15 +200,15 @@ class Classifier:
         respect to the raw input, and the scores of the same forward pass (so a gradient
         attack's clean pass is free)."""
         y = y.to(self.device)
-        y = y.clone() if y.is_inference() else y
 
-        def total(out: torch.Tensor) -> torch.Tensor:
+        def total(out: torch.Tensor) -> torch.Tensor:  # runs with inference mode off
+            labels = y.clone() if y.is_inference() else y
             if int(y.max()) >= out.shape[1]:
                 raise DataError(f"a label is {int(y.max())} but the model scores {out.shape[1]} "
                                 f"classes, so labels must lie in 0..{out.shape[1] - 1}. Check that "
                                 "the labels match the model's class order."
                                 + (BINARY_LABELS if self.binary else ""))
-            return loss_per_sample(out, y, self.output_kind, loss)
+            return loss_per_sample(out, labels, self.output_kind, loss)
 
         return self._gradient(x, total)
 
