@@ -58,6 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
                     help="write PNG plots (robustness curves, universal perturbations, "
                          "linearity); needs pip install pytest-advrobust[plots].")
+    _add_run_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,9 +66,46 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "advrobust(model=None): an adversarial robustness gate; on a hand-written test, "
         "`model` picks which configured model the `advrobust` fixture attacks.")
+    _share_threads(config)
+    _register_xdist_group(config)
     plugin = RobustnessPlugin(config)
     config.stash[SESSION_KEY] = plugin
     config.pluginmanager.register(plugin, "advrobust-session")
+
+
+# -- threads, marks and progress (how a run behaves, not what it gates) -------------------
+def _add_run_options(group: Any) -> None:
+    group.addoption("--advrobust-threads", metavar="N", default=None,
+                    help="threads for torch and onnxruntime in each pytest process (each xdist "
+                         "worker); 0 keeps the libraries' defaults. Default: "
+                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else cores // workers "
+                         "on an xdist worker, else the libraries' defaults.")
+
+
+def _share_threads(config: pytest.Config) -> None:
+    """Give this process its thread count (an xdist worker: its share of the cores), before
+    any gate starts torch; see :mod:`pytest_advrobust.threads`."""
+    from . import threads
+
+    workerinput = getattr(config, "workerinput", None)
+    workers = None
+    if workerinput is not None:
+        workers = int(workerinput.get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    try:
+        choice = threads.choose(config.getoption("advrobust_threads"), os.environ, workers=workers,
+                                cores=threads.available_cores())
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+    if choice.threads is not None:
+        threads.apply(choice.threads)
+
+
+def _register_xdist_group(config: pytest.Config) -> None:
+    """Gate items carry ``xdist_group`` (for ``--dist loadgroup``); without pytest-xdist the
+    mark is unknown, so register it: a user's run must not warn because of the plugin."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): used by pytest-xdist's "
+                                "--dist loadgroup (registered by pytest-advrobust, xdist absent).")
 
 
 def _may_configure_gates(path: Path) -> bool:
