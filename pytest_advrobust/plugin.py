@@ -139,6 +139,8 @@ class RobustnessPlugin:
         self.current = ""  # the gate running now, for progress lines
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
+        #: model -> linearity curves (or the error) computed on an xdist worker
+        self.linearity: dict[str, dict[str, Any]] = {}
         self._session: RobustnessSession | None = None
         if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
             return
@@ -180,11 +182,13 @@ class RobustnessPlugin:
         payload = getattr(node, "workeroutput", {}).get("advrobust")
         if payload:
             self.results.extend(json.loads(payload))
+        self._receive_linearity(getattr(node, "workeroutput", {}))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         own = [r.to_dict() for r in self._session.engine.results] if self._session else []
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
+            self._send_linearity()
             return
         self.results.extend(own)
         target = self.config.getoption("advrobust_json")
@@ -215,11 +219,39 @@ class RobustnessPlugin:
             from .report.plots import write_plots
 
             session = self.session
-            written, problems = write_plots(
-                results, Path(option("advrobust_plots")),
-                linearity=lambda name: model_curves(session.engine, session.spec(name)))
+
+            def linearity(name: str) -> Any:
+                if name in self.linearity:  # computed on the xdist worker that had the model
+                    return _shipped_curves(self.linearity[name])
+                return model_curves(session.engine, session.spec(name))  # the cached classifier
+
+            written, problems = write_plots(results, Path(option("advrobust_plots")),
+                                            linearity=linearity)
             self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
             self.notes.extend(f"plot skipped: {problem}" for problem in problems)
+
+    # -- the linearity plot under xdist: drawn by the controller, computed where the model is
+    def _send_linearity(self) -> None:
+        """On a worker: the linearity curves of the models this worker loaded for its gates,
+        so the controller draws the plot without loading any model again."""
+        if not self.config.getoption("advrobust_plots") or self._session is None:
+            return
+        from .errors import AdvRobustError
+        from .linearity import model_curves
+
+        shipped: dict[str, Any] = {}
+        for name in sorted({r.model for r in self._session.engine.results}):
+            try:
+                shipped[name] = model_curves(self._session.engine, self._session.spec(name)).to_dict()
+            except AdvRobustError as exc:
+                shipped[name] = {"error": str(exc), "kind": exc.kind}
+        self.config.workeroutput["advrobust-linearity"] = json.dumps(shipped)  # type: ignore[attr-defined]
+
+    def _receive_linearity(self, workeroutput: dict) -> None:
+        payload = workeroutput.get("advrobust-linearity")
+        if payload:
+            for name, curves in json.loads(payload).items():
+                self.linearity.setdefault(name, curves)
 
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
@@ -271,6 +303,16 @@ class RobustnessPlugin:
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
                 and (not on_worker or other.request.check.index == item.request.check.index
                      or other.request.check.attack == "clean")]
+
+
+def _shipped_curves(shipped: dict[str, Any]) -> Any:
+    """A worker's linearity curves, or its reason for having none (raised, as locally)."""
+    from .errors import AttackError
+    from .linearity import LinearityCurves
+
+    if "error" in shipped:
+        raise AttackError(shipped["error"])
+    return LinearityCurves.from_dict(shipped)
 
 
 def _load_baseline(config: pytest.Config) -> Any:

@@ -125,3 +125,41 @@ def test_a_gated_run_without_xdist_shows_no_warning_from_the_plugin(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-W", "error")
     result.assert_outcomes(passed=3)
     assert "warnings summary" not in result.stdout.str()
+
+
+#: counts model loads per process (controller or xdist worker), then lets the built-in load
+LOAD_COUNTER = '''
+import os
+
+def pytest_advrobust_load_model(spec, config):
+    where = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    with open(f"loads-{where}.txt", "a") as handle:
+        handle.write(spec.name + "\\n")
+    return None
+'''
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_linearity_plot_reuses_the_runs_classifiers(pytester: pytest.Pytester, blobs,
+                                                        workers: list[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model is loaded again for the plot: serially the session's cached classifier draws
+    it; under xdist the worker that ran the gates computes the curves, the controller draws."""
+    pytest.importorskip("matplotlib")
+    if workers:
+        pytest.importorskip("xdist")
+    x, y = blobs
+    write_project(pytester.path, x, y, CHECKS)
+    pytester.makeconftest(LOAD_COUNTER)
+    _clean_thread_env(monkeypatch)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers,
+                                           "--advrobust-plots=plots", "-v")
+    result.assert_outcomes(passed=3)
+    assert (pytester.path / "plots" / "blob-linearity.png").stat().st_size > 1000
+    assert "plot skipped" not in result.stdout.str()
+    loads = {p.name: p.read_text().split() for p in pytester.path.glob("loads-*.txt")}
+    if workers:
+        assert "loads-controller.txt" not in loads, loads  # the controller loaded nothing
+        assert all(names == ["blob"] for names in loads.values()) and loads, loads
+    else:
+        assert loads == {"loads-controller.txt": ["blob"]}
