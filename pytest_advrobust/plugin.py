@@ -6,7 +6,6 @@ Heavy imports (torch, onnxruntime, matplotlib) happen when a gate runs, never he
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 
 from .errors import AdvRobustError, ConfigError
+from .progress import Progress
 
 if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
     from .config import ModelSpec
@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # the engine side loads only in a project that configures gat
 __all__ = ["GateItem", "GateFailed"]
 
 SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
-#: progress of long passes (``--log-cli-level=INFO`` shows it live; captured otherwise)
-progress_log = logging.getLogger("pytest_advrobust")
 
 
 class GateFailed(Exception):
@@ -80,6 +78,11 @@ def _add_run_options(group: Any) -> None:
                          "worker); 0 keeps the libraries' defaults. Default: "
                          "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else cores // workers "
                          "on an xdist worker, else the libraries' defaults.")
+    group.addoption("--advrobust-progress", choices=("auto", "on", "off"), default="auto",
+                    help="progress of the gates' passes (model, gates, batch k/n): auto = one "
+                         "live line on a terminal, nothing in a CI log; on = plain lines where "
+                         "the output is not a terminal; off. The pytest_advrobust logger always "
+                         "has it (--log-cli-level=INFO).")
 
 
 def _share_threads(config: pytest.Config) -> None:
@@ -136,7 +139,8 @@ class RobustnessPlugin:
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
         self.path = path
-        self.current = ""  # the gate running now, for progress lines
+        self.current = ""  # the gate running now
+        self.progress = Progress(config)  # the live line / log lines of long passes
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.results: list[dict[str, Any]] = []
         #: model -> linearity curves (or the error) computed on an xdist worker
@@ -167,7 +171,7 @@ class RobustnessPlugin:
         artifacts = self.config.getoption("advrobust_artifacts")
         return RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                  artifacts=Path(artifacts).resolve() if artifacts else None,
-                                 baseline=self.baseline, progress=self._progress)
+                                 baseline=self.baseline, progress=self.progress)
 
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -261,8 +265,10 @@ class RobustnessPlugin:
 
         return compare(self.baseline, results)
 
-    def _progress(self, message: str) -> None:
-        progress_log.info("advrobust %s: %s", self.current or "probe", message)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """The live progress line goes before pytest writes the test's outcome."""
+        self.progress.clear()
 
     def all_results(self) -> list["AttackResult"]:
         from .results import AttackResult

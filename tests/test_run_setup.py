@@ -4,6 +4,7 @@ of the plugin's own warnings."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -163,3 +164,53 @@ def test_the_linearity_plot_reuses_the_runs_classifiers(pytester: pytest.Pyteste
         assert all(names == ["blob"] for names in loads.values()) and loads, loads
     else:
         assert loads == {"loads-controller.txt": ["blob"]}
+
+
+def test_progress_is_quiet_in_a_log_unless_asked(pytester: pytest.Pytester, blobs) -> None:
+    x, y = blobs
+    write_project(pytester.path, x, y, CHECKS)
+    quiet = pytester.runpytest("-p", "no:cacheprovider")  # not a terminal: a CI log
+    quiet.assert_outcomes(passed=3)
+    assert "batch 1/4" not in quiet.stdout.str()
+    asked = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-progress=on")
+    asked.assert_outcomes(passed=3)
+    asked.stdout.fnmatch_lines(["advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.01/0.05",
+                                "advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05"])
+
+
+def test_progress_is_one_live_line_on_a_terminal(pytester: pytest.Pytester, blobs,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a pseudo-terminal the line is rewritten in place (carriage returns, no new
+    lines) and erased before pytest writes each outcome."""
+    import pty
+    import subprocess
+
+    x, y = blobs
+    write_project(pytester.path, x, y, CHECKS)
+    _clean_thread_env(monkeypatch)
+    env = {**os.environ, "COLUMNS": "150", "TERM": "xterm"}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
+                                "no:xdist"], cwd=pytester.path, stdout=follower, stderr=follower,
+                               stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    output = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")  # the tty's line ends
+    assert "[advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05]" in output
+    lines_with_progress = [line for line in output.split("\n") if "[advrobust blob" in line]
+    assert len(lines_with_progress) == 1  # one line, rewritten: no line feed between updates
+    assert lines_with_progress[0].count("\r") >= 4
+    # erased before the outcome: what remains visible on that line is pytest's own
+    visible = lines_with_progress[0].rsplit("\r", 1)[-1]
+    assert "[advrobust" not in visible and visible.startswith("pyproject.toml ..."), repr(visible)
+    assert "3 passed" in output
