@@ -29,6 +29,7 @@ ROWS = {
     "serial, library default threads (reference)": [],
     "serial, --advrobust-threads=1": ["--advrobust-threads=1"],
     "-n 2, each worker its share (default)": ["-n", "2"],
+    "-n 2 --dist loadgroup (each model on one worker), its share": ["-n", "2", "--dist", "loadgroup"],
     "-n 2, --advrobust-threads=0 (every worker all cores: the old behaviour)":
         ["-n", "2", "--advrobust-threads=0"],
 }

@@ -130,10 +130,8 @@ def test_a_gated_run_without_xdist_shows_no_warning_from_the_plugin(
 
 #: counts model loads per process (controller or xdist worker), then lets the built-in load
 LOAD_COUNTER = '''
-import os
-
 def pytest_advrobust_load_model(spec, config):
-    where = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    where = getattr(config, "workerinput", {}).get("workerid", "controller")
     with open(f"loads-{where}.txt", "a") as handle:
         handle.write(spec.name + "\\n")
     return None
