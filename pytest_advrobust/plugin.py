@@ -64,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "advrobust(model=None): an adversarial robustness gate; on a hand-written test, "
         "`model` picks which configured model the `advrobust` fixture attacks.")
-    _share_threads(config)
+    _share_threads(config, gated=_may_configure_gates(_config_path(config)))
     _register_xdist_group(config)
     plugin = RobustnessPlugin(config)
     config.stash[SESSION_KEY] = plugin
@@ -85,11 +85,15 @@ def _add_run_options(group: Any) -> None:
                          "has it (--log-cli-level=INFO).")
 
 
-def _share_threads(config: pytest.Config) -> None:
+def _share_threads(config: pytest.Config, *, gated: bool) -> None:
     """Give this process its thread count (an xdist worker: its share of the cores), before
-    any gate starts torch; see :mod:`pytest_advrobust.threads`."""
+    any gate starts torch; see :mod:`pytest_advrobust.threads`. A project without gates is
+    left alone unless the user asked for a count."""
     from . import threads
 
+    explicit = config.getoption("advrobust_threads") is not None or os.environ.get(threads.ENV, "").strip()
+    if not (gated or explicit):
+        return
     workerinput = getattr(config, "workerinput", None)
     workers = None
     if workerinput is not None:

@@ -212,3 +212,25 @@ def test_progress_is_one_live_line_on_a_terminal(pytester: pytest.Pytester, blob
     visible = lines_with_progress[0].rsplit("\r", 1)[-1]
     assert "[advrobust" not in visible and visible.startswith("pyproject.toml ..."), repr(visible)
     assert "3 passed" in output
+
+
+def test_a_project_without_gates_keeps_its_threads_under_xdist(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Having the plugin installed changes nothing for a project that configures no gates."""
+    pytest.importorskip("xdist")
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\n")
+    pytester.makepyfile(test_plain='''
+import json, os
+
+def test_record(worker_id):
+    with open(f"env-{worker_id}.json", "w") as handle:
+        json.dump([os.environ.get(k) for k in ("PYTEST_ADVROBUST_THREADS", "OMP_NUM_THREADS")], handle)
+
+def test_other():
+    pass
+''')
+    _clean_thread_env(monkeypatch)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+    (recorded,) = pytester.path.glob("env-gw*.json")
+    assert json.loads(recorded.read_text()) == [None, None]
