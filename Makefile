@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Opt-in: take torch's CPU-only build from PyTorch's own index instead of PyPI's default
+# (on Linux, PyPI's torch is the CUDA build, about 5.6 GB with its nvidia packages):
+#   make example TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Empty by default, so nothing depends on an index a machine may not reach.
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(strip $(TORCH_INDEX)),)
 
-.PHONY: setup example test bench clean
+.PHONY: setup example test bench dist clean
 
 setup: $(STAMP)
 
+# pip shows what it fetches and installs (the first install takes minutes: torch is large)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # The main job: train the example project's model (seconds), then run its robustness gates.
@@ -26,5 +33,12 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
 
+# sdist + wheel in dist/, checked with twine (build and twine go into the venv on demand).
+dist: setup
+	$(BIN)/python -m pip install --quiet build twine
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) example_project/models example_project/.advrobust .advrobust
+	rm -rf $(VENV) dist build example_project/models example_project/.advrobust .advrobust

@@ -86,6 +86,15 @@ class EvalData:
         self._range_error: DataError | None = None
 
     @property
+    def size(self) -> int | None:
+        """Samples a pass evaluates, once known without reading ahead (arrays already
+        loaded; ``max-samples`` caps it); None for a stream of batches (progress lines)."""
+        if self._arrays is None:
+            return None
+        count = len(self._arrays[1])
+        return count if self.spec.max_samples is None else min(count, self.spec.max_samples)
+
+    @property
     def source(self) -> str:
         return str(self.spec.resolve(self.spec.data)) if self.spec.data.lower().endswith(".npz") \
             else self.spec.data

@@ -199,12 +199,16 @@ class Engine:
         return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
                                  title=f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}")
 
-    def _report_progress(self, spec: ModelSpec, offset: int, what: str = "") -> None:
+    def _report_progress(self, spec: ModelSpec, offset: int, what: str = "",
+                         gates: Sequence[Request] = (), total: int | None = None) -> None:
+        """One progress line: the model, the gates this pass computes, and where it is."""
         if self._progress is not None:
+            total = total if total is not None else spec.max_samples
             batch = f"batch {offset // spec.batch_size + 1}"
-            if spec.max_samples:
-                batch += f"/{-(-spec.max_samples // spec.batch_size)}"
-            self._progress(f"{spec.name}: {what or f'{batch} (from sample {offset})'}")
+            if total:
+                batch += f"/{-(-total // spec.batch_size)}"
+            gates_text = f"; gates: {_gate_names(gates)}" if gates else ""
+            self._progress(f"{spec.name}: {what or f'{batch} (from sample {offset})'}{gates_text}")
 
 
 @dataclass
@@ -323,7 +327,8 @@ class ModelPass:
                     where=spec.key("data"))
         for r in [r for r in fitting if r.key not in self.errors]:
             n = self.fit_sizes[r.key]
-            self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}")
+            self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}",
+                                         gates=[r])
             available = {
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(r),
@@ -346,7 +351,8 @@ class ModelPass:
         (:attr:`census`, :meth:`data_digest`), for the merge and the baseline's fingerprint."""
         for batch in self.data.batches(self.spec.batch_size, self.model.dtype, shard=self.shard,
                                        census=self.census):
-            self.engine._report_progress(self.spec, batch.offset)
+            self.engine._report_progress(self.spec, batch.offset, gates=self.live(),
+                                         total=self.data.size)
             yield replace(batch, x=batch.x.to(self.model.device, non_blocking=True),
                           y=batch.y.to(self.model.device, non_blocking=True))
 
@@ -528,6 +534,16 @@ def _raised_at(exc: BaseException) -> str:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "unknown"
+
+
+def _gate_names(gates: Sequence[Request]) -> str:
+    """``clean, fgsm 0.02/0.05, pgd 0.05``: the gates of a pass, in words, for progress."""
+    by_attack: dict[str, list[str]] = {}
+    for r in gates:
+        eps = by_attack.setdefault(r.check.attack, [])
+        if r.check.attack != "clean" and f"{r.eps:g}" not in eps:
+            eps.append(f"{r.eps:g}")
+    return ", ".join(f"{attack} {'/'.join(eps)}" if eps else attack for attack, eps in by_attack.items())
 
 
 def _no_gradient(spec: ModelSpec, r: Request, model: "Classifier",

@@ -34,6 +34,18 @@ class LinearityCurves:
     labels: np.ndarray
     output_kind: str
 
+    def to_dict(self) -> dict:
+        """JSON-able, to travel from an xdist worker to the controller that draws the plot."""
+        return {"eps": self.eps.tolist(), "fgsm": self.fgsm.tolist(), "random": self.random.tolist(),
+                "labels": self.labels.tolist(), "output_kind": self.output_kind}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LinearityCurves":
+        return cls(eps=np.asarray(data["eps"], dtype=np.float64),
+                   fgsm=np.asarray(data["fgsm"], dtype=np.float64),
+                   random=np.asarray(data["random"], dtype=np.float64),
+                   labels=np.asarray(data["labels"]), output_kind=data["output_kind"])
+
 
 def linearity_curves(model: "Classifier", x: "torch.Tensor", y: "torch.Tensor", *, eps_max: float,
                      steps: int = 41, seed: int = 0) -> LinearityCurves:

@@ -6,7 +6,6 @@ Heavy imports (torch, onnxruntime, matplotlib) happen when a gate runs, never he
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 
 from .errors import AdvRobustError, ConfigError
+from .progress import Progress
 
 if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
     from .config import ModelSpec
@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # the engine side loads only in a project that configures gat
 __all__ = ["GateItem", "GateFailed"]
 
 SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
-#: progress of long passes (``--log-cli-level=INFO`` shows it live; captured otherwise)
-progress_log = logging.getLogger("pytest_advrobust")
 
 
 class GateFailed(Exception):
@@ -62,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="measure every gate on shard K of N of each model's evaluation data "
                          "(batch-aligned); results are partial, gated once the shards' JSON "
                          "reports are merged: python -m pytest_advrobust merge shard-*.json.")
+    _add_run_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,9 +68,55 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "advrobust(model=None): an adversarial robustness gate; on a hand-written test, "
         "`model` picks which configured model the `advrobust` fixture attacks.")
+    _share_threads(config, gated=_may_configure_gates(_config_path(config)))
+    _register_xdist_group(config)
     plugin = RobustnessPlugin(config)
     config.stash[SESSION_KEY] = plugin
     config.pluginmanager.register(plugin, "advrobust-session")
+
+
+# -- threads, marks and progress (how a run behaves, not what it gates) -------------------
+def _add_run_options(group: Any) -> None:
+    group.addoption("--advrobust-threads", metavar="N", default=None,
+                    help="threads for torch and onnxruntime in each pytest process (each xdist "
+                         "worker); 0 keeps the libraries' defaults. Default: "
+                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else cores // workers "
+                         "on an xdist worker, else the libraries' defaults.")
+    group.addoption("--advrobust-progress", choices=("auto", "on", "off"), default="auto",
+                    help="progress of the gates' passes (model, gates, batch k/n): auto = one "
+                         "live line on a terminal, nothing in a CI log; on = plain lines where "
+                         "the output is not a terminal; off. The pytest_advrobust logger always "
+                         "has it (--log-cli-level=INFO).")
+
+
+def _share_threads(config: pytest.Config, *, gated: bool) -> None:
+    """Give this process its thread count (an xdist worker: its share of the cores), before
+    any gate starts torch; see :mod:`pytest_advrobust.threads`. A project without gates is
+    left alone unless the user asked for a count."""
+    from . import threads
+
+    explicit = config.getoption("advrobust_threads") is not None or os.environ.get(threads.ENV, "").strip()
+    if not (gated or explicit):
+        return
+    workerinput = getattr(config, "workerinput", None)
+    workers = None
+    if workerinput is not None:
+        workers = int(workerinput.get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    try:
+        choice = threads.choose(config.getoption("advrobust_threads"), os.environ, workers=workers,
+                                cores=threads.available_cores())
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+    if choice.threads is not None:
+        threads.apply(choice.threads)
+
+
+def _register_xdist_group(config: pytest.Config) -> None:
+    """Gate items carry ``xdist_group`` (for ``--dist loadgroup``); without pytest-xdist the
+    mark is unknown, so register it: a user's run must not warn because of the plugin."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): used by pytest-xdist's "
+                                "--dist loadgroup (registered by pytest-advrobust, xdist absent).")
 
 
 def _may_configure_gates(path: Path) -> bool:
@@ -172,7 +217,8 @@ class RobustnessPlugin:
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
         self.path = path
-        self.current = ""  # the gate running now, for progress lines
+        self.current = ""  # the gate running now
+        self.progress = Progress(config)  # the live line / log lines of long passes
         self.notes: list[str] = []  # files written, plot problems: shown in the summary
         self.problems: list[str] = []  # reports that could not be written: the run fails
         self.results: list[dict[str, Any]] = []
@@ -181,6 +227,8 @@ class RobustnessPlugin:
         #: gates deselected (-k, --lf, --deselect): a baseline save then merges
         self.deselected = 0
         self.interrupted = False
+        #: model -> linearity curves (or the error) computed on an xdist worker
+        self.linearity: dict[str, dict[str, Any]] = {}
         self._session: RobustnessSession | None = None
         if not hasattr(config, "workerinput"):
             _check_report_paths(config)
@@ -213,7 +261,7 @@ class RobustnessPlugin:
         artifacts = self.config.getoption("advrobust_artifacts")
         session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                     artifacts=Path(artifacts).resolve() if artifacts else None,
-                                    baseline=self.baseline, progress=self._progress)
+                                    baseline=self.baseline, progress=self.progress)
         session.engine.shard = self.shard
         return session
 
@@ -247,6 +295,7 @@ class RobustnessPlugin:
         if output.get("advrobust_selected"):
             self.selected.update(json.loads(output["advrobust_selected"]))
         self.deselected = max(self.deselected, int(output.get("advrobust_deselected", 0)))
+        self._receive_linearity(output)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         own = [r.to_dict() for r in self._session.engine.results] if self._session else []
@@ -254,6 +303,7 @@ class RobustnessPlugin:
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
             self.config.workeroutput["advrobust_selected"] = json.dumps(self.selected)  # type: ignore[attr-defined]
             self.config.workeroutput["advrobust_deselected"] = self.deselected  # type: ignore[attr-defined]
+            self._send_linearity()
             return
         self.results.extend(own)
         self.interrupted = self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
@@ -311,10 +361,15 @@ class RobustnessPlugin:
             from .report.plots import write_plots
 
             session = self.session
+
+            def linearity(name: str) -> Any:
+                if name in self.linearity:  # computed on the xdist worker that had the model
+                    return _shipped_curves(self.linearity[name])
+                return model_curves(session.engine, session.spec(name))  # the cached classifier
+
             try:
-                written, problems = write_plots(
-                    [r for r in results if r.measured], Path(option("advrobust_plots")),
-                    linearity=lambda name: model_curves(session.engine, session.spec(name)))
+                written, problems = write_plots([r for r in results if r.measured],
+                                                Path(option("advrobust_plots")), linearity=linearity)
             except OSError as exc:
                 self.problems.append(f"could not write the plots to {option('advrobust_plots')}: "
                                      f"{exc.strerror or exc}")
@@ -346,6 +401,29 @@ class RobustnessPlugin:
         return {"shard": {"index": self.shard[0], "count": self.shard[1]},
                 "config": config_fingerprint(self.path), "gates": sorted(self.selected)}
 
+    # -- the linearity plot under xdist: drawn by the controller, computed where the model is
+    def _send_linearity(self) -> None:
+        """On a worker: the linearity curves of the models this worker loaded for its gates,
+        so the controller draws the plot without loading any model again."""
+        if not self.config.getoption("advrobust_plots") or self._session is None:
+            return
+        from .errors import AdvRobustError
+        from .linearity import model_curves
+
+        shipped: dict[str, Any] = {}
+        for name in sorted({r.model for r in self._session.engine.results}):
+            try:
+                shipped[name] = model_curves(self._session.engine, self._session.spec(name)).to_dict()
+            except AdvRobustError as exc:
+                shipped[name] = {"error": str(exc), "kind": exc.kind}
+        self.config.workeroutput["advrobust-linearity"] = json.dumps(shipped)  # type: ignore[attr-defined]
+
+    def _receive_linearity(self, workeroutput: dict) -> None:
+        payload = workeroutput.get("advrobust-linearity")
+        if payload:
+            for name, curves in json.loads(payload).items():
+                self.linearity.setdefault(name, curves)
+
     def comparison(self, results: list[AttackResult]) -> Any:
         """How the run relates to ``--advrobust-baseline`` (None without one)."""
         if self.baseline is None:
@@ -354,8 +432,10 @@ class RobustnessPlugin:
 
         return compare(self.baseline, results)
 
-    def _progress(self, message: str) -> None:
-        progress_log.info("advrobust %s: %s", self.current or "probe", message)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """The live progress line goes before pytest writes the test's outcome."""
+        self.progress.clear()
 
     def all_results(self) -> list["AttackResult"]:
         """Every selected gate once: its result, its error, or a "not run" entry."""
@@ -445,6 +525,16 @@ def _shard_option(config: pytest.Config) -> tuple[int, int] | None:
                 f"pytest-advrobust: {flag} cannot be used with --advrobust-shard={option}: a "
                 f"shard measures part of the data, so its figures are partial; {where}.")
     return shard
+
+
+def _shipped_curves(shipped: dict[str, Any]) -> Any:
+    """A worker's linearity curves, or its reason for having none (raised, as locally)."""
+    from .errors import AttackError
+    from .linearity import LinearityCurves
+
+    if "error" in shipped:
+        raise AttackError(shipped["error"])
+    return LinearityCurves.from_dict(shipped)
 
 
 def _load_baseline(config: pytest.Config) -> Any:

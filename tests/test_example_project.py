@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,10 +35,17 @@ def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=folder, capture_output=True, text=True, env=_env())
 
 
-def test_example_gates_pass_and_show_the_seed(example: Path) -> None:
+@pytest.fixture(scope="module")
+def gate_run(example: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """The example's run, once: ``make example``'s command, with a JSON report."""
     run = _pytest(example, "--advrobust-json", "report.json")
-    assert run.returncode == 0, run.stdout[-3000:]
     results = {r["key"]: r for r in json.loads((example / "report.json").read_text())["results"]}
+    return run, results
+
+
+def test_example_gates_pass_and_show_the_seed(example: Path, gate_run) -> None:
+    run, results = gate_run
+    assert run.returncode == 0, run.stdout[-3000:]
     assert all(r["passed"] for r in results.values())
     assert {r["model"] for r in results.values()} == {"mlp-torch", "mlp-onnx", "logreg-onnx"}
     fgsm, noise = results["mlp-torch::fgsm[eps=0.1]"], results["mlp-torch::noise[eps=0.1]"]
@@ -66,3 +74,36 @@ def test_uncommented_check_fails_with_the_documented_message(example: Path) -> N
     assert "1 failed, 3 passed" in run.stdout
     assert "fgsm eps=0.2 on mlp-torch: accuracy 0.0" in run.stdout
     assert "< min-accuracy 0.500 (n=540, clean 0.972" in run.stdout
+
+
+def _figure(results: dict, model: str, attack: str, eps: float | None = None) -> dict:
+    (found,) = [r for r in results.values()
+                if r["model"] == model and r["attack"] == attack and r["eps"] == eps]
+    return found
+
+
+def test_readme_quotes_the_examples_own_figures(gate_run) -> None:
+    """The figures README quotes are what ``make example`` prints (rounded as printed)."""
+    _, results = gate_run
+    readme = (ROOT / "README.md").read_text()
+    f3 = "{:.3f}".format
+
+    fgsm = _figure(results, "mlp-torch", "fgsm", 0.1)
+    match = re.search(r"fgsm eps=0\.1 on mlp-torch: accuracy (\S+) < min-accuracy 0\.600 "
+                      r"\(n=(\d+), clean (\S+), 95% CI (\S+)-(\S+)\)", readme)
+    assert match, "README's opening message moved; update this test"
+    assert match.groups() == (f3(fgsm["accuracy"]), str(fgsm["n"]), f3(fgsm["clean_accuracy"]),
+                              f3(fgsm["ci_low"]), f3(fgsm["ci_high"]))
+
+    pgd, fgsm05 = _figure(results, "mlp-torch", "pgd", 0.05), _figure(results, "mlp-torch", "fgsm", 0.05)
+    match = re.search(r"On the example's digits MLP at eps 0\.05, 20 steps take accuracy from\s+"
+                      r"FGSM's (\S+) to (\S+)\.", readme)
+    assert match, "README's PGD sentence moved; update this test"
+    assert match.groups() == (f3(fgsm05["accuracy"]), f3(pgd["accuracy"]))
+
+    clean = _figure(results, "logreg-onnx", "clean")
+    spsa, noise = _figure(results, "logreg-onnx", "spsa", 0.1), _figure(results, "logreg-onnx", "noise", 0.2)
+    match = re.search(r"at eps 0\.1 with 1000 queries it\s+takes accuracy from (\S+) to (\S+), "
+                      r"while noise at\s+eps 0\.2 leaves (\S+)\)", readme)
+    assert match, "README's SPSA sentence moved; update this test"
+    assert match.groups() == (f3(clean["accuracy"]), f3(spsa["accuracy"]), f3(noise["accuracy"]))

@@ -169,9 +169,10 @@ def test_summary_compact_quiet_verbose_and_xdist(pytester: pytest.Pytester, proj
 
 
 def test_progress_goes_through_logging(pytester: pytest.Pytester, project) -> None:
-    live = pytester.runpytest(*RUN, "--log-cli-level=INFO", "-k", "clean")
-    live.stdout.fnmatch_lines(["*advrobust clean: blob: batch 1 (from sample 0)*",
-                               "*advrobust clean: blob: batch 4 (from sample 192)*"])
+    """Each line names the model and every gate its pass computes (not only the first)."""
+    live = pytester.runpytest(*RUN, "--log-cli-level=INFO", "-k", "clean or fgsm")
+    live.stdout.fnmatch_lines(["*advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.05/0.3*",
+                               "*advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.05/0.3*"])
     quiet = pytester.runpytest(*RUN, "-q", "-k", "clean")
     assert not [line for line in quiet.stdout.lines if "batch 1" in line]
 

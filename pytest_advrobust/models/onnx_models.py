@@ -187,6 +187,10 @@ def load_onnx(path: Path, *, output: str | None, device: torch.device, **kwargs:
     # threads must not spin-wait between runs and steal the cores from torch's turn
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
+    # an xdist worker's share of the cores (or --advrobust-threads); 0 keeps the default pool
+    from ..threads import onnxruntime_threads
+
+    options.intra_op_num_threads = onnxruntime_threads()
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:
