@@ -162,8 +162,8 @@ class EvalData:
         """Once per model: data filling a tiny part of input-range (data in [0, 1] with
         input-range [0, 255]) makes every eps mean something else than intended."""
         low, high = self.spec.input_range
-        if largest - smallest >= NARROW_DATA * (high - low):
-            return
+        if smallest > largest or largest - smallest >= NARROW_DATA * (high - low):
+            return  # no batch seen here (a shard with none), or data that fills the range
         eps = max((e for check in self.spec.checks for e in check.eps), default=0.0)
         scale = (f" The largest eps, {eps:g}, is {eps / (largest - smallest):.3g} times the "
                  "data's whole span." if eps > 0 and largest > smallest else "")

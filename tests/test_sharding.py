@@ -340,3 +340,20 @@ def test_a_gate_that_errored_in_a_shard_stops_the_merge_naming_it(tmp_path, caps
     assert code == 2
     error = capsys.readouterr().err
     assert "gate 'm::fgsm[eps=0.1]' errored in this shard (attack error: NaN on perturbed inputs)" in error
+
+
+def test_a_shard_with_no_batches_raises_no_narrow_data_warning(tmp_path) -> None:
+    """A shard beyond the last batch sees no data: it has no range to warn about."""
+    import warnings
+
+    from pytest_advrobust.errors import AdvRobustWarning
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    path = digits(tmp_path, CHECKS.split("[[tool.advrobust.models.mlp.checks]]\nattack = \"fgsm\"")[0],
+                  batch_size=256)
+    session = RobustnessSession(plugin_manager().hook, path)
+    session.engine.shard = (4, 4)  # 540 samples in 3 batches of 256: shard 4 has none
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AdvRobustWarning)
+        results = session.run_all()
+    assert [r.n for r in results] == [0]
