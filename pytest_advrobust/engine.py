@@ -268,6 +268,8 @@ class ModelPass:
         #: fitted state per gate (a universal perturbation), and the files it was saved to
         self.states: dict[tuple[int, float], Any] = {}
         self.saved: dict[tuple[int, float], list[Path]] = {}
+        #: why a fitted perturbation could not be saved (said in the gate's details)
+        self.unsaved: dict[tuple[int, float], str] = {}
         #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
         self.fit_sizes: dict[tuple[int, float], int] = {}
         #: masking diagnostic: per gradient gate, correctly classified samples whose
@@ -343,7 +345,12 @@ class ModelPass:
                 self.errors[r.key] = self._attack_error(r, exc)
                 continue
             self.states[r.key] = state
-            self.saved[r.key] = self.engine._save_state(spec, r, state)
+            try:
+                self.saved[r.key] = self.engine._save_state(spec, r, state)
+            except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
+                self.saved[r.key] = []
+                self.unsaved[r.key] = (f"fitted perturbation not saved ({type(exc).__name__}: "
+                                       f"{exc})")
 
     def batches(self) -> Iterator[Any]:
         """The evaluation batches, on the model's device (they are made on the CPU). The
@@ -434,7 +441,8 @@ class ModelPass:
                 fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack, self.data_digest()),
                 details="; ".join(filter(None, [
                     describe(tally.stats) if describe is not None else "",
-                    *_model_notes(self.model, attack.needs_gradient)])),
+                    *_model_notes(self.model, attack.needs_gradient),
+                    self.unsaved.get(r.key, "")])),
                 shard=None if self.shard is None else self._shard_record(r),
             )
         self._diagnose(outcomes)

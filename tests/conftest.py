@@ -35,6 +35,15 @@ def _import_lazily_loaded_torch_modules() -> None:
         torch.export.save(torch.export.export(model, (torch.zeros(1, 2),)), f"{folder}/m.pt2")
         torch.export.load(f"{folder}/m.pt2").module()(torch.zeros(1, 2))
         export_onnx(model, torch.zeros(1, 2), Path(folder) / "m.onnx")
+    try:  # plots and perturbation PNGs: matplotlib's classes must not be reloaded either
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plt.close(plt.subplots()[0])
+    except ImportError:
+        pass
 
 pytest_plugins = ["pytester"]
 

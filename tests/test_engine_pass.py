@@ -128,3 +128,22 @@ def test_outcomes_turn_tallies_into_results_and_errors(linear_pass) -> None:
     assert by_attack["fgsm"].correct <= by_attack["clean"].correct
     assert by_attack["universal"].artifacts  # the fitted delta was saved
     assert isinstance(Request(run.todo[0].check, 0.0).key, tuple)
+
+
+def test_a_perturbation_that_cannot_be_saved_leaves_the_gate_standing(linear_pass, monkeypatch) -> None:
+    run, x, y, *_ = linear_pass
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run.engine, "_save_state", broken)
+    run.fit()
+    universal = next(r for r in run.todo if r.check.attack == "universal")
+    assert universal.key in run.states and universal in run.live()
+    for batch in run.batches():
+        shared = run.shared(batch)
+        for r in run.live():
+            run.attack(r, batch, shared)
+    result = run.outcomes()[universal.key]
+    assert result.n == len(y) - 40 and result.artifacts == []
+    assert "fitted perturbation not saved (OSError: disk full)" in result.details

@@ -117,7 +117,8 @@ def test_straight_through_gradient_closed_form() -> None:
                               initializer=[numpy_helper.from_array(np.array(scale), "s"),
                                            numpy_helper.from_array(np.array(zero), "z"),
                                            numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # IR version 8 (onnx 1.10+): readable by older onnxruntime builds too (a GPU image's 1.30)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     x = rng.uniform(-2, 3, (5, 6)).astype(np.float32)  # some values saturate at 0 and 255
     q = np.clip(np.round(x / scale) + 100, 0, 255)
     expected = ((q - 100) * scale) @ w
@@ -144,7 +145,8 @@ def test_dynamic_quantisation_gradient_closed_form() -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
                               initializer=[numpy_helper.from_array(wq, "wq"),
                                            numpy_helper.from_array(np.array(w_scale), "ws")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # IR version 8 (onnx 1.10+): readable by older onnxruntime builds too (a GPU image's 1.30)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     x = rng.uniform(-1, 2, (5, 6)).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(["y"], {"x": x})[0]
