@@ -358,12 +358,8 @@ def _write_reports(results: list[AttackResult], args: argparse.Namespace,
     if args.json is not None:
         from .report.json_report import write_json
 
-        from .report.terminal import status_counts
-
-        counts = status_counts(results)
-        summary = {"gates": len(results), **{key.replace(" ", "_"): n for key, n in counts.items()}}
         # the same document an unsharded run writes (which checked every gate: complete)
-        notes.append(f"json: {write_json(args.json, results, summary=summary, interrupted=False, complete=True)}")
+        notes.append(f"json: {write_json(args.json, results, interrupted=False, complete=True)}")
     if args.junitxml is not None:
         from .report.junit import write_junit
 

@@ -317,11 +317,8 @@ class RobustnessPlugin:
 
     def _write_json(self, path: Path, results: list[AttackResult]) -> str:
         from .report.json_report import write_json
-        from .report.terminal import status_counts
 
-        counts = status_counts(results)
-        summary = {"gates": len(results), **{key.replace(" ", "_"): n for key, n in counts.items()}}
-        return str(write_json(path, results, summary=summary, interrupted=self.interrupted,
+        return str(write_json(path, results, interrupted=self.interrupted,
                               complete=self.complete(results), **self.shard_fields()))
 
     def _write(self, what: str, option: str | None, write: Any, path: Path | None = None) -> None:

@@ -9,15 +9,27 @@ from typing import Any, Iterable
 from ..results import AttackResult
 from .files import atomic_write_text
 
-__all__ = ["SCHEMA_VERSION", "to_json", "write_json"]
+__all__ = ["SCHEMA_VERSION", "summary", "to_json", "write_json"]
 
 SCHEMA_VERSION = 1
 
 
+def summary(results: Iterable[AttackResult]) -> dict[str, int]:
+    """``{"gates": N, "passed": .., "failed": .., "error": .., "measured": .., "not_run": ..,
+    "partial": ..}``: how many gates ended in each status."""
+    from .terminal import status_counts
+
+    results = list(results)
+    return {"gates": len(results),
+            **{key.replace(" ", "_"): n for key, n in status_counts(results).items()}}
+
+
 def to_json(results: Iterable[AttackResult], **extra: Any) -> str:
-    """Deterministic text: results sorted by gate key, keys sorted, no timings."""
+    """Deterministic text: results sorted by gate key, keys sorted, no timings; a status
+    ``summary`` beside them."""
     ordered = sorted(results, key=lambda r: (r.model, r.check, -1.0 if r.eps is None else r.eps))
-    document = {"version": SCHEMA_VERSION, "results": [r.to_dict() for r in ordered], **extra}
+    document = {"version": SCHEMA_VERSION, "results": [r.to_dict() for r in ordered],
+                "summary": summary(ordered), **extra}
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
