@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from project import write_project
-from pytest_advrobust.engine import Request
 from pytest_advrobust.models import load_classifier
 from pytest_advrobust.session import RobustnessSession, plugin_manager
 

@@ -94,8 +94,6 @@ def dlr_loss(scores: "torch.Tensor", y: "torch.Tensor", target: "torch.Tensor | 
     Untargeted ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``; targeted ``-(z_y - z_t) /
     (z_pi1 - (z_pi3 + z_pi4) / 2)``, ``pi`` sorting the scores in decreasing order. Fewer
     than 3 classes: the plain margin (nothing to normalise by)."""
-    import torch
-
     z = scores.double()
     if probabilities:
         z = z.clamp_min(1e-30).log()

@@ -4,7 +4,6 @@ test samples): PGD beats FGSM on an MLP; on a LogisticRegression exported with s
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
