@@ -380,8 +380,9 @@ class ModelPass:
             except DataError as exc:  # labels the model cannot score
                 raise DataError(str(exc), where=exc.where or self.data.where) from None
             except AttackError as exc:
-                for r in wanting:
-                    self.errors[r.key] = _no_gradient(self.spec, r, self.model, exc)
+                for r in wanting:  # an attack that can do without (strongest) gets grad=None
+                    if self.attacks[r.key].needs_gradient:
+                        self.errors[r.key] = _no_gradient(self.spec, r, self.model, exc)
                 scores = self.model.scores(batch.x)
         else:
             scores = self.model.scores(batch.x)

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import AttackError
+from .interior import corner_then_interior, interior_scales, with_interior
+from .pgd import _nonzero
 
 if TYPE_CHECKING:
     import torch
@@ -118,10 +120,19 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
               grad: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None,
               stats: dict[str, float] | None = None, loss: str = "ce", steps: int = 100,
               restarts: int = 1, targeted: bool = False, targets: int = 9, random_start: bool = True,
-              fgsm_point: bool = True, active: "torch.Tensor | None" = None) -> "torch.Tensor":
+              fgsm_point: bool = True, active: "torch.Tensor | None" = None,
+              moving: "torch.Tensor | None" = None, interior: bool = False) -> "torch.Tensor":
     """APGD over the samples of ``x`` still classified right (and in ``active``, a bool
     mask, when given); returns the adversarial batch. ``stats["gradients"]`` counts the
-    forward + backward passes per sample."""
+    forward + backward passes per sample. ``moving`` (a CPU bool per row), when given, is
+    set for every row that got a gradient with a non-zero element, and the caller counts
+    what it needs from it; without it ``stats["gradient_free"]`` counts the samples left
+    standing whose every gradient (the engine's at ``x`` included) was exactly zero, as
+    ``pgd`` does. Each run's final point of a sample still standing is moved strictly inside
+    the ball (``x + s * (x' - x)``, see ``interior.py``, one forward) and tried;
+    ``stats["interior"]`` counts the samples only that point fooled. With ``interior`` the
+    runs search the ball of radius ``s * eps`` instead (``s`` drawn per sample and run, as
+    for the interior point), so no point they try lies on its corners."""
     import torch
 
     if loss not in LOSSES:
@@ -144,17 +155,22 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
     if eps == 0 or not standing.any():
         return best
     probabilities = getattr(model, "output_kind", "logits") == "probabilities"
+    attacked = standing.clone()
+    counting = moving is None
+    if moving is None:
+        moving = _nonzero(grad) if grad is not None else torch.zeros(len(x), dtype=torch.bool)
 
     def settle(candidate: "torch.Tensor", rows: "torch.Tensor", wrong: "torch.Tensor") -> None:
         hit = rows[wrong]
         best[hit] = candidate[wrong.to(candidate.device)]
         standing[hit] = False
 
-    if fgsm_point and grad is not None:
+    if fgsm_point and grad is not None:  # the corner, then its interior point
         rows = standing.nonzero().squeeze(1)
-        point = (x[rows] + eps * grad[rows.to(grad.device)].sign().to(x.dtype)).clamp(low, high)
-        settle(point, rows, model.scores(point).argmax(1).cpu() != y_cpu[rows])
-        best[standing] = point[standing[rows]]  # the FGSM point until an iterate beats it
+        corner = (x[rows] + eps * grad[rows.to(grad.device)].sign().to(x.dtype)).clamp(low, high)
+        point, wrong = corner_then_interior(model.scores, x, y, corner, rows, rng, stats)
+        settle(point, rows, wrong)
+        best[standing] = corner[standing[rows]]  # the FGSM point until an iterate beats it
 
     if targeted:
         ranked = scores.detach().double().argsort(1, descending=True).cpu()
@@ -170,9 +186,13 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
             if not len(rows):
                 break
             start = x[rows]
+            radius = None
+            if interior:  # the run searches the ball of radius s * eps (interior.py), s per sample
+                radius = torch.from_numpy(eps * interior_scales(rng, len(x))[rows.numpy()])
             if draws is not None:
                 noise = torch.from_numpy(draws[rows.numpy()] * 2.0 - 1.0).to(device=x.device, dtype=x.dtype)
-                start = (start + eps * noise).clamp(low, high)
+                size = eps if radius is None else _column(radius, start)
+                start = (start + size * noise).clamp(low, high)
 
             def evaluate(points: "torch.Tensor", at: "torch.Tensor", goal=goal) -> tuple[Any, Any, Any]:
                 return _evaluate(model, points, y[at.to(y.device)],
@@ -184,11 +204,22 @@ def apgd_linf(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
                 at = rows.to(grad.device)
                 first = (grad[at], model.loss(scores[at].double(), y[at]).cpu(), scores[at])
             fooled_rows, fooled_points, last = _run(evaluate, x[rows], start, rows, y_cpu, eps,
-                                                    (low, high), steps, schedule, stats, first)
+                                                    (low, high), steps, schedule, stats, first, moving, radius)
             settle(fooled_points, fooled_rows, torch.ones(len(fooled_rows), dtype=torch.bool))
             still = standing[rows]
             best[rows[still]] = last[still.to(last.device)]
+            if not interior:  # the run's final point, moved strictly inside the ball
+                rows = rows[still]
+                best, inside = with_interior(model.scores, x, y, best, rng, rows, stats)
+                standing[rows[inside]] = False
+    if counting:
+        stats["gradient_free"] = stats.get("gradient_free", 0) + int((attacked & standing & ~moving).sum())
     return best
+
+
+def _column(values: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
+    """Per-row ``values`` shaped to broadcast over the rows of ``like``."""
+    return values.to(device=like.device, dtype=like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
 def _evaluate(model: Any, points: "torch.Tensor", y: "torch.Tensor", goal: "torch.Tensor | None",
@@ -213,10 +244,13 @@ def _evaluate(model: Any, points: "torch.Tensor", y: "torch.Tensor", goal: "torc
 def _run(evaluate: Callable[..., tuple[Any, Any, Any]], origin: "torch.Tensor", start: "torch.Tensor",
          rows: "torch.Tensor", y_cpu: "torch.Tensor", eps: float, bounds: tuple[float, float],
          steps: int, schedule: list[int], stats: dict[str, float],
-         first: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
+         first: tuple[Any, Any, Any] | None = None,
+         moving: "torch.Tensor | None" = None,
+         radius: "torch.Tensor | None" = None) -> tuple[Any, Any, Any]:
     """One APGD run over ``rows`` (all still standing), from ``start``. Returns the rows
     fooled, the first point that fooled each, and for every row of ``rows`` the point of
-    highest loss. ``first``: (gradient, loss, scores) at ``start`` when already known."""
+    highest loss. ``first``: (gradient, loss, scores) at ``start`` when already known;
+    ``moving[row]`` is set for every row that got a non-zero gradient."""
     import torch
 
     low, high = bounds
@@ -226,13 +260,16 @@ def _run(evaluate: Callable[..., tuple[Any, Any, Any]], origin: "torch.Tensor", 
     index = torch.arange(len(rows))  # position of each active row within ``rows``
 
     def project(points: "torch.Tensor", centre: "torch.Tensor") -> "torch.Tensor":
-        return torch.min(torch.max(points, centre - eps), centre + eps).clamp(low, high)
+        size = eps if radius is None else _column(radius[index], centre)
+        return torch.min(torch.max(points, centre - size), centre + size).clamp(low, high)
 
     current = start
     if first is None:
         first = evaluate(current, rows)
         stats["gradients"] += len(rows)
     g, f, s = first
+    if moving is not None:
+        moving[rows] |= _nonzero(g)
     history = torch.zeros(len(index), steps + 1, dtype=torch.float64)
     step = torch.full((len(index),), 2.0 * eps, dtype=torch.float64)
     previous = current.clone()
@@ -269,6 +306,8 @@ def _run(evaluate: Callable[..., tuple[Any, Any, Any]], origin: "torch.Tensor", 
         previous, current = current, moved
         g, f, s = evaluate(current, rows[index])
         stats["gradients"] += len(index)
+        if moving is not None:
+            moving[rows[index]] |= _nonzero(g)
         f = settle(s, f)
         history[:, k + 1] = f
         better = f > best_f

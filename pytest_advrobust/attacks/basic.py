@@ -1,16 +1,20 @@
 """The one-step attacks: ``clean``, ``fgsm`` and the ``noise`` baseline.
 
 FGSM (Goodfellow, Shlens & Szegedy, 2015, "Explaining and Harnessing Adversarial
-Examples"), L-inf:  ``x' = clip(x + eps * sign(grad_x L(x, y)), input-range)``, with ``L`` the
-cross-entropy of the logits (or ``-log p_y`` for a model that outputs probabilities),
-computed in float64 from the model's scores so its gradient keeps the true class's term
-(float32 rounds ``p_y`` to 1.0 on confident samples and loses it; this is the exact FGSM of
-the paper, stronger than float32 implementations). Cost: one forward + one backward per batch, shared by every eps of a sweep, plus one
-forward per eps.
+Examples"), L-inf: the corner point ``x_c = clip(x + eps * sign(grad_x L(x, y)), input-range)``,
+with ``L`` the cross-entropy of the logits (or ``-log p_y`` for a model that outputs
+probabilities), computed in float64 from the model's scores so its gradient keeps the true
+class's term (float32 rounds ``p_y`` to 1.0 on confident samples and loses it; this is the
+exact FGSM of the paper, stronger than float32 implementations), and the interior point
+``x + s * (x_c - x)`` on the same segment, ``s`` uniform in [0.99, 0.999) per sample (see
+:mod:`.interior`: a model that recognises corner points cannot pass). A sample counts as
+fooled if either point fools it. Cost: one forward + one backward per batch, shared by every
+eps of a sweep, plus two forwards per eps (the interior point and the engine's score).
 
-Noise: ``x' = clip(x + eps * s, input-range)`` with ``s`` uniform in {-1, +1} per element,
-drawn from the seed. Same L-inf size as FGSM: the gap between the two is the point the
-attack makes (adversarial directions are not random). Cost: one forward per eps.
+Noise: ``x_c = clip(x + eps * s, input-range)`` with ``s`` uniform in {-1, +1} per element,
+drawn from the seed, and its interior point as for FGSM. Same L-inf size as FGSM: the gap
+between the two is the point the attack makes (adversarial directions are not random).
+Cost: two forwards per eps.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .interior import with_interior
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["clean", "fgsm", "noise", "random_signs"]
+__all__ = ["clean", "fgsm", "fgsm_step", "noise", "random_signs"]
 
 
 def clean(x: "torch.Tensor") -> "torch.Tensor":
@@ -30,18 +36,19 @@ def clean(x: "torch.Tensor") -> "torch.Tensor":
     return x
 
 
-def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor", model: Any = None,
-         y: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None,
+def fgsm(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
+         grad: "torch.Tensor", scores: "torch.Tensor | None" = None,
          stats: dict[str, float] | None = None, *, loss: str = "ce") -> "torch.Tensor":
-    """Fast gradient sign method: one step of size eps along the sign of the loss gradient.
+    """Fast gradient sign method: the corner one step of size eps along the sign of the loss
+    gradient, or the interior point on the way there where that one fools the model.
 
     Args: ``x`` a batch in raw input units, ``eps`` the L-inf size, ``grad`` the input
     gradient of the cross-entropy at ``x`` (computed once per batch by the engine, exact:
-    the loss is taken in float64), ``loss`` the loss to ascend (``"ce"``; ``"margin"`` or
-    ``"dlr"`` cost one more forward + backward per batch and eps, and count in
-    ``stats["gradient_free"]`` the correctly classified samples whose gradient of that loss
-    is exactly zero: FGSM leaves them where they are).
-    Returns the unclipped step; the engine clips it to ``input-range``.
+    the loss is taken in float64), ``rng`` the per-sample streams the interior scales come
+    from, ``loss`` the loss to ascend (``"ce"``; ``"margin"`` or ``"dlr"`` cost one more
+    forward + backward per batch and eps, and count in ``stats["gradient_free"]`` the
+    correctly classified samples whose gradient of that loss is exactly zero: FGSM leaves
+    them where they are).
     """
     if loss != "ce":
         grad = model.loss_gradient(x, y, loss)[0]
@@ -49,12 +56,21 @@ def fgsm(x: "torch.Tensor", eps: float, grad: "torch.Tensor", model: Any = None,
             still = ~grad.reshape(len(grad), -1).ne(0).any(1)
             correct = scores.argmax(1).to(still.device) == y.to(still.device)
             stats["gradient_free"] = stats.get("gradient_free", 0) + int((still & correct).sum())
-    return x + eps * grad.sign().to(x.dtype)
+    return with_interior(model.scores, x, y, fgsm_step(x, eps, grad, model.input_range), rng)[0]
 
 
-def noise(x: "torch.Tensor", eps: float, rng: np.random.Generator) -> "torch.Tensor":
-    """Random signs of the same L-inf size as FGSM: the baseline that is not adversarial."""
-    return x + eps * random_signs(x, rng)
+def fgsm_step(x: "torch.Tensor", eps: float, grad: "torch.Tensor",
+              bounds: tuple[float, float]) -> "torch.Tensor":
+    """FGSM's corner point: ``clip(x + eps * sign(grad), bounds)``."""
+    return (x + eps * grad.sign().to(x.dtype)).clamp(*bounds)
+
+
+def noise(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float,
+          rng: np.random.Generator) -> "torch.Tensor":
+    """Random signs of the same L-inf size as FGSM (the baseline that is not adversarial),
+    or the interior point on the way there where that one fools the model."""
+    corner = (x + eps * random_signs(x, rng)).clamp(*model.input_range)
+    return with_interior(model.scores, x, y, corner, rng)[0]
 
 
 def random_signs(x: "torch.Tensor", rng: np.random.Generator) -> "torch.Tensor":

@@ -59,7 +59,7 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         description="Square attack: score-based random search, no gradient needed"))
     strongest = "pytest_advrobust.attacks.strongest"
     registry.add(Attack("strongest", f"{strongest}:strongest", describe=f"{strongest}:describe_strongest",
-                        options={"steps": 50, "restarts": 1, "targets": 9, "square-queries": 1000,
+                        options={"steps": 15, "restarts": 1, "targets": 9, "square-queries": 1000,
                                  "queries": int},
                         positive=("steps", "restarts", "targets", "queries"),
                         description="fgsm, apgd-ce, apgd-t, square in turn: robust only if all fail"))

@@ -14,9 +14,11 @@ gradient exactly zero and PGD reports the clean accuracy; the margin's gradient 
 vanish. ``"ce"``, ``"margin"``, ``"dlr"`` (Croce & Hein, 2020) and ``"ce+dlr"`` pick others.
 
 Never weaker than FGSM by construction: the candidates are, in order, the clean input, the
-FGSM point ``clip(x + eps * sign(grad L(x, y)))`` and every PGD iterate of every restart; each
-sample keeps the first candidate the model misclassifies (or, if none, the last iterate of
-the run that reached the highest margin loss).
+FGSM point ``clip(x + eps * sign(grad L(x, y)))``, every PGD iterate of every restart, and
+last the interior point ``x + s * (x' - x)`` of the final point ``x'`` (the last iterate of
+the run that reached the highest margin loss), ``s`` uniform in [0.99, 0.999) per sample (see
+``interior.py``: most final iterates sit on the corners of the ball, which a model can
+recognise); each sample keeps the first candidate the model misclassifies.
 
 Arguments (check keys): ``steps`` (int, 10), ``step-size`` (float, default ``2.5 * eps /
 steps``, so a run can cross the ball), ``random-start`` (bool, true), ``restarts`` (int, 1),
@@ -24,7 +26,8 @@ steps``, so a run can cross the ball), ``random-start`` (bool, true), ``restarts
 tensor shaped like ``x``. Cost per batch: the engine's forward + backward at ``x`` (shared
 with FGSM), one forward for the FGSM point, then per loss and restart ``steps`` forward +
 backward passes and one forward, each over the samples not yet misclassified only (the
-margin run of the default costs only on the samples cross-entropy left standing).
+margin run of the default costs only on the samples cross-entropy left standing), and one
+forward for the interior point of the samples still standing.
 
 Example::
 
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from .interior import corner_then_interior, with_interior
 from .spsa import margin
 
 if TYPE_CHECKING:
@@ -78,9 +82,10 @@ def pgd_linf(loss_gradient: Callable[..., tuple[Any, Any]], score: Callable[[Any
     backward. ``losses`` run in order, each for ``restarts`` runs, each only on the samples
     still standing. With ``stop_early=False`` every sample runs all steps of one restart of
     the first loss and gets the last iterate (for transfer, where stopping just past the
-    surrogate's boundary transfers badly). ``stats["gradient_free"]`` counts the samples left
-    standing for which every gradient the attack took was exactly zero (it never moved them:
-    a masked gradient, not robustness).
+    surrogate's boundary transfers badly; no interior point either: the caller scores the
+    target). ``stats["gradient_free"]`` counts the samples left standing for which every
+    gradient the attack took was exactly zero (it never moved them: a masked gradient, not
+    robustness); ``stats["interior"]`` the samples only the interior point fooled.
     """
     import torch
 
@@ -108,27 +113,34 @@ def pgd_linf(loss_gradient: Callable[..., tuple[Any, Any]], score: Callable[[Any
     #: samples for which some gradient the attack took was not all zeros
     moving = _nonzero(grad)
 
-    def settle(candidate: "torch.Tensor", index: "torch.Tensor", wrong: "torch.Tensor") -> None:
+    def settle(candidate: "torch.Tensor", wrong: "torch.Tensor", index: "torch.Tensor") -> None:
         """Samples ``index`` whose ``candidate`` rows are misclassified keep them, for good."""
         hit = index[wrong]
         best[hit] = candidate[wrong.to(candidate.device)]
         fooled[hit] = True
 
-    def count_gradient_free() -> None:
+    def finish(interior: bool = True) -> "torch.Tensor":
+        """The interior point of every sample still standing, then the gradient-free count."""
+        out = best
+        if interior:
+            active = (~fooled).nonzero().squeeze(1)
+            out, inside = with_interior(score, x, y, best, rng, active, stats)
+            fooled[active[inside]] = True
         if stats is not None:
             stats["gradient_free"] = stats.get("gradient_free", 0) + int((~fooled & ~moving).sum())
+        return out
 
-    # the FGSM point: a candidate, so PGD is never weaker than FGSM
+    # the FGSM points (the corner, then its interior point): candidates, so PGD is never
+    # weaker than FGSM
     active = (~fooled).nonzero().squeeze(1)
     if len(active):
         point = (x[active] + eps * grad[active.to(grad.device)].sign().to(x.dtype)).clamp(low, high)
-        settle(point, active, score(point).argmax(1).cpu() != y_cpu[active])
+        settle(*corner_then_interior(score, x, y, point, active, rng, stats), index=active)
     if steps <= 0 or restarts <= 0:
         active = (~fooled).nonzero().squeeze(1)
         if len(active):  # not fooled anywhere: hand back the FGSM point
             best[active] = (x[active] + eps * grad[active.to(grad.device)].sign().to(x.dtype)).clamp(low, high)
-        count_gradient_free()
-        return best
+        return finish(interior=False)
 
     # one draw per sample for every run, so the start of a sample does not depend on batching
     runs = [(loss, restart) for loss in losses for restart in range(restarts)]
@@ -151,7 +163,7 @@ def pgd_linf(loss_gradient: Callable[..., tuple[Any, Any]], score: Callable[[Any
                 g, s = loss_gradient(current, y[index.to(y.device)], loss)
                 moving[index] |= _nonzero(g)
             wrong = s.argmax(1).cpu() != y_cpu[index]
-            settle(current, index, wrong)
+            settle(current, wrong, index)
             keep = ~wrong
             if not keep.any():
                 break
@@ -162,13 +174,12 @@ def pgd_linf(loss_gradient: Callable[..., tuple[Any, Any]], score: Callable[[Any
         else:
             s = score(current)
             wrong = s.argmax(1).cpu() != y_cpu[index]
-            settle(current, index, wrong)
+            settle(current, wrong, index)
             ranked = -margin(s, y[index.to(y.device)]).cpu()  # rank the not-fooled by margin
             better = (~wrong) & (ranked > best_loss[index])
             best[index[better]] = current[better.to(current.device)]
             best_loss[index[better]] = ranked[better]
-    count_gradient_free()
-    return best
+    return finish()
 
 
 def _nonzero(grad: "torch.Tensor") -> "torch.Tensor":

@@ -18,8 +18,11 @@ learning rate). Randomness comes from the seed, each sample's directions from it
 stream (the engine's ``rng.rows``), so results do not depend on the batch size. Cost:
 ``queries`` forward passes per sample (never a backward pass), batched: every
 perturbation of a batch goes to the model
-in as few ``scores`` calls as memory allows. The queries spent are summed into the
-report's ``stats["queries"]``.
+in as few ``scores`` calls as memory allows, and, when the budget leaves a query after the
+last step, one forward for the interior point ``x + s * (x' - x)`` of the final point ``x'``
+of each sample still standing (``interior.py``:
+Adam's steps end on the corners of the ball, which a model can recognise). The queries
+spent are summed into the report's ``stats["queries"]``.
 
 Example::
 
@@ -35,6 +38,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .interior import with_interior
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +97,10 @@ def spsa(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.r
             break
         active, origin, current = active[keep], origin[keep], current[keep]
         first, second = first[keep], second[keep]
+    else:  # the steps ran out: the final point, moved strictly inside the ball (interior.py),
+        if queries % per_step:  # with a query left of the budget
+            best, _ = with_interior(model.scores, x, y, best, rng, active, stats)
+            spent += len(active)
     stats["queries"] = stats.get("queries", 0) + spent
     return best
 

@@ -13,8 +13,11 @@ a random start transferred up to 0.037 worse on the digits MLP/CNN/logistic pair
 from the input 10 steps are within 0.005 of a 40-step ``eps / 8`` ascent), and ``loss`` (the
 surrogates' loss: ``"ce"``, ``"margin"`` or ``"dlr"``; a distilled surrogate whose logits
 saturate needs a margin loss). Each surrogate must
-take the target's raw inputs (same input-range). Cost: on each surrogate one forward +
-backward (fgsm) or ``1 + steps`` of them (pgd); on the target one forward per eps.
+take the target's raw inputs (same input-range). The crafted point ``x'`` lies on the corners
+of the eps ball, which a target can recognise, so its interior point ``x + s * (x' - x)``
+(``s`` uniform in [0.99, 0.999) per sample, see ``interior.py``) is tried on the target too:
+a sample counts as fooled if either point fools it. Cost: on each surrogate one forward +
+backward (fgsm) or ``1 + steps`` of them (pgd); on the target two forwards per eps.
 
 Example::
 
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import AdvRobustError, AttackError
+from .interior import with_interior
 from .pgd import pgd_linf
 
 if TYPE_CHECKING:
@@ -63,12 +67,15 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
 
         grad, scores = loss_gradient(x, y)
         if via == "fgsm":
-            return (x + eps * grad.sign().to(x.dtype)).clamp(low, high)
-        # PGD on the ensemble; "misclassified" means by the ensemble (the target is not queried)
-        return pgd_linf(loss_gradient, lambda inputs: _ensemble_scores(surrogates, inputs), x, y,
-                        eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
-                        step_size=step_size, random_start=random_start, restarts=1,
-                        stop_early=False, losses=(loss,))
+            crafted = (x + eps * grad.sign().to(x.dtype)).clamp(low, high)
+        else:  # PGD on the ensemble; "misclassified" means by the ensemble
+            crafted = pgd_linf(loss_gradient, lambda inputs: _ensemble_scores(surrogates, inputs), x,
+                               y, eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
+                               step_size=step_size, random_start=random_start, restarts=1,
+                               stop_early=False, losses=(loss,))
+    # the crafted points sit on the corners of the ball, which a target can recognise: its
+    # interior point is tried too (one forward of the target; see interior.py)
+    return with_interior(model.scores, x, y, crafted, rng)[0]
 
 
 def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor", y: "torch.Tensor",

@@ -40,9 +40,18 @@ def linear_task():
     return w.astype(np.float32), b.astype(np.float32), x, y
 
 
+def gate_scales(spec, check, eps: float, n: int) -> np.ndarray:
+    """The interior points' scales of a gate's samples 0..n-1: each sample's first draw from
+    its own stream (interior.py), s = 0.99 + 0.009 * u."""
+    from pytest_advrobust.randomness import row_random, sample_key
+
+    key = sample_key(spec.seed, spec.name, check.index, eps)
+    return 0.99 + 0.009 * np.array([row_random(key, i, 1)[0] for i in range(n)])
+
+
 def test_binary_logistic_step_is_eps_sign_w_away_from_true_class() -> None:
     """For logits [0, w.x + b] the FGSM step is -eps*sign(w) for class 1, +eps*sign(w) for 0."""
-    from pytest_advrobust.attacks.basic import fgsm
+    from pytest_advrobust.attacks.basic import fgsm_step
     from pytest_advrobust.models.torch_models import TorchClassifier
 
     w = np.array([0.5, -2.0, 1.0, -0.25], dtype=np.float32)
@@ -51,9 +60,33 @@ def test_binary_logistic_step_is_eps_sign_w_away_from_true_class() -> None:
     x = torch.full((2, 4), 0.5)
     y = torch.tensor([1, 0])
     grad, _ = model.loss_gradient(x, y)
-    step = fgsm(x, 0.1, grad) - x
+    step = fgsm_step(x, 0.1, grad, model.input_range) - x
     expected = torch.stack([-0.1 * torch.sign(torch.from_numpy(w)), 0.1 * torch.sign(torch.from_numpy(w))])
     assert torch.allclose(step, expected)
+
+
+class Band(torch.nn.Module):
+    """Class 1 for inputs strictly between 0.55 and 0.59995, class 0 elsewhere: the FGSM
+    corner 0.6 of x = 0.5 at eps 0.1 is classified right, the way there wrong."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        band = ((x > 0.55) & (x < 0.59995)).float().sum(1, keepdim=True)
+        return torch.cat([1 - band, band], 1)
+
+
+def test_fgsm_keeps_the_interior_point_where_only_it_fools() -> None:
+    from pytest_advrobust.attacks.basic import fgsm
+    from pytest_advrobust.models.torch_models import TorchClassifier
+
+    model = TorchClassifier(Band(), name="band", input_range=(0, 1))
+    x = torch.tensor([[0.5], [0.5], [0.2], [0.2]])
+    y = torch.zeros(4, dtype=torch.long)
+    out = fgsm(model, x, y, 0.1, np.random.default_rng(3), torch.ones(4, 1))
+    scale = 0.99 + 0.009 * np.random.default_rng(3).random(4)  # one draw per sample
+    expected = torch.tensor([[0.5 + 0.1 * scale[0]], [0.5 + 0.1 * scale[1]], [0.3], [0.3]], dtype=torch.float32)
+    assert torch.allclose(out, expected, atol=1e-7)
+    assert (model.scores(out).argmax(1) == torch.tensor([1, 1, 0, 0])).all()
+    assert (out[:2] < 0.6 - 1e-4).all()  # strictly inside the ball, by at least 0.1% of eps
 
 
 @pytest.mark.parametrize("eps", [0.02, 0.1, 0.3])
@@ -71,7 +104,8 @@ def test_fgsm_gate_matches_numpy_on_torchscript(tmp_path, linear_task, eps) -> N
 
 
 def test_fgsm_sweep_reuses_one_gradient_pass(tmp_path, linear_task) -> None:
-    """The sweep computes one forward+backward per batch and one forward per eps."""
+    """The sweep computes one forward+backward per batch and two forwards per eps (the
+    interior point's, then the engine's score)."""
     w, b, x, y = linear_task
     save_torchscript(LinearNet(w, b), tmp_path / "linear.pt")
     session = gate_session(tmp_path, "linear.pt", x, y,
@@ -84,7 +118,7 @@ def test_fgsm_sweep_reuses_one_gradient_pass(tmp_path, linear_task) -> None:
     model.scores = lambda *a: (calls.__setitem__("scores", calls["scores"] + 1), real_scores(*a))[1]
     results = session.run_all()
     batches = -(-300 // 64)
-    assert calls == {"grad": batches, "scores": 3 * batches}
+    assert calls == {"grad": batches, "scores": 2 * 3 * batches}
     assert [r.attack for r in results] == ["fgsm", "fgsm", "fgsm", "clean"]
     assert results[3].accuracy == results[0].clean_accuracy
 
@@ -130,7 +164,10 @@ def test_normalisation_acts_in_raw_units(tmp_path, linear_task) -> None:
 
 
 def test_per_channel_normalisation_on_images(tmp_path) -> None:
-    """NCHW inputs: mean/std per channel (dimension 1); gradient with respect to raw pixels."""
+    """NCHW inputs: mean/std per channel (dimension 1); gradient with respect to raw pixels.
+    A ReLU net is not linear along the step, so the reference tries the interior point too."""
+    from pytest_advrobust.engine import Request
+
     torch.manual_seed(0)
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                torch.nn.Linear(4 * 4 * 4, 3)).eval()
@@ -139,16 +176,25 @@ def test_per_channel_normalisation_on_images(tmp_path) -> None:
     y = conv((x - mean[:, None, None]) / std[:, None, None]).argmax(1)
     save_torchscript(conv, tmp_path / "conv.pt")
     session = gate_session(tmp_path, "conv.pt", x.numpy(), y.numpy(),
+                           checks='[[tool.advrobust.checks]]\nattack = "fgsm"\nreport-only = true\neps = 0.03\n',
                            extra="normalize = { mean = [0.4, 0.5, 0.6], std = [0.2, 0.25, 0.3] }\n")
-    result = session.probe().fgsm(eps=0.03)
+    spec = session.spec()
+    result = session.engine.result(spec, Request(spec.checks[0], 0.03))
     leaf = x.clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(conv((leaf - mean[:, None, None]) / std[:, None, None]), y,
                                              reduction="sum")
     (grad,) = torch.autograd.grad(loss, leaf)
-    adv = (x + 0.03 * grad.sign()).clamp(0, 1)
-    expected = float((conv((adv - mean[:, None, None]) / std[:, None, None]).argmax(1) == y).float().mean())
+    corner = (x + 0.03 * grad.sign()).clamp(0, 1)
+    scale = torch.from_numpy(gate_scales(spec, spec.checks[0], 0.03, 40)).float()[:, None, None, None]
+    inside = x + scale * (corner - x)
+
+    def right(points: torch.Tensor) -> torch.Tensor:
+        return conv((points - mean[:, None, None]) / std[:, None, None]).argmax(1) == y
+
+    expected = float((right(corner) & right(inside)).float().mean())
     assert result.clean_accuracy == 1.0
     assert abs(result.accuracy - expected) <= 1 / 40
+    assert result.accuracy < 1.0
 
 
 def test_exact_fgsm_on_a_digits_cnn_is_stronger_than_float32_cross_entropy() -> None:

@@ -34,19 +34,45 @@ def test_window_fraction_halves_on_the_papers_schedule() -> None:
     assert window_fraction(0.8, 50, 1000) == 0.8 / 8  # rescaled to the budget: 500 of 10000
 
 
-def test_square_stays_on_corners_of_the_ball_and_counts_queries(digits_mlp) -> None:
+def test_square_stays_on_corners_of_an_inner_ball_and_counts_queries(digits_mlp) -> None:
+    """Every element of an attacked sample moves by exactly its radius s * eps, s in [0.99,
+    0.999) drawn per sample first (interior.py), unless input-range clipped it: no candidate
+    lies on the corners of the eps ball, which a model could recognise."""
     model, x, y = digits_mlp
     eps, stats = 0.1, {}
     adversarial = square(model, x, y, eps, np.random.default_rng(0), model.scores(x), stats, queries=300)
     delta = (adversarial - x).abs()
-    assert float(delta.max()) <= eps + 1e-6
+    assert float(delta.max()) <= eps * 0.999
     assert float(adversarial.min()) >= 0 and float(adversarial.max()) <= 1
-    # every element of an attacked sample moved by exactly eps unless input-range clipped it
+    radius = torch.from_numpy(eps * (0.99 + 0.009 * np.random.default_rng(0).random(len(x)))).float()
+    radius = radius[:, None].expand_as(delta)
     attacked = (model.scores(x).argmax(1) == y)[:, None]
     inside = (adversarial > 0) & (adversarial < 1) & attacked
-    assert torch.allclose(delta[inside], torch.full_like(delta[inside], eps), atol=1e-6)
+    assert int(inside.sum()) > 1000
+    assert torch.allclose(delta[inside], radius[inside], atol=1e-6)
     standing = int((model.scores(x).argmax(1) == y).sum())
     assert standing <= stats["queries"] <= 300 * standing
+
+
+def test_square_inside_strongest_searches_the_eps_ball_and_tries_the_interior_last(digits_mlp) -> None:
+    """``interior=False`` (strongest's member): candidates on the eps ball's corners, and the
+    last query of a sample still standing is its final point's interior point."""
+    from pytest_advrobust.attacks.square import square_linf
+
+    model, x, y = digits_mlp
+    stats = {}
+    adversarial = square_linf(model, x, y, 0.1, np.random.default_rng(0), scores=model.scores(x),
+                              stats=stats, queries=40)
+    standing = model.scores(adversarial).argmax(1) == y
+    delta = (adversarial - x).abs()
+    unclipped = (adversarial > 0) & (adversarial < 1)
+    on_corner = ((delta - 0.1).abs() < 1e-6) | ~unclipped
+    attacked = model.scores(x).argmax(1) == y
+    assert standing.any() and on_corner[standing & attacked].all()  # the corners of the eps ball
+    inside = attacked & ~standing & ~on_corner.all(1)  # fooled by a final point's interior point
+    assert int(inside.sum()) == stats["interior"]
+    assert (delta[inside][unclipped[inside]] < 0.1 * 0.999 + 1e-6).all()
+    assert stats["queries"] <= 40 * int(attacked.sum())
 
 
 def test_square_beats_spsa_at_equal_queries(digits_mlp) -> None:

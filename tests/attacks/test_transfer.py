@@ -85,7 +85,15 @@ def test_ensemble_attacks_the_sum_of_the_surrogates_losses() -> None:
     leaf = x.clone().requires_grad_(True)
     loss = sum(torch.nn.functional.cross_entropy(n.module(leaf), y, reduction="sum") for n in nets)
     (grad,) = torch.autograd.grad(loss, leaf)
-    assert torch.equal(out, (x + 0.1 * grad.sign()).clamp(0, 1))
+    corner = (x + 0.1 * grad.sign()).clamp(0, 1)
+    # and the interior point on the way there, kept where it fools the target (interior.py)
+    scale = torch.from_numpy(0.99 + 0.009 * np.random.default_rng(0).random(50)).float()[:, None]
+    inside = x + scale * (corner - x)
+    fooled = target.module(inside).argmax(1) != y
+    assert torch.equal(out, torch.where(fooled[:, None], inside, corner))
+    assert fooled.any()
+    # a linear target: the interior point fools only samples its corner fools (margin linear)
+    assert torch.equal(target.module(out).argmax(1) == y, target.module(corner).argmax(1) == y)
     alone = transfer(target, x, y, 0.1, np.random.default_rng(0), nets[1:])
     assert not torch.equal(out, alone)
 
