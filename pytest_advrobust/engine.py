@@ -511,9 +511,19 @@ class ModelPass:
                                   attack.with_defaults(r.check.options))
         if adversarial is x:  # the attack left the inputs alone (clean)
             return clean_ok
-        adversarial = _project(adversarial, x, r.eps if attack.uses_eps else None, model.input_range,
-                               self.spec, r)
-        return model.scores(adversarial).argmax(1).to(y.device) == y
+        # a tuple holds candidates: a sample is right only if right on each, and a later one
+        # is scored only on the samples the earlier ones left standing (fgsm: the corner, then
+        # its interior point)
+        ok = None
+        for candidate in adversarial if isinstance(adversarial, tuple) and adversarial else (adversarial,):
+            points = _project(candidate, x, r.eps if attack.uses_eps else None, model.input_range,
+                              self.spec, r)
+            if ok is None:
+                ok = model.scores(points).argmax(1).to(y.device) == y
+            elif ok.any():
+                rows = ok.nonzero().squeeze(1)
+                ok[rows] = model.scores(points[rows.to(points.device)]).argmax(1).to(y.device) == y[rows]
+        return ok
 
     def _attack_error(self, r: Request, exc: BaseException) -> AdvRobustError:
         """What one gate's failure says: "no usable gradient" when that is the cause, NaN

@@ -83,7 +83,9 @@ def test_fgsm_sweep_costs_one_forward_backward_per_batch_plus_one_forward_per_ep
     assert len(results) == 6 and loader.loads == 1
     (module,) = loader.modules
     assert module.with_grad == batches  # the gradient pass also yields the clean scores
-    assert module.plain == batches * 5  # one forward per eps, no separate clean pass
+    # per eps one forward, and one more over the samples the corner left standing (their
+    # interior points, attacks/interior.py) where there are any; no separate clean pass
+    assert batches * 5 < module.plain <= batches * 5 * 2
 
 
 def test_two_gates_of_one_model_load_it_once(pytester: pytest.Pytester, blobs) -> None:
@@ -97,7 +99,9 @@ def test_two_gates_of_one_model_load_it_once(pytester: pytest.Pytester, blobs) -
     assert loader.loads == 1
     (module,) = loader.modules
     batches = -(-len(y) // 64)
-    assert module.with_grad == batches and module.plain == batches * 2
+    # clean: one forward; fgsm: one forward, and one for its interior points where the
+    # corner left samples standing
+    assert module.with_grad == batches and batches * 2 < module.plain <= batches * 3
 
 
 def test_attack_signature_is_read_once_per_function() -> None:

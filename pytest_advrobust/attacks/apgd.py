@@ -22,18 +22,22 @@ model's scores; for probabilities their log is used (DLR is then the logit DLR).
 than 3 classes DLR has no scale to divide by and is the plain margin.
 
 Each sample keeps the first point that fools the model and stops spending gradients. The
-candidates are the clean input, the FGSM point (so ``apgd`` is never weaker than ``fgsm``)
-and every iterate of every run (``restarts`` runs per target, each from its own random
-start, or from ``x`` with ``random-start = false``).
+candidates are the clean input, the FGSM points (the corner and its interior point, as
+``fgsm``: so ``apgd`` is never weaker than ``fgsm``), every iterate of every run
+(``restarts`` runs per target, each from its own random start, or from ``x`` with
+``random-start = false``) and the interior point ``x + s * (x' - x)`` of each run's final
+point ``x'`` (``s`` uniform in [0.99, 0.999) per sample: see ``interior.py``).
 
 Arguments (check keys): ``loss`` ("ce" | "dlr", "ce"), ``steps`` (int, 100), ``restarts``
 (int, 1), ``targeted`` (bool, false), ``targets`` (int, 9: classes targeted, one run each),
 ``random-start`` (bool, true).
 Shapes: ``x`` [N, ...] raw units, ``y`` [N] int64; returns a tensor shaped like ``x``.
-Cost per sample still standing: one forward for the FGSM point, then per run ``steps + 1``
-forward + backward passes (``steps`` when the run starts at ``x``); ``targets * restarts``
-runs when targeted, ``restarts`` otherwise. ``stats["gradients"]`` sums the forward +
-backward passes spent (per sample).
+Cost per sample still standing: two forwards for the FGSM points, then per run ``steps + 1``
+forward + backward passes (``steps`` when the run starts at ``x``) and one forward for the
+final interior point; ``targets * restarts`` runs when targeted, ``restarts`` otherwise.
+``stats["gradients"]`` sums the forward + backward passes spent (per sample),
+``stats["gradient_free"]`` the samples left standing whose every gradient was exactly zero,
+``stats["interior"]`` the samples only an interior point fooled.
 
 Example::
 
@@ -277,24 +281,38 @@ def _run(evaluate: Callable[..., tuple[Any, Any, Any]], origin: "torch.Tensor", 
     checked_best, reduced = best_f.clone(), torch.zeros(len(index), dtype=torch.bool)
     last_check = 0
 
-    def settle(s: "torch.Tensor", f: "torch.Tensor") -> "torch.Tensor":
-        """Rows whose ``current`` is misclassified keep it and leave the run; ``f`` less them."""
+    def leave(out: "torch.Tensor", fooled: bool) -> None:
+        """Active rows ``out`` (a CPU mask) leave the run: fooled ones with their current
+        point, the others with their best."""
         nonlocal index, origin, current, previous, g, history, step, best_x, best_f, best_g
         nonlocal checked_best, reduced
-        wrong = s.argmax(1).cpu() != y_cpu[rows[index]]
-        if not wrong.any():
-            return f
-        d = wrong.to(current.device)
-        hit_rows.append(rows[index[wrong]])
-        hit_points.append(current[d].clone())
-        keep, d = ~wrong, ~d
-        index, history, step, best_f, f = index[keep], history[keep], step[keep], best_f[keep], f[keep]
+        d = out.to(current.device)
+        if fooled:
+            hit_rows.append(rows[index[out]])
+            hit_points.append(current[d].clone())
+        else:
+            last[index[out]] = best_x[d]
+        keep, d = ~out, ~d
+        index, history, step, best_f = index[keep], history[keep], step[keep], best_f[keep]
         checked_best, reduced = checked_best[keep], reduced[keep]
         origin, current, previous, g, best_x, best_g = (t[d] for t in (origin, current, previous, g,
                                                                        best_x, best_g))
-        return f
+
+    def settle(s: "torch.Tensor", f: "torch.Tensor") -> "torch.Tensor":
+        """Rows whose ``current`` is misclassified keep it and leave the run; ``f`` less them."""
+        wrong = s.argmax(1).cpu() != y_cpu[rows[index]]
+        if not wrong.any():
+            return f
+        leave(wrong, fooled=True)
+        return f[~wrong]
 
     f = settle(s, f)
+    # a row whose gradient at its start is exactly zero never moves (every step is zero and
+    # there is no momentum yet): it leaves after this one evaluation, losing nothing
+    stuck = ~_nonzero(g)
+    if stuck.any():
+        leave(stuck, fooled=False)
+        f = f[~stuck]
     history[:, 0] = f
     for k in range(steps):
         if not len(index):

@@ -7,14 +7,16 @@ probabilities), computed in float64 from the model's scores so its gradient keep
 class's term (float32 rounds ``p_y`` to 1.0 on confident samples and loses it; this is the
 exact FGSM of the paper, stronger than float32 implementations), and the interior point
 ``x + s * (x_c - x)`` on the same segment, ``s`` uniform in [0.99, 0.999) per sample (see
-:mod:`.interior`: a model that recognises corner points cannot pass). A sample counts as
-fooled if either point fools it. Cost: one forward + one backward per batch, shared by every
-eps of a sweep, plus two forwards per eps (the interior point and the engine's score).
+:mod:`.interior`: a model that recognises corner points cannot pass). Both go to the engine
+as candidates: a sample counts as fooled if either point fools it, and the interior point is
+scored only on the samples the corner did not fool. Cost: one forward + one backward per
+batch, shared by every eps of a sweep, plus per eps one forward and one more for the samples
+the corner leaves standing.
 
 Noise: ``x_c = clip(x + eps * s, input-range)`` with ``s`` uniform in {-1, +1} per element,
 drawn from the seed, and its interior point as for FGSM. Same L-inf size as FGSM: the gap
 between the two is the point the attack makes (adversarial directions are not random).
-Cost: two forwards per eps.
+Cost: per eps one forward and one more for the samples the corner leaves standing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .interior import with_interior
+from .interior import interior_point
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +40,11 @@ def clean(x: "torch.Tensor") -> "torch.Tensor":
 
 def fgsm(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
          grad: "torch.Tensor", scores: "torch.Tensor | None" = None,
-         stats: dict[str, float] | None = None, *, loss: str = "ce") -> "torch.Tensor":
+         stats: dict[str, float] | None = None, *,
+         loss: str = "ce") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Fast gradient sign method: the corner one step of size eps along the sign of the loss
-    gradient, or the interior point on the way there where that one fools the model.
+    gradient, and the interior point on the way there (the engine scores the interior point
+    on the samples the corner did not fool).
 
     Args: ``x`` a batch in raw input units, ``eps`` the L-inf size, ``grad`` the input
     gradient of the cross-entropy at ``x`` (computed once per batch by the engine, exact:
@@ -56,7 +60,8 @@ def fgsm(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.r
             still = ~grad.reshape(len(grad), -1).ne(0).any(1)
             correct = scores.argmax(1).to(still.device) == y.to(still.device)
             stats["gradient_free"] = stats.get("gradient_free", 0) + int((still & correct).sum())
-    return with_interior(model.scores, x, y, fgsm_step(x, eps, grad, model.input_range), rng)[0]
+    corner = fgsm_step(x, eps, grad, model.input_range)
+    return corner, interior_point(x, corner, rng)
 
 
 def fgsm_step(x: "torch.Tensor", eps: float, grad: "torch.Tensor",
@@ -65,12 +70,12 @@ def fgsm_step(x: "torch.Tensor", eps: float, grad: "torch.Tensor",
     return (x + eps * grad.sign().to(x.dtype)).clamp(*bounds)
 
 
-def noise(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float,
-          rng: np.random.Generator) -> "torch.Tensor":
+def noise(model: Any, x: "torch.Tensor", eps: float,
+          rng: np.random.Generator) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Random signs of the same L-inf size as FGSM (the baseline that is not adversarial),
-    or the interior point on the way there where that one fools the model."""
+    and the interior point on the way there, as candidates for the engine."""
     corner = (x + eps * random_signs(x, rng)).clamp(*model.input_range)
-    return with_interior(model.scores, x, y, corner, rng)[0]
+    return corner, interior_point(x, corner, rng)
 
 
 def random_signs(x: "torch.Tensor", rng: np.random.Generator) -> "torch.Tensor":

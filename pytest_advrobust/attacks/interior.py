@@ -36,7 +36,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INTERIOR_SCALE", "corner_then_interior", "interior_scales", "with_interior"]
+__all__ = ["INTERIOR_SCALE", "corner_then_interior", "interior_point", "interior_scales",
+           "with_interior"]
 
 #: the range the per-sample scale ``s`` of the interior point is drawn from
 INTERIOR_SCALE = (0.99, 0.999)
@@ -46,6 +47,14 @@ def interior_scales(rng: Any, n: int) -> np.ndarray:
     """One scale per row of the batch, from each row's own stream (one float each)."""
     low, high = INTERIOR_SCALE
     return low + (high - low) * rng.random(size=n)
+
+
+def interior_point(x: "torch.Tensor", corner: "torch.Tensor", rng: Any) -> "torch.Tensor":
+    """``x + s * (corner - x)`` for every row (one scale per row, drawn from its stream)."""
+    import torch
+
+    scales = torch.from_numpy(interior_scales(rng, len(x))).to(device=corner.device, dtype=corner.dtype)
+    return x + scales.view((-1,) + (1,) * (corner.dim() - 1)) * (corner - x)
 
 
 def with_interior(score: Callable[["torch.Tensor"], "torch.Tensor"], x: "torch.Tensor",
@@ -61,16 +70,14 @@ def with_interior(score: Callable[["torch.Tensor"], "torch.Tensor"], x: "torch.T
     its interior point fooled the model (a CPU bool tensor)."""
     import torch
 
-    scales = interior_scales(rng, len(x))
+    everywhere = interior_point(x, points, rng)  # drawn for every row, whichever are tried
     if rows is None:
         rows = torch.arange(len(x))
     if not len(rows):
         return points, torch.zeros(0, dtype=torch.bool)
     at = rows.to(points.device)
-    origin = x[at]
-    factor = torch.from_numpy(scales[rows.numpy()]).to(device=points.device, dtype=points.dtype)
-    inside = origin + factor.view((-1,) + (1,) * (points.dim() - 1)) * (points[at] - origin)
-    wrong = (score(inside).argmax(1).cpu() != y[rows.to(y.device)].cpu())
+    inside = everywhere[at]
+    wrong = score(inside).argmax(1).cpu() != y[rows.to(y.device)].cpu()
     if stats is not None:
         stats["interior"] = stats.get("interior", 0) + int(wrong.sum())
     if not wrong.any():

@@ -14,8 +14,8 @@ gradient exactly zero and PGD reports the clean accuracy; the margin's gradient 
 vanish. ``"ce"``, ``"margin"``, ``"dlr"`` (Croce & Hein, 2020) and ``"ce+dlr"`` pick others.
 
 Never weaker than FGSM by construction: the candidates are, in order, the clean input, the
-FGSM point ``clip(x + eps * sign(grad L(x, y)))``, every PGD iterate of every restart, and
-last the interior point ``x + s * (x' - x)`` of the final point ``x'`` (the last iterate of
+FGSM points (the corner ``clip(x + eps * sign(grad L(x, y)))`` and its interior point, as
+``fgsm``), every PGD iterate of every restart, and last the interior point ``x + s * (x' - x)`` of the final point ``x'`` (the last iterate of
 the run that reached the highest margin loss), ``s`` uniform in [0.99, 0.999) per sample (see
 ``interior.py``: most final iterates sit on the corners of the ball, which a model can
 recognise); each sample keeps the first candidate the model misclassifies.
@@ -24,7 +24,7 @@ Arguments (check keys): ``steps`` (int, 10), ``step-size`` (float, default ``2.5
 steps``, so a run can cross the ball), ``random-start`` (bool, true), ``restarts`` (int, 1),
 ``loss`` (``"ce+margin"``). Shapes: ``x`` [N, ...] raw units, ``y`` [N] int64; returns a
 tensor shaped like ``x``. Cost per batch: the engine's forward + backward at ``x`` (shared
-with FGSM), one forward for the FGSM point, then per loss and restart ``steps`` forward +
+with FGSM), two forwards for the FGSM points, then per loss and restart ``steps`` forward +
 backward passes and one forward, each over the samples not yet misclassified only (the
 margin run of the default costs only on the samples cross-entropy left standing), and one
 forward for the interior point of the samples still standing.

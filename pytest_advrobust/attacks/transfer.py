@@ -17,7 +17,8 @@ take the target's raw inputs (same input-range). The crafted point ``x'`` lies o
 of the eps ball, which a target can recognise, so its interior point ``x + s * (x' - x)``
 (``s`` uniform in [0.99, 0.999) per sample, see ``interior.py``) is tried on the target too:
 a sample counts as fooled if either point fools it. Cost: on each surrogate one forward +
-backward (fgsm) or ``1 + steps`` of them (pgd); on the target two forwards per eps.
+backward (fgsm) or ``1 + steps`` of them (pgd); on the target one forward per eps and one
+more for the samples the corner leaves standing.
 
 Example::
 
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import AdvRobustError, AttackError
-from .interior import with_interior
+from .interior import interior_point
 from .pgd import pgd_linf
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ from .rules import TRANSFER_VIA as VIA
 def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: np.random.Generator,
              surrogates: Sequence[Any], *, via: str = "fgsm", steps: int = 10,
              step_size: float | None = None, loss: str = "ce",
-             random_start: bool = False) -> "torch.Tensor":
-    """Craft on ``surrogates`` (their summed loss), hand the result to the target unchanged."""
+             random_start: bool = False) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Craft on ``surrogates`` (their summed loss); the crafted points and their interior
+    points go to the target as candidates."""
     if via not in VIA:
         raise AttackError(f"via = {via!r} is not one of {', '.join(map(repr, VIA))} (how the "
                           "surrogate is attacked).", where=f"transfer on {model.name}")
@@ -73,9 +75,9 @@ def transfer(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng: 
                                y, eps, (low, high), rng, grad=grad, scores=scores, steps=steps,
                                step_size=step_size, random_start=random_start, restarts=1,
                                stop_early=False, losses=(loss,))
-    # the crafted points sit on the corners of the ball, which a target can recognise: its
-    # interior point is tried too (one forward of the target; see interior.py)
-    return with_interior(model.scores, x, y, crafted, rng)[0]
+    # the crafted points sit on the corners of the ball, which a target can recognise: the
+    # engine scores their interior points too, where the corners did not fool (interior.py)
+    return crafted, interior_point(x, crafted, rng)
 
 
 def _ensemble_gradient(surrogates: Sequence[Any], x: "torch.Tensor", y: "torch.Tensor",

@@ -25,7 +25,9 @@ def test_signs_are_plus_minus_one_balanced_and_batch_size_independent() -> None:
 
 def test_noise_tries_the_interior_point_where_the_corner_is_recognised() -> None:
     """A model that classifies a point right when every value lies exactly eps off 0.5 (the
-    corner noise lands on) and wrong anywhere else off 0.5: only the interior point fools it."""
+    corner noise lands on) and wrong anywhere else off 0.5: noise hands the engine both
+    points (the gate counts a sample fooled when either fools it), and only the interior
+    point fools this model."""
     from pytest_advrobust.attacks.basic import noise
     from pytest_advrobust.models.torch_models import TorchClassifier
 
@@ -37,12 +39,13 @@ def test_noise_tries_the_interior_point_where_the_corner_is_recognised() -> None
     model = TorchClassifier(Corners(), name="corners", input_range=(0, 1))
     x = torch.full((30, 6), 0.5)
     y = torch.zeros(30, dtype=torch.long)
-    out = noise(model, x, y, 0.1, np.random.default_rng(2))
+    corner, inside = noise(model, x, 0.1, np.random.default_rng(2))
     rng = np.random.default_rng(2)
     signs = np.where(rng.random((30, 6)) < 0.5, -1.0, 1.0)
     scale = 0.99 + 0.009 * rng.random(30)  # after the signs, one draw per sample
-    np.testing.assert_allclose(out.numpy(), 0.5 + 0.1 * scale[:, None] * signs, atol=1e-7)
-    assert (model.scores(out).argmax(1) == 1).all()
+    np.testing.assert_allclose(corner.numpy(), 0.5 + 0.1 * signs, atol=1e-7)
+    np.testing.assert_allclose(inside.numpy(), 0.5 + 0.1 * scale[:, None] * signs, atol=1e-7)
+    assert (model.scores(corner).argmax(1) == 0).all() and (model.scores(inside).argmax(1) == 1).all()
 
 
 def test_noise_gate_matches_its_definition(tmp_path) -> None:
