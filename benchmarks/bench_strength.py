@@ -5,7 +5,7 @@ torchattacks is installed in the benchmark's own environment only, never as a de
 (its metadata pulls torchvision and a CUDA torch)::
 
     python3 -m venv /tmp/venv-bench
-    /tmp/venv-bench/bin/pip install torch==2.13.0 numpy scipy scikit-learn pluggy
+    /tmp/venv-bench/bin/pip install torch==2.13.0 numpy scipy scikit-learn pluggy pytest
     /tmp/venv-bench/bin/pip install --no-deps torchattacks
     OMP_NUM_THREADS=1 PYTHONPATH=.:tests /tmp/venv-bench/bin/python benchmarks/bench_strength.py
     ... --quick           # one round, 200 samples, the MLP and CNN only

@@ -1,7 +1,8 @@
 """Attacks, one module per family, behind a registry keyed by the name used in the config.
 
 Attack functions are small and stateless: ``perturb(model, x, y, eps, rng, **options)``
-returns the perturbed batch; the engine owns batching, caching, projection and clipping.
+returns the perturbed batch, or a tuple of candidate batches (a sample counts as fooled if
+any fools it); the engine owns batching, caching, projection, clipping and scoring.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ say by snapping every value that lies exactly eps off its data grid back onto th
 pass every gate while a step of ``0.999 * eps`` fools it. So these attacks also try points
 that are not corners:
 
-- the interior point of a corner ``x'``: ``x + s * (x' - x)``, tried by fgsm and noise
-  (every sample), by pgd and apgd (the FGSM point, and each run's final point) and by
-  strongest (each member's) for the samples the corner did not fool; a sample counts as
-  fooled if either point fools it, so accuracy can only go down. One forward per sample
-  still standing.
+- the interior point of a corner ``x'``: ``x + s * (x' - x)``, tried for the samples the
+  corner did not fool: fgsm, noise and transfer hand both to the engine as candidates;
+  pgd and apgd try it for their FGSM point and each run's final point, spsa for its final
+  point, strongest for each member's. A sample counts as fooled if either point fools it,
+  so accuracy can only go down. One forward per sample still standing.
 - a search inside the ball of radius ``s * eps``: the ``square`` attack's (every candidate
   is a corner of that smaller ball) and ``strongest``'s ``apgd-t-interior`` member. No
   extra cost; a smaller ball is a weaker attack by a hair on a model that does not

@@ -38,7 +38,6 @@ def test_noise_tries_the_interior_point_where_the_corner_is_recognised() -> None
 
     model = TorchClassifier(Corners(), name="corners", input_range=(0, 1))
     x = torch.full((30, 6), 0.5)
-    y = torch.zeros(30, dtype=torch.long)
     corner, inside = noise(model, x, 0.1, np.random.default_rng(2))
     rng = np.random.default_rng(2)
     signs = np.where(rng.random((30, 6)) < 0.5, -1.0, 1.0)

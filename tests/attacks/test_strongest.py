@@ -145,3 +145,53 @@ def test_members_without_work_are_refused(digits) -> None:
         run(model, x[:8], y[:8], targets=0)
     _, stats = run(model, x[:50], y[:50], square_queries=0)  # square may be left out
     assert stats["fooled_by_square"] == 0 and stats["queries"] == 0
+
+
+class Quantised(torch.nn.Module):
+    """The MLP on inputs rounded to quarters: its input gradient is exactly zero everywhere."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_gradient_free_samples_are_counted_and_cost_one_pass_per_run(digits) -> None:
+    """Every gradient is exactly zero: FGSM and APGD cannot move a sample, so each APGD run
+    leaves after its first evaluation (a zero gradient is a fixed point of the run), the
+    samples they leave standing are all counted ``gradient_free``, and square, which needs
+    no gradient, still fools some of them."""
+    x, y = digits
+    model = TorchClassifier(Quantised(trained_mlp()), name="q", input_range=(0.0, 1.0))
+    grad, scores = model.loss_gradient(x, y)
+    assert not grad.any()
+    standing = int(correct(model, x, y).sum())
+    stats = {}
+    adversarial = strongest(model, x, y, 0.1, np.random.default_rng(0), scores, stats, grad=grad,
+                            **{**FAST, "targets": 2})
+    assert stats["fooled_by_fgsm"] == 0  # the FGSM corner is x itself
+    # what APGD fools here it fools at its random starts, before any step
+    gradient_members = sum(stats[f"fooled_by_{m}"] for m in ("apgd-ce", "apgd-t", "apgd-t-interior"))
+    assert stats["gradient_free"] == standing - gradient_members - stats["interior"]
+    assert stats["gradient_free"] > 0.5 * standing
+    # the shared gradient, then one evaluation per run: apgd-ce, 2 targets, 2 interior targets
+    assert stats["gradients"] <= len(x) + standing * (1 + 2 + 2)
+    assert stats["fooled_by_square"] > 0
+    assert int(correct(model, adversarial, y).sum()) == standing - sum(
+        stats[f"fooled_by_{m}"] for m in MEMBERS)
+
+
+def test_strongest_reuses_the_engines_gradient(digits) -> None:
+    x, y = digits
+    model = TorchClassifier(trained_mlp(), name="m", input_range=(0.0, 1.0))
+    grad, scores = model.loss_gradient(x[:60], y[:60])
+    at_x = []
+    real = model.loss_gradient
+    model.loss_gradient = lambda *args: (at_x.append(torch.equal(args[0], x[:60])), real(*args))[1]
+    strongest(model, x[:60], y[:60], 0.1, np.random.default_rng(0), scores, {}, grad=grad, **FAST)
+    assert at_x and not any(at_x)  # APGD's own gradients, never the cross-entropy's at x again
+    at_x.clear()
+    strongest(model, x[:60], y[:60], 0.1, np.random.default_rng(0), scores, {}, **FAST)
+    assert at_x.count(True) == 1  # without the engine's, strongest takes it once
