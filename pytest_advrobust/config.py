@@ -92,6 +92,8 @@ class AttackOptions:
     positive: frozenset[str] = frozenset()
     #: ``validate(options) -> message or None``: rules across options (checked with defaults)
     validate: Any = None
+    #: the option naming other models of the config to craft inputs on (transfer attacks)
+    surrogate_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -358,12 +360,12 @@ class _Reader:
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),
             max_regression=self.fraction(merged, "max-regression", where),
-            checks=self.checks(merged.get("checks"), where, high - low),
+            checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )
         return spec
 
-    def checks(self, raw: Any, where: str, width: float) -> tuple[CheckSpec, ...]:
+    def checks(self, raw: Any, where: str, bounds: tuple[float, float]) -> tuple[CheckSpec, ...]:
         if raw is None:
             raise self.fail(where, "has no checks. Add at least one [[...checks]] table, e.g.\n"
                             "  [[tool.advrobust.checks]]\n  attack = \"fgsm\"\n  eps = 0.1\n"
@@ -377,7 +379,7 @@ class _Reader:
         errors: list[ConfigError] = []
         for index, table in enumerate(raw):
             try:
-                check = self.check(table, f"{where} checks[{index}]", width, index)
+                check = self.check(table, f"{where} checks[{index}]", bounds, index)
             except ConfigError as exc:
                 errors.append(exc)
                 continue
@@ -392,7 +394,7 @@ class _Reader:
             raise self.several(errors)
         return tuple(out)
 
-    def check(self, table: dict, where: str, width: float, index: int) -> CheckSpec:
+    def check(self, table: dict, where: str, bounds: tuple[float, float], index: int) -> CheckSpec:
         attack = self.string(table, "attack", where, required=True)
         if attack not in self.attacks:
             raise self.fail(f"{where} attack", f"unknown attack {attack!r}.{_did_you_mean(attack, self.attacks)} "
@@ -402,7 +404,7 @@ class _Reader:
                           extra=f" (attack {attack!r} accepts: "
                                 f"{', '.join(sorted(CHECK_KEYS | set(info.options)))})")
         if info.uses_eps:
-            eps = self.eps(table, where, width)
+            eps = self.eps(table, where, bounds)
         else:
             if "eps" in table:
                 raise self.fail(f"{where} eps", f"attack {attack!r} takes no eps. Remove it.")
@@ -454,15 +456,15 @@ class _Reader:
         pool.update({spec.name: spec for spec in models})
         for spec in models:
             for check in spec.checks:
-                declared = "surrogate" in self.attacks[check.attack].options
-                key = f"[{spec.table}] checks[{check.index}] surrogate"
-                if "surrogate" not in check.options:
-                    if declared:
-                        raise self.fail(key, f"is required by attack {check.attack!r}: the name of "
-                                        "another model of this config to craft the inputs on, or "
-                                        "a list of names (an ensemble), e.g. surrogate = \"mlp-torch\".")
+                option = self.attacks[check.attack].surrogate_key
+                if option is None:
                     continue
-                value = check.options["surrogate"]
+                key = f"[{spec.table}] checks[{check.index}] {option}"
+                if option not in check.options:
+                    raise self.fail(key, f"is required by attack {check.attack!r}: the name of "
+                                    "another model of this config to craft the inputs on, or "
+                                    f"a list of names (an ensemble), e.g. {option} = \"mlp-torch\".")
+                value = check.options[option]
                 names = (value,) if isinstance(value, str) else value
                 if not isinstance(names, tuple) or not names or not all(
                         isinstance(name, str) and name for name in names):
@@ -558,7 +560,7 @@ class _Reader:
                             "fractions (write 0.9 for 90%).")
         return value
 
-    def eps(self, table: dict, where: str, width: float) -> tuple[float, ...]:
+    def eps(self, table: dict, where: str, bounds: tuple[float, float]) -> tuple[float, ...]:
         if "eps" not in table:
             raise self.fail(f"{where} eps", "is required: one number or a list, in input units "
                             "(e.g. eps = [0.05, 0.1]).")
@@ -567,11 +569,20 @@ class _Reader:
         if not values:
             raise self.fail(f"{where} eps", "is an empty list; give at least one value.")
         out = []
+        width = bounds[1] - bounds[0]
+        resolution = float_resolution(bounds)
         for value in values:
-            number = self.number(value, f"{where} eps")
+            number = self.number(value, f"{where} eps") + 0.0  # -0.0 is 0
             if number < 0:
                 raise self.fail(f"{where} eps", f"{number:g} is negative; eps is the L-inf size "
                                 "of the perturbation and must be >= 0.")
+            if 0 < number < resolution:
+                raise self.fail(f"{where} eps", f"{number:g} is below the float32 resolution of "
+                                f"input-range [{bounds[0]:g}, {bounds[1]:g}] ({resolution:.3g}, "
+                                "the step between neighbouring float32 values at its edge): "
+                                "x + eps rounds back to x there, so the attack would not move "
+                                "those inputs. eps is in input units: give a larger eps (or 0 to "
+                                "measure clean accuracy).")
             if number > width:
                 raise self.fail(f"{where} eps", f"{number:g} is larger than the whole input-range "
                                 f"(width {width:g}); such a perturbation can replace the input "
@@ -637,6 +648,22 @@ class _Reader:
         if isinstance(value, list):
             value = tuple(value)
         return value
+
+
+def float_resolution(bounds: tuple[float, float]) -> float:
+    """The gap between neighbouring float32 values at the edge of ``bounds`` farthest from
+    0: an eps below it leaves inputs there unchanged (``x + eps == x``)."""
+    import struct
+
+    edge = max(abs(bounds[0]), abs(bounds[1]))
+    if edge == 0:
+        return 0.0
+    try:
+        bits = struct.unpack("<I", struct.pack("<f", edge))[0]
+    except OverflowError:  # beyond float32: every eps that fits is below its resolution there
+        return 0.0
+    above = struct.unpack("<f", struct.pack("<I", bits + 1))[0]
+    return above - struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def _default_name(ref: str) -> str:

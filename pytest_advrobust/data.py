@@ -46,24 +46,39 @@ class Batch:
 
 class Census:
     """What a pass saw of the whole data stream, its other shards' samples included: how
-    many samples, and a digest of every label in order. Shards of one evaluation must agree
-    on both, or they did not read the same data (a shuffling loader, another file)."""
+    many samples, a digest of every label in order, and with ``parts`` = N shards a digest
+    of each shard's part (its batches' inputs and labels). Shards of one evaluation must
+    agree on all of it, or they did not read the same data (a shuffling loader, another
+    file); a shard's own part tells which shard a report really measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, parts: int = 1) -> None:
         import hashlib
 
         self.samples = 0
         self._digest = hashlib.sha256()
         self._inputs = hashlib.blake2b(digest_size=8)
+        self._parts = [hashlib.blake2b(digest_size=8) for _ in range(parts)] if parts > 1 else []
 
-    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None) -> None:
+    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None, batch: int = 0) -> None:
+        """Count batch number ``batch`` (in batch-size units from the stream's start)."""
         self.samples += len(labels)
-        self._digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+        labels = np.ascontiguousarray(labels, dtype="<i8").tobytes()
+        self._digest.update(labels)
         if inputs is not None:  # one byte stream: where batches are cut does not matter
-            self._inputs.update(np.ascontiguousarray(inputs).tobytes())
+            data = np.ascontiguousarray(inputs).tobytes()
+            self._inputs.update(data)
+            if self._parts:
+                part = self._parts[batch % len(self._parts)]
+                part.update(labels)
+                part.update(data)
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "labels": "sha256:" + self._digest.hexdigest()[:16]}
+        """What a shard's result records (with ``parts``: each shard's part, in order)."""
+        out: dict[str, Any] = {"samples": self.samples,
+                               "labels": "sha256:" + self._digest.hexdigest()[:16]}
+        if self._parts:
+            out["parts"] = [f"blake2b:{part.hexdigest()}" for part in self._parts]
+        return out
 
     def digest(self) -> str:
         """Inputs and labels of the whole stream: what a baseline's ``data`` fingerprint holds."""
@@ -122,7 +137,7 @@ class EvalData:
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             seen += len(ys)
             if census is not None:
-                census.add(ys, xs)
+                census.add(ys, xs, batch=(offset - start) // batch_size)
             if shard is not None and ((offset - start) // batch_size) % shard[1] != shard[0] - 1:
                 continue  # another shard's batch
             x = torch.tensor(xs, dtype=dtype)

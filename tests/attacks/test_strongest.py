@@ -99,7 +99,7 @@ attack = "apgd"
 loss = "dlr"
 steps = 10
 eps = 0.1
-min-accuracy = 0.0
+min-accuracy = 0.001
 
 [tool.advrobust.models.forest]
 model = "forest.onnx"
@@ -107,12 +107,12 @@ model = "forest.onnx"
 attack = "strongest"
 eps = 0.2
 queries = 200
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.forest.checks]]
 attack = "square"
 eps = 0.2
 queries = 200
-min-accuracy = 0.0
+min-accuracy = 0.001
 '''
 
 
