@@ -61,7 +61,7 @@ def test_max_drop_is_measured_from_the_clean_accuracy(fooled: int, passes: bool)
         assert "max-drop 0.100" in result.message
 
 
-# -- the masking limit: more than 5% of correctly classified samples --------------------------
+# -- the masking limit: above 5% of correctly classified samples (README's diagnostics table) --
 @pytest.mark.parametrize("masked, fails", [(4, False), (5, False), (6, True), (20, True)])
 def test_zero_gradients_on_more_than_5_percent_of_correct_samples_fail_the_gate(
         masked: int, fails: bool) -> None:
@@ -87,7 +87,7 @@ def test_zero_gradients_on_more_than_5_percent_of_correct_samples_fail_the_gate(
     # 85 + 3 right (3 flagged), 5 + 7 misclassified (7 flagged): 3 of 88, under the limit,
     # while the 10 flagged samples would be 11.4% of them
     (((85, NEAR, False, 0), (5, FAR, False, 1), (3, NEAR, True, 0), (7, NEAR, True, 1)), 3, 88),
-])
+], ids=["all-flagged-misclassified", "3-of-88-flagged-right"])
 def test_zero_gradients_on_misclassified_samples_do_not_count(groups, zero: int, correct: int) -> None:
     x, y = samples(*groups)
     result = fgsm(x, y, min_accuracy=0.0)
