@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .archives import DEFAULT_MAX_READ_BYTES
 from .errors import ConfigError
 from .results import format_eps
 
@@ -40,12 +41,12 @@ SECTION = "tool.advrobust"
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
     "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "checks",
-    "max-regression",
+    "max-regression", "max-read-bytes",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
-    "output-kind", "allow-pickle", "checks", "max-regression",
+    "output-kind", "allow-pickle", "checks", "max-regression", "max-read-bytes",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
@@ -145,6 +146,8 @@ class ModelSpec:
     device: str = "auto"
     allow_pickle: bool = False
     max_regression: float | None = None
+    #: the most bytes one data or model archive may expand to when read (see archives.py)
+    max_read_bytes: int = DEFAULT_MAX_READ_BYTES
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
     table: str = SECTION
@@ -360,6 +363,8 @@ class _Reader:
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),
             max_regression=self.fraction(merged, "max-regression", where),
+            max_read_bytes=self.integer(merged, "max-read-bytes", where, DEFAULT_MAX_READ_BYTES,
+                                        minimum=1),
             checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )

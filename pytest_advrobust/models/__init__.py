@@ -33,6 +33,7 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
     """The built-in loader: ONNX, TorchScript, ``torch.export`` or a factory + state_dict."""
     import torch
 
+    from ..archives import ReadLimit
     from ..errors import ModelLoadError
     from ..imports import import_callable
     from .torch_models import TorchClassifier, load_torch_module, static_batch
@@ -57,11 +58,13 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
     if fmt == "factory":
         factory = import_callable(spec.model, spec.root, key=spec.key("model"), error=ModelLoadError)
         module = load_torch_module(fmt, None, factory=factory, weights=spec.resolve(spec.weights)
-                                   if spec.weights else None, device=device)
+                                   if spec.weights else None, device=device,
+                                   read_limit=ReadLimit.of(spec))
         source = spec.model
     else:
         path = spec.resolve(spec.model)
-        module = load_torch_module(fmt, path, allow_pickle=spec.allow_pickle, device=device)
+        module = load_torch_module(fmt, path, allow_pickle=spec.allow_pickle, device=device,
+                                   read_limit=ReadLimit.of(spec))
         source = str(path)
     dtype = next((p.dtype for p in _parameters(module) if p.is_floating_point()), torch.float32)
     model = TorchClassifier(module, output=spec.output, device=device, dtype=dtype, source=source,

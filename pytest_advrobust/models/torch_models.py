@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..archives import ReadLimit, refusal
 from ..errors import ModelLoadError
 from .base import Classifier, model_raised, user_frame
 
@@ -136,21 +137,23 @@ def borrowed(module: Any) -> Iterator[None]:
 
 
 def load_torch_module(fmt: str, path: Path | None, *, factory: Any = None, weights: Path | None = None,
-                      allow_pickle: bool = False, device: torch.device) -> Any:
-    """Load a torch model in one of the supported forms; every failure is a ModelLoadError."""
+                      allow_pickle: bool = False, device: torch.device,
+                      read_limit: ReadLimit = ReadLimit()) -> Any:
+    """Load a torch model in one of the supported forms; every failure is a ModelLoadError.
+    ``read_limit``: what a model or weights archive may expand to (``max-read-bytes``)."""
     if fmt == "factory":
-        return _from_factory(factory, weights, device)
+        return _from_factory(factory, weights, device, read_limit)
     assert path is not None
     if not path.is_file():
         raise ModelLoadError("file not found. Check the model key (paths are relative to "
                              "pyproject.toml) and that the file was built before the gates run.",
                              where=str(path))
     if fmt == "export":
-        return _from_export(path, device)
-    return _from_torchscript(path, device, allow_pickle)
+        return _from_export(path, device, read_limit)
+    return _from_torchscript(path, device, allow_pickle, read_limit)
 
 
-def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> Any:
+def _from_factory(factory: Any, weights: Path | None, device: torch.device, read_limit: ReadLimit) -> Any:
     try:
         module = factory()
     except Exception as exc:  # the user's code: report it, do not crash
@@ -162,7 +165,7 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
         raise ModelLoadError(f"the model factory returned {type(module).__name__}, not a "
                              "torch.nn.Module.", where=_qualname(factory))
     if weights is not None:
-        state = load_state_dict(weights)
+        state = load_state_dict(weights, read_limit)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -174,12 +177,12 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
     return module.to(device)
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, read_limit: ReadLimit = ReadLimit()) -> dict[str, torch.Tensor]:
     """A state_dict, never unpickling code: ``torch.load(weights_only=True)``."""
     if not path.is_file():
         raise ModelLoadError("weights file not found. Check the weights key (relative to "
                              "pyproject.toml).", where=str(path))
-    verify_archive(path, "weights")
+    verify_archive(path, "weights", read_limit)
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
             warnings.simplefilter("ignore", UserWarning)
@@ -198,12 +201,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _from_export(path: Path, device: torch.device) -> Any:
+def _from_export(path: Path, device: torch.device, read_limit: ReadLimit) -> Any:
     hint = "Re-export it with torch.export.save(torch.export.export(model, (example,)), path)."
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"is not a torch.export archive (not a zip file: truncated, or of "
                              f"another format). {hint}", where=str(path))
-    verify_archive(path, "model")
+    verify_archive(path, "model", read_limit)
     try:
         with _quiet("torch.export"):  # torch logs its own traceback before raising
             program = torch.export.load(str(path))
@@ -215,8 +218,8 @@ def _from_export(path: Path, device: torch.device) -> Any:
     return module.to(device) if device.type != "cpu" else module
 
 
-def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
-    verify_archive(path, "model")
+def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool, read_limit: ReadLimit) -> Any:
+    verify_archive(path, "model", read_limit)
     try:
         with warnings.catch_warnings():  # torch deprecates TorchScript; users still ship it
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -275,16 +278,22 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def verify_archive(path: Path, key: str) -> None:
-    """Check the CRC of every member of a zip archive (TorchScript, torch.save, .pt2) before
-    torch reads it: torch does not, and loads flipped bytes as garbage weights."""
+def verify_archive(path: Path, key: str, read_limit: ReadLimit = ReadLimit()) -> None:
+    """Before torch reads a zip archive (TorchScript, torch.save, .pt2): refuse one whose
+    members declare more than ``read_limit`` (torch would hold each whole; checked before
+    the CRCs, since testing a CRC decompresses the member), then check every member's CRC:
+    torch does not, and loads flipped bytes as garbage weights."""
     if not zipfile.is_zipfile(path):
         return  # a legacy (non-zip) torch.save file, or not an archive: the loader says which
+    problem = None
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
+            problem = refusal(archive.infolist(), read_limit, torch=True)
+            damaged = None if problem else archive.testzip()
     except Exception as exc:  # a damaged header or compressed stream
         damaged = f"? ({type(exc).__name__}: {_first_line(exc)[:-1]})"
+    if problem is not None:
+        raise ModelLoadError(problem, where=str(path))
     if damaged is not None:
         raise ModelLoadError(
             f"is damaged: the archive member {damaged!r} fails its CRC check (flipped bytes: a "
