@@ -507,12 +507,15 @@ class _Reader:
     def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError]) -> dict:
         """``table`` without its unknown keys, each of which adds an error to ``errors`` (so
         the rest of the table is still read and its mistakes reported in the same run)."""
+        listed = False
         for key in table:
             if key not in allowed:
-                try:
-                    self.unknown_keys({key: None}, allowed, where)
+                try:  # the allowed keys are listed once per table, not once per mistake
+                    self.unknown_keys({key: None}, allowed, where,
+                                      extra=" (allowed keys: as above)" if listed else "")
                 except ConfigError as exc:
                     errors.append(exc)
+                listed = True
         return {key: value for key, value in table.items() if key in allowed}
 
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
@@ -559,7 +562,7 @@ class _Reader:
     def fraction(self, table: dict, key: str, where: str) -> float | None:
         if key not in table:
             return None
-        value = self.number(table[key], f"{where} {key}")
+        value = self.number(table[key], f"{where} {key}") + 0.0  # -0.0 is 0
         if not 0.0 <= value <= 1.0:
             raise self.fail(f"{where} {key}", f"{value:g} is outside [0, 1]; accuracies are "
                             "fractions (write 0.9 for 90%).")

@@ -5,7 +5,8 @@ one forward (or one forward + backward when a gradient attack is pending, which 
 yields the clean scores) and one forward per attacked variant. Classifiers, data handles
 and measurements are cached for the session, so no work is done twice.
 
-The engine measures and nothing else: it knows no thresholds, no baseline and no files.
+The engine measures and nothing else: it knows no thresholds, no reference figures and
+no files.
 Its :class:`~pytest_advrobust.results.Measurement` objects (counts, attack statistics,
 what the masking diagnostics need, a fitted state handed out) are judged by
 :class:`~pytest_advrobust.gate.Judge` and written by the report stages.
@@ -323,11 +324,13 @@ class ModelPass:
         _check_labels(fit_y, model.num_classes, self.data, 0)
         for gate in fitting:
             if len(fit_y) <= gate.fit_size:
-                key = gate.attack.fit_samples_key or "fit-samples"
+                key = gate.attack.fit_samples_key
                 gate.error = DataError(
-                    f"{gate.check.attack} fits its perturbation on the first {key} = "
-                    f"{gate.fit_size} samples and evaluates on the rest, but the data has only "
-                    f"{len(fit_y)}. Lower {key} in this check or give more data.",
+                    f"{gate.check.attack} fits its perturbation on the first "
+                    f"{f'{key} = ' if key else ''}{gate.fit_size} samples and evaluates on the rest, "
+                    f"but the data has only {len(fit_y)}. "
+                    f"{f'Lower {key} in this check' if key else 'Give the attack a fit split'} or "
+                    "give more data.",
                     where=spec.key("data"))
         for gate in [gate for gate in fitting if gate.error is None]:
             n, r = gate.fit_size, gate.request
@@ -349,7 +352,7 @@ class ModelPass:
     def batches(self) -> Iterator[Any]:
         """The evaluation batches, on the model's device (they are made on the CPU). The
         whole stream, other shards' batches included, is counted and hashed on the way
-        (:attr:`census`, :meth:`data_digest`), for the merge and the baseline's fingerprint."""
+        (:attr:`census`, :meth:`data_digest`), for the merge and the data fingerprint."""
         for batch in self.data.batches(self.spec.batch_size, self.model.dtype, shard=self.shard,
                                        census=self.census):
             self.engine._report_progress(self.spec, batch.offset, gates=self.live(),
@@ -422,7 +425,7 @@ class ModelPass:
                 continue
             if gate.n == 0 and self.shard is None:
                 why = (f"the fit split takes all {gate.fit_size} samples. Lower "
-                       f"{attack.fit_samples_key or 'fit-samples'} or give more data." if gate.fit_size
+                       f"{attack.fit_samples_key or 'its fit split'} or give more data." if gate.fit_size
                        else f"{attack.samples_key} = 0 selects none. Raise it.")
                 outcomes[key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
                                           where=self.spec.key("data"))

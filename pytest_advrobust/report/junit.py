@@ -37,6 +37,10 @@ def gate_properties(result: AttackResult) -> list[tuple[str, str]]:
     ]
     if result.error:
         properties.append(("advrobust_error", result.error))
+    if result.note:  # measured, not judged: why
+        properties.append(("advrobust_note", result.note))
+    if result.accepted:
+        properties.append(("advrobust_accepted", "true"))
     if result.shard is not None:  # partial: counted here, judged by the merge
         properties += [("advrobust_shard", f"{result.shard['index']}/{result.shard['count']}"),
                        ("advrobust_correct", str(result.correct))]
