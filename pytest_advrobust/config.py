@@ -39,13 +39,13 @@ SECTION = "tool.advrobust"
 #: Keys that describe one model; at the top level they also set defaults for named models.
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
-    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "checks",
+    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
     "max-regression",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
-    "output-kind", "allow-pickle", "checks", "max-regression",
+    "output-kind", "allow-pickle", "bpda", "checks", "max-regression",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
@@ -142,6 +142,9 @@ class ModelSpec:
     output_kind: str = "auto"
     device: str = "auto"
     allow_pickle: bool = False
+    #: straight-through (BPDA) gradients through a plain module's rounding, integer casts
+    #: and quantisation (ONNX, TorchScript and torch.export graphs get them always)
+    bpda: bool = False
     max_regression: float | None = None
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
@@ -357,6 +360,7 @@ class _Reader:
             output_kind=output_kind,
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),
+            bpda=self.boolean(merged, "bpda", where, False),
             max_regression=self.fraction(merged, "max-regression", where),
             checks=self.checks(merged.get("checks"), where, high - low),
             table=where.strip("[]"),
