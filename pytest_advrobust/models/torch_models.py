@@ -56,7 +56,8 @@ class TorchClassifier(Classifier):
             return self._call(x)
         with straight_through_mode(replace=kind == "intercept") as mode:
             out = self._call(x)
-        self.straight_through.update(mode.seen)
+        for what, count in mode.seen.items():  # calls per forward pass, not summed over passes
+            self.straight_through[what] = max(self.straight_through[what], count)
         if kind == "watch":
             self._gradient_kind = "plain"  # looked once; the module keeps its own gradient
         return out
