@@ -9,7 +9,7 @@ black-box attacks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -155,32 +155,18 @@ class OnnxClassifier(Classifier):
         return self._quantised
 
     def twin(self) -> Any:
-        """The differentiable torch translation of the graph onnxruntime runs.
-
-        A quantised graph's rounding depends on how onnxruntime optimised it (its fused
-        QLinear* kernels round differently from the file's nodes), so the twin translates
-        the session's optimised graph (:func:`runtime_graph`); when that graph holds a
-        fusion with no translation, the file's nodes (QDQ chains computed the fused way),
-        and a parity failure then names the fusions. A float graph's fusions change no
-        value beyond float rounding: its file is translated as it is."""
+        """The differentiable torch translation of the graph onnxruntime runs (see
+        :func:`translate_session`)."""
         if self._twin is None:
-            from .onnx_torch import UnsupportedOperator, straight_through_operators, to_torch
+            from .onnx_torch import UnsupportedOperator
 
-            # only what the score output needs: an unused label branch (ArgMax,
-            # ArrayFeatureExtractor in scikit-learn exports) needs no translation
-            outputs, fused = [self.output_name], True
-            if self._quantised_operators():
-                optimised, level = runtime_graph(self.session_, self.proto)
-                fused = level >= EXTENDED
-                if optimised is not None:
-                    try:
-                        self._twin = to_torch(optimised, outputs, fused_requantisation=False).to(self.device)
-                        self.runtime_operators = straight_through_operators(optimised, outputs)
-                        return self._twin
-                    except UnsupportedOperator as exc:
-                        self.unfused = exc
             try:
-                self._twin = to_torch(self.proto, outputs, fused_requantisation=fused).to(self.device)
+                # only what the score output needs: an unused label branch (ArgMax,
+                # ArrayFeatureExtractor in scikit-learn exports) needs no translation
+                translation = translate_session(self.session_, self.proto, [self.output_name],
+                                                quantised=bool(self._quantised_operators()))
+                self._twin = translation.twin.to(self.device)
+                self.runtime_operators, self.unfused = translation.runtime_operators, translation.unfused
             except UnsupportedOperator as exc:
                 self.gradient_error = (
                     f"{exc} Attacks that work on this model: noise, transfer (from a "
@@ -188,6 +174,41 @@ class OnnxClassifier(Classifier):
                     "and strongest (runs square on such a model).")
                 raise AttackError(self.gradient_error, where=self.source) from None
         return self._twin
+
+
+class Translation(NamedTuple):
+    """What :func:`translate_session` made: the twin; the quantisation operators of the
+    optimised graph it translates (None when it translates the file); and the
+    UnsupportedOperator naming the fusions that made it fall back to the file (or None)."""
+
+    twin: Any
+    runtime_operators: list[str] | None
+    unfused: Any
+
+
+def translate_session(session: Any, proto: Any, outputs: list[str], *, quantised: bool) -> Translation:
+    """The differentiable twin of the graph ``session`` runs, for ``outputs``.
+
+    A quantised graph's rounding depends on how onnxruntime optimised it (its fused
+    QLinear* kernels round differently from the file's nodes), so its twin translates the
+    session's optimised graph (:func:`runtime_graph`); when that graph holds a fusion with
+    no translation, the file's nodes (QDQ chains computed the fused way when the session
+    fuses), and a parity failure then names the fusions. A float graph's fusions change no
+    value beyond float rounding: its file is translated as it is. Raises
+    UnsupportedOperator when the file cannot be translated either."""
+    from .onnx_torch import UnsupportedOperator, straight_through_operators, to_torch
+
+    fused, unfused = True, None
+    if quantised:
+        optimised, level = runtime_graph(session, proto)
+        fused = level >= EXTENDED
+        if optimised is not None:
+            try:
+                return Translation(to_torch(optimised, outputs, fused_requantisation=False),
+                                   straight_through_operators(optimised, outputs), None)
+            except UnsupportedOperator as exc:
+                unfused = exc
+    return Translation(to_torch(proto, outputs, fused_requantisation=fused), None, unfused)
 
 
 #: onnxruntime's optimisation level that fuses quantised chains (GraphOptimizationLevel values)

@@ -1386,8 +1386,8 @@ def _build_qlinear_softmax(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
         zero = _scalar(zy)
         exact = (torch.round(exps * scale_out.to(exps.device) / total[..., None]) + zero).clamp(low, high)
         smooth = torch.softmax(_dequantized(rows, sx, zx), -1) * scale_out.to(rows.device) + zero
-        out = _straight_through(exact, smooth)
-        return out.movedim(-1, dim).reshape(shape) if node_opset < 13 else out.movedim(-1, dim)
+        exact, smooth = exact.movedim(-1, dim).reshape(shape), smooth.movedim(-1, dim).reshape(shape)
+        return _straight_through(exact, smooth)
 
     return fn
 
