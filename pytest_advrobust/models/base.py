@@ -105,13 +105,14 @@ def detect_output_kind(scores: torch.Tensor) -> str:
     """``probabilities`` when every row lies in [0, 1] and sums to 1, else ``logits``.
 
     "Sums to 1" allows 1e-3, or, for rounded probabilities (every value a multiple of one
-    step: an INT8 softmax output), half a step per class plus one: rounding each of 10
-    classes to 1/255 moves a row's sum by up to 0.02, and taking such an output for logits
-    would attack another, saturating loss."""
+    step of at most 1/16: an INT8 softmax output), half a step per class plus one, up to
+    0.5: rounding each of 10 classes to 1/255 moves a row's sum by up to 0.02, and taking
+    such an output for logits would attack another, saturating loss."""
     s = scores.detach().double()
     if not (s.numel() and s.min() >= 0 and s.max() <= 1):
         return "logits"
-    tolerance = max(1e-3, _grid_step(s) * (s.shape[1] / 2 + 1))
+    step = _grid_step(s)
+    tolerance = max(1e-3, min(0.5, step * (s.shape[1] / 2 + 1))) if step <= 1 / 16 else 1e-3
     if bool(((s.sum(1) - 1).abs() <= tolerance).all()):
         return "probabilities"
     return "logits"

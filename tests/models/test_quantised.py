@@ -450,3 +450,26 @@ def test_a_wrong_twin_of_a_quantised_graph_is_still_refused(quantised) -> None:
     model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
     with pytest.raises(AttackError, match="disagrees with onnxruntime"):
         session.probe().fgsm(eps=0.1)
+
+
+def test_a_fusion_without_translation_falls_back_to_the_file_and_is_named(quantised) -> None:
+    """onnxruntime runs a dynamically quantised graph with com.microsoft
+    DynamicQuantizeMatMul, which the twin lacks: it translates the file's nodes instead
+    (exact here), and should they ever disagree with onnxruntime, the error names the
+    fusion and the setting that avoids it."""
+    from pytest_advrobust.errors import AttackError
+
+    folder, x, y = quantised["folder"], quantised["x"], quantised["y"]
+    session = gate_session(folder, "dynamic.onnx", x, y)
+    model = session.engine.classifier(session.spec())
+    with model.session():
+        model.twin()
+    assert model.runtime_operators is None
+    assert "DynamicQuantizeMatMul" in {op for op, _, _, _ in model.unfused.problems}
+    real = model.twin()
+    with torch.no_grad():
+        np.testing.assert_array_equal(real(torch.from_numpy(x))[0].numpy(), model.scores(torch.from_numpy(x)).numpy())
+    model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
+    with pytest.raises(AttackError, match=r"fused operators the translation lacks \(DynamicQuantizeMatMul "
+                                          r"\(com.microsoft\).*ORT_ENABLE_BASIC"):
+        session.probe().fgsm(eps=0.1)
