@@ -153,73 +153,81 @@ def straight_through_mode(replace: bool = True) -> Any:
 
 #: ScalarType numbers of torch's integer dtypes (uint8, int8, int16, int32, int64, uint16-64)
 _INTEGER_TYPES = {0, 1, 2, 3, 4, 27, 28, 29}
+#: TorchScript rounding operations, taken as the identity backward
+_SCRIPT_ROUNDING = ("round", "floor", "ceil", "trunc", "sign", "fix")
 
 
-def _rule(params: str, lines: str, smooth: str) -> tuple[str, str]:
-    """A TorchScript rewrite: ``lines`` (ending in ``%y``) become ``%y`` with the gradient of
-    the value ``smooth`` (the straight-through formula of :func:`straight_through`)."""
-    head = f"graph({params}):\n"
-    replacement = (head + lines + "  %one : int = prim::Constant[value=1]()\n"
-                   f"  %s_d = aten::detach({smooth})\n  %gap = aten::sub(%s_d, {smooth}, %one)\n"
-                   "  %y_d = aten::detach(%y)\n  %z = aten::sub(%y_d, %gap, %one)\n  return (%z)")
-    return head + lines + "  return (%y)", replacement
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value.type(), torch._C.TensorType)
 
 
-def _script_rules() -> list[tuple[str, int, str, str]]:
-    """``(what, arity, pattern, replacement)`` for every non-differentiable TorchScript
-    operation handled; ``what`` names it in the gate's details."""
-    rules = []
-    for op in ("round", "floor", "ceil", "trunc", "sign", "fix"):
-        rules.append((op, 1, *_rule("%x", f"  %y = aten::{op}(%x)\n", "%x")))
-    rules.append(("round", 2, *_rule("%x, %k", "  %y = aten::round(%x, %k)\n", "%x")))  # decimals
-    # aten::to(self, dtype, non_blocking, copy, memory_format) to integers, then back
-    first, second = "%a0, %a1, %a2, %a3", "%b0, %b1, %b2, %b3"
-    lines = f"  %i = aten::to(%x, {first})\n  %y = aten::to(%i, {second})\n  %s = aten::to(%x, {second})\n"
-    pattern, replacement = _rule(f"%x, {first}, {second}", lines, "%s")
-    pattern = pattern.replace(f"  %s = aten::to(%x, {second})\n", "")
-    rules.append(("integer cast and back", 2, pattern, replacement))
-    lines = "  %q = aten::quantize_per_tensor(%x, %s1, %z1, %t1)\n  %y = aten::dequantize(%q)\n"
-    rules.append(("quantise and back", 2, *_rule("%x, %s1, %z1, %t1", lines, "%x")))
-    return rules
+def _straighten(graph: Any, node: Any, smooth: Any) -> None:
+    """Rewrite ``node``'s tensor output ``y`` into ``y.detach() - (s.detach() - s)`` for
+    the value ``s = smooth`` (as :func:`straight_through`), for every later use."""
+    y = node.output()
+    with graph.insert_point_guard(node):  # before the node: smooth is already defined
+        gap = graph.insert("aten::sub", [graph.insert("aten::detach", [smooth]), smooth])
+    detached = graph.create("aten::detach", [y])
+    detached.insertAfter(node)
+    one = graph.insertConstant(1)
+    one.node().moveBefore(detached)
+    exact = graph.create("aten::sub", [detached.output(), gap, one])
+    exact.insertAfter(detached)
+    exact.output().setType(y.type())
+    y.replaceAllUsesWith(exact.output())
+    detached.replaceInput(0, y)
 
 
-def _count(graph: Any, what: str, arity: int) -> int:
-    """How many of the operations a rule rewrites the inlined graph holds (for casts: pairs
-    whose first cast is to a constant integer dtype)."""
-    if what == "integer cast and back":
-        found = 0
-        for node in graph.findAllNodes("aten::to"):
-            inner = node.inputsAt(0).node()
-            if inner.kind() == "aten::to" and len(list(inner.inputs())) == 5:
-                dtype = inner.inputsAt(1)
-                if dtype.node().kind() == "prim::Constant" and dtype.toIValue() in _INTEGER_TYPES:
-                    found += 1
-        return found
-    if what == "quantise and back":
-        return sum(1 for node in graph.findAllNodes("aten::dequantize")
-                   if node.inputsAt(0).node().kind() == "aten::quantize_per_tensor")
-    return sum(1 for node in graph.findAllNodes(f"aten::{what}") if len(list(node.inputs())) == arity)
+def _cast_source(node: Any) -> Any:
+    """For ``aten::to`` casting back from a cast to a (constant) integer dtype of a float
+    tensor: that tensor; else None."""
+    inner = node.inputsAt(0).node()
+    if inner.kind() != "aten::to" or inner.inputsSize() < 2 or not _is_tensor(inner.inputsAt(0)):
+        return None
+    dtype = inner.inputsAt(1)
+    if dtype.node().kind() != "prim::Constant" or dtype.toIValue() not in _INTEGER_TYPES:
+        return None
+    return inner.inputsAt(0)
 
 
 def script_straight_through(module: Any) -> tuple[Callable[[Any], Any] | None, "collections.Counter[str]"]:
-    """A callable running a TorchScript module's ``forward`` with every rounding,
-    integer cast-and-back and quantise-dequantise pair straight-through, and what it
-    changed; ``(None, empty)`` when there is nothing to change (or the graph cannot be
-    rewritten). The module itself is left as it is: its methods are shared by every
-    instance of its class, so the rewrite works on an inlined copy of the graph."""
+    """A callable running a TorchScript module's ``forward`` with every tensor rounding
+    (``aten::round``, ``floor``, ``ceil``, ``trunc``, ``sign``, ``fix``), integer cast and
+    back (``aten::to``), and ``quantize_per_tensor`` then ``dequantize`` straight-through,
+    and what it changed; ``(None, empty)`` when there is nothing to change (or the graph
+    cannot be rewritten). The module itself is left as it is: its methods are shared by
+    every instance of its class, so the rewrite works on an inlined copy of the graph.
+    Scalar overloads (``math.floor`` of a shape) are left alone."""
     import torch
 
     seen: collections.Counter[str] = collections.Counter()
     try:
         graph = module.forward.graph.copy()
         torch._C._jit_pass_inline(graph)
-        for what, arity, pattern, replacement in _script_rules():
-            found = _count(graph, what, arity)
-            if found:
-                torch._C._jit_pass_custom_pattern_based_rewrite_graph(pattern, replacement, graph)
-                seen[what] += found
+        changes = []
+        for op in _SCRIPT_ROUNDING:
+            for node in graph.findAllNodes(f"aten::{op}"):
+                if _is_tensor(node.inputsAt(0)) and _is_tensor(node.output()):
+                    changes.append((op, node, node.inputsAt(0)))
+        for node in graph.findAllNodes("aten::to"):
+            source = _cast_source(node)
+            if source is not None and _is_tensor(node.output()):
+                changes.append(("integer cast and back", node, None))
+        for node in graph.findAllNodes("aten::dequantize"):
+            inner = node.inputsAt(0).node()
+            if inner.kind() == "aten::quantize_per_tensor" and _is_tensor(inner.inputsAt(0)):
+                changes.append(("quantise and back", node, inner.inputsAt(0)))
+        for what, node, smooth in changes:
+            if smooth is None:  # the float source cast as the node casts: the smooth value
+                with graph.insert_point_guard(node):
+                    smooth = graph.insert("aten::to", [_cast_source(node), *list(node.inputs())[1:]])
+            _straighten(graph, node, smooth)
+            seen[what] += 1
         if not seen:
             return None, seen
+        graph.lint()
         function = torch._C._create_function_from_graph("forward_straight_through", graph)
     except Exception:  # an exotic graph: the plain gradient (and its masking diagnostics) stand
         return None, collections.Counter()

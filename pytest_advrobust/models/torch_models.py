@@ -54,12 +54,18 @@ class TorchClassifier(Classifier):
             return self._call(x, self._script_forward)
         if kind == "plain":
             return self._call(x)
-        with straight_through_mode(replace=kind == "intercept") as mode:
-            out = self._call(x)
-        for what, count in mode.seen.items():  # calls per forward pass, not summed over passes
-            self.straight_through[what] = max(self.straight_through[what], count)
         if kind == "watch":
             self._gradient_kind = "plain"  # looked once; the module keeps its own gradient
+            try:
+                with straight_through_mode(replace=False) as mode:
+                    out = self._call(x)
+            except Exception:  # a forward that cannot run under a mode (torch.compile, ...)
+                return self._call(x)  # is run as it is, unwatched (its own errors recur here)
+        else:
+            with straight_through_mode() as mode:
+                out = self._call(x)
+        for what, count in mode.seen.items():  # calls per forward pass, not summed over passes
+            self.straight_through[what] = max(self.straight_through[what], count)
         return out
 
     def _choose_gradient(self) -> str:
@@ -93,7 +99,7 @@ class TorchClassifier(Classifier):
 
     def _call(self, x: torch.Tensor, module: Any = None) -> torch.Tensor:
         try:
-            out = (module or self.module)(x)
+            out = (module if module is not None else self.module)(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
             if "Inference tensors" in str(exc) or "in-place operation" in str(exc):  # not the batch's shape
                 raise model_raised(exc, self.source, shape=tuple(x.shape)) from None

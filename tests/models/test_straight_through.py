@@ -129,6 +129,31 @@ def test_torchscript_graph_is_rewritten_and_the_module_left_alone(tmp_path) -> N
     assert float(plain.abs().max()) == 0.0
 
 
+def test_torchscript_scalar_rounding_is_left_alone() -> None:
+    """``math.floor`` of a shape is an integer computation, not the input's rounding: only
+    the tensor operations are rewritten (a scalar ``aten::floor`` cannot be detached)."""
+    import math
+
+    class Cropped(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keep = math.floor(x.shape[1] / 2.0)
+            rounded = torch.round(x[:, :keep] * 4) / 4
+            if bool(x.sum() > 0):  # inside a block too
+                rounded = rounded + torch.floor(x[:, :keep] * 3)
+            return rounded
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.script(Cropped())
+    forward, seen = script_straight_through(module)
+    assert seen == {"round": 1, "floor": 1}
+    x = torch.rand(2, 6, requires_grad=True)
+    out = forward(x)
+    assert torch.equal(out, module(x))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.tensor([[4.0] * 3 + [0.0] * 3] * 2))
+
+
 @pytest.mark.parametrize("kind", ["torchscript", "export", "module-bpda", "module"])
 def test_every_torch_form_through_the_classifier(tmp_path, kind) -> None:
     """TorchScript and torch.export graphs are straight-through always, a plain module
