@@ -328,7 +328,8 @@ def _build_unary(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
         "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Relu": torch.relu,
         "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
         "Floor": _rounding(torch.floor), "Ceil": _rounding(torch.ceil),
-        "Round": _rounding(torch.round), "Sign": _rounding(torch.sign), "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
+        "Round": _rounding(torch.round), "Sign": _rounding(torch.sign),
+        "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
         "Softplus": lambda x: torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0),
         "Softsign": lambda x: x / (1 + x.abs()),
         "LeakyRelu": lambda x: F.leaky_relu(x, 0.01 if alpha is None else alpha),
@@ -1341,8 +1342,9 @@ def _build_qlinear_concat(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
             else:
                 key = (low, x.device, *(_scalar(t) for t in (sx, zx, sy, zy)))
                 if key not in tables:
-                    constants = [t.detach().cpu().numpy() if t is not None else None for t in (sy, zy, None, sx, zx)]
-                    constants[2] = np.arange(low, high + 1).astype(np_type)
+                    every = np.arange(low, high + 1).astype(np_type)
+                    constants = [t.detach().cpu().numpy() if t is not None else every
+                                 for t in (sy, zy, None, sx, zx)]
                     out = _kernel_table("QLinearConcat", {"axis": 0}, constants, (2,))
                     tables[key] = torch.from_numpy(out.astype(np.float32)).to(x.device)
                 exact.append(_table_lookup(tables[key], low, x))

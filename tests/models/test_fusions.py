@@ -135,7 +135,8 @@ def test_fusion_gradients_are_the_float_operators_on_dequantised_inputs() -> Non
     a = rng.integers(0, 256, (3, 4)).astype(np.float32)
     b = rng.integers(0, 256, (3, 4)).astype(np.float32)
     for op in ("QLinearAdd", "QLinearMul"):
-        model = contrib_model(op, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {"a": np.uint8, "b": np.uint8}, scales)
+        model = contrib_model(op, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"],
+                              {"a": np.uint8, "b": np.uint8}, scales)
         ta, tb = torch.from_numpy(a).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
         to_torch(model)(ta, tb)[0].sum().backward()
         if op == "QLinearAdd":
@@ -145,7 +146,8 @@ def test_fusion_gradients_are_the_float_operators_on_dequantised_inputs() -> Non
         np.testing.assert_allclose(ta.grad.numpy(), expected_a, rtol=1e-5)
         np.testing.assert_allclose(tb.grad.numpy(), expected_b, rtol=1e-5)
     model = contrib_model("QLinearSigmoid", ["x", "sx", "zx", "sy", "zy"], {"x": np.uint8},
-                          {"sx": np.float32(0.05), "zx": np.uint8(128), "sy": np.float32(1 / 256), "zy": np.uint8(0)})
+                          {"sx": np.float32(0.05), "zx": np.uint8(128), "sy": np.float32(1 / 256),
+                           "zy": np.uint8(0)})
     tx = torch.from_numpy(a).requires_grad_(True)
     to_torch(model)(tx)[0].sum().backward()
     s = 1 / (1 + np.exp(-0.05 * (a - 128)))

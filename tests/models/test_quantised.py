@@ -468,7 +468,8 @@ def test_a_fusion_without_translation_falls_back_to_the_file_and_is_named(quanti
     assert "DynamicQuantizeMatMul" in {op for op, _, _, _ in model.unfused.problems}
     real = model.twin()
     with torch.no_grad():
-        np.testing.assert_array_equal(real(torch.from_numpy(x))[0].numpy(), model.scores(torch.from_numpy(x)).numpy())
+        got = real(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_array_equal(got, model.scores(torch.from_numpy(x)).numpy())
     model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
     with pytest.raises(AttackError, match=r"fused operators the translation lacks \(DynamicQuantizeMatMul "
                                           r"\(com.microsoft\).*ORT_ENABLE_BASIC"):
