@@ -1,9 +1,9 @@
 """ONNX models, evaluated in onnxruntime (the runtime they ship on).
 
-Gradients come from a torch twin of the graph (:mod:`.onnx_torch`), trusted only after its
-scores match onnxruntime's on the evaluation data; a graph with an operator that has no
-gradient (``ai.onnx.ml`` trees, linear classifiers) can still be scored and attacked by
-black-box attacks.
+Gradients come from a torch twin of the graph (:mod:`.onnx_torch`; for a quantised graph,
+of the graph as the session optimised it, :func:`translate_session`), trusted only after
+its scores match onnxruntime's on the evaluation data; a graph with an operator that has
+no gradient (``ai.onnx.ml`` trees) can still be scored and attacked by black-box attacks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from ..errors import AttackError, ModelLoadError
 from .base import Classifier
 
-__all__ = ["OnnxClassifier", "load_onnx"]
+__all__ = ["OnnxClassifier", "Translation", "load_onnx", "runtime_graph", "translate_session"]
 
 #: how closely the torch twin must reproduce onnxruntime's scores to be trusted
 PARITY_RTOL = 1e-3
