@@ -40,13 +40,13 @@ SECTION = "tool.advrobust"
 #: Keys that describe one model; at the top level they also set defaults for named models.
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
-    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "checks",
+    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
     "max-regression", "max-read-bytes",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
-    "output-kind", "allow-pickle", "checks", "max-regression", "max-read-bytes",
+    "output-kind", "allow-pickle", "bpda", "checks", "max-regression", "max-read-bytes",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
@@ -145,6 +145,9 @@ class ModelSpec:
     output_kind: str = "auto"
     device: str = "auto"
     allow_pickle: bool = False
+    #: straight-through (BPDA) gradients through a plain module's rounding, integer casts
+    #: and quantisation (ONNX, TorchScript and torch.export graphs get them always)
+    bpda: bool = False
     max_regression: float | None = None
     #: the most bytes one data or model archive may expand to when read (see archives.py)
     max_read_bytes: int = DEFAULT_MAX_READ_BYTES
@@ -362,6 +365,7 @@ class _Reader:
             output_kind=output_kind,
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),
+            bpda=self.boolean(merged, "bpda", where, False),
             max_regression=self.fraction(merged, "max-regression", where),
             max_read_bytes=self.integer(merged, "max-read-bytes", where, DEFAULT_MAX_READ_BYTES,
                                         minimum=1),

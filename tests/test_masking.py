@@ -182,15 +182,18 @@ def test_pytest_run_reports_masking_in_json_and_markdown(pytester: pytest.Pytest
 
 
 class Quantised(torch.nn.Module):
-    """Non-differentiable preprocessing: inputs rounded to 1/8 steps, so every loss's
-    input gradient is exactly zero (straight-through is not torch's default)."""
+    """Non-differentiable preprocessing: inputs cut to 1/8 steps as ``x - fmod(x, 1/8)``,
+    whose autograd gradient is exactly zero, so every loss's input gradient is. (Written
+    with ``torch.round`` the plugin would see the rounding in the TorchScript graph and take
+    its gradient straight-through; ``fmod``'s gradient is 1, so nothing here looks
+    non-differentiable.)"""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(torch.round(x * 8) / 8)
+        return self.module(x - torch.fmod(x, 0.125))
 
 
 def test_margin_losses_on_a_model_with_no_gradient_at_all_still_fail(tmp_path) -> None:

@@ -68,7 +68,7 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
         source = str(path)
     dtype = next((p.dtype for p in _parameters(module) if p.is_floating_point()), torch.float32)
     model = TorchClassifier(module, output=spec.output, device=device, dtype=dtype, source=source,
-                            **common)
+                            bpda=spec.bpda, **common)
     if fmt == "export":
         model.fixed_batch = static_batch(module)
     return model
@@ -84,7 +84,7 @@ def wrap_module(module: Any, spec: "ModelSpec") -> "Classifier":
 
     params = [p for p in _parameters(module) if p.is_floating_point()]
     return TorchClassifier(
-        module, output=spec.output, name=spec.name, input_range=spec.input_range,
+        module, output=spec.output, bpda=spec.bpda, name=spec.name, input_range=spec.input_range,
         output_kind=spec.output_kind,
         normalize=(spec.normalize.mean, spec.normalize.std) if spec.normalize else None,
         device=params[0].device if params else torch.device("cpu"),

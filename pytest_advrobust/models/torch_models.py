@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import warnings
@@ -14,6 +15,7 @@ import torch
 from ..archives import ReadLimit, refusal
 from ..errors import ModelLoadError
 from .base import Classifier, model_raised, user_frame
+from .straight_through import describe, script_straight_through, straight_through_mode
 
 __all__ = ["TorchClassifier", "load_torch_module", "borrowed", "static_batch"]
 
@@ -22,22 +24,83 @@ class TorchClassifier(Classifier):
     """Any callable torch module (``nn.Module``, ScriptModule, exported GraphModule).
 
     ``output`` picks the score tensor when the module returns a dict (by key) or a tuple
-    or list (by index) of several tensors, as the ``output`` key does for ONNX graphs."""
+    or list (by index) of several tensors, as the ``output`` key does for ONNX graphs.
 
-    def __init__(self, module: Any, *, output: str | int | None = None, **kwargs: Any) -> None:
+    Input gradients are straight-through (BPDA) where the model rounds, casts to integers
+    or quantises: always in a TorchScript graph (rewritten) or a ``torch.export`` graph
+    (its aten calls intercepted), and in a plain module with ``bpda`` (its torch calls
+    intercepted, :func:`~.straight_through.straight_through_mode`). The forward values,
+    and so every figure, are the plain model's."""
+
+    def __init__(self, module: Any, *, output: str | int | None = None, bpda: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.module = module
         self.output = output
+        self.bpda = bpda
+        #: how gradients are taken: "script" (a rewritten graph), "intercept" (a mode that
+        #: replaces), "watch" (a mode that only counts, once), "plain"; decided on first use
+        self._gradient_kind: str | None = None
+        self._replaces = False
+        self._script_forward: Any = None
+        #: the non-differentiable operations met in gradient passes (see notes)
+        self.straight_through: collections.Counter[str] = collections.Counter()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._call(x)
 
     def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call(x)
+        kind = self._gradient_kind or self._choose_gradient()
+        if kind == "script":
+            return self._call(x, self._script_forward)
+        if kind == "plain":
+            return self._call(x)
+        if kind == "watch":
+            self._gradient_kind = "plain"  # looked once; the module keeps its own gradient
+            try:
+                with straight_through_mode(replace=False) as mode:
+                    out = self._call(x)
+            except Exception:  # a forward that cannot run under a mode (torch.compile, ...)
+                return self._call(x)  # is run as it is, unwatched (its own errors recur here)
+        else:
+            with straight_through_mode() as mode:
+                out = self._call(x)
+        for what, count in mode.seen.items():  # calls per forward pass, not summed over passes
+            self.straight_through[what] = max(self.straight_through[what], count)
+        return out
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def _choose_gradient(self) -> str:
+        """Decided on the first gradient pass (see the class docstring)."""
+        if isinstance(self.module, torch.jit.ScriptModule):
+            self._script_forward, seen = script_straight_through(self.module)
+            self.straight_through.update(seen)
+            kind = "script" if self._script_forward is not None else "plain"
+        elif self.bpda or isinstance(self.module, torch.fx.GraphModule):
+            kind = "intercept"
+        else:
+            kind = "watch"
+        self._replaces = kind in ("script", "intercept")
+        self._gradient_kind = kind
+        return kind
+
+    def notes(self, gradient: bool = False) -> list[str]:
+        notes = super().notes(gradient)
+        if not (gradient and self.straight_through):
+            return notes
+        what = describe(self.straight_through)
+        if self._replaces:
+            how = ("TorchScript graph" if self._gradient_kind == "script" else "torch.export graph"
+                   if isinstance(self.module, torch.fx.GraphModule) else "bpda = true")
+            notes.append(f"input gradient straight-through (BPDA) {what} ({how})")
+        else:
+            notes.append(f"the forward pass calls {what}, which has no gradient: gradient attacks "
+                         "see none through it and overstate robustness; set bpda = true for a "
+                         "straight-through (BPDA) gradient")
+        return notes
+
+    def _call(self, x: torch.Tensor, module: Any = None) -> torch.Tensor:
         try:
-            out = self.module(x)
+            out = (module if module is not None else self.module)(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
             if "Inference tensors" in str(exc) or "in-place operation" in str(exc):  # not the batch's shape
                 raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
