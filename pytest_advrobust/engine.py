@@ -196,8 +196,13 @@ class Engine:
         sharing = [c for c in spec.checks if c.attack == r.check.attack and r.eps in c.eps]
         if sharing != [r.check]:  # another check (or a fixture call) fits at this eps too
             stem += f"-check{r.check.index}"
+        title = f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}"
+        if self.registry[r.check.attack].folds_key:  # cross-fitted: one file per fold's state
+            return [path for j, fold in enumerate(state.detach().cpu().numpy())
+                    for path in save_perturbation(fold, self.artifacts / r.check.attack, f"{stem}-fold{j + 1}",
+                                                  title=f"{title}, fold {j + 1}")]
         return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
-                                 title=f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}")
+                                 title=title)
 
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "",
                          gates: Sequence[Request] = (), total: int | None = None) -> None:
@@ -321,7 +326,9 @@ class ModelPass:
             model.scores(batches[0].x)
         _check_labels(fit_y, model.num_classes, self.data, 0)
         for r in fitting:
-            if len(fit_y) <= self.fit_sizes[r.key]:
+            if len(fit_y) <= self.fit_sizes[r.key] and self.attacks[r.key].folds_key:
+                self.fit_sizes[r.key] = len(fit_y)  # cross-fitted: every sample is evaluated
+            elif len(fit_y) <= self.fit_sizes[r.key]:
                 self.errors[r.key] = DataError(
                     f"{r.check.attack} fits its perturbation on the first fit-samples = "
                     f"{self.fit_sizes[r.key]} samples and evaluates on the rest, but the data has "
@@ -334,7 +341,7 @@ class ModelPass:
             available = {
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(r),
-                "batch_size": lambda: spec.batch_size,
+                "batch_size": lambda: spec.batch_size, "positions": lambda: torch.arange(n),
                 "progress": lambda r=r: lambda text: self.engine._report_progress(
                     spec, 0, f"fitting {r.check.attack} eps={r.eps:g}: {text}"),
             }
@@ -391,12 +398,13 @@ class ModelPass:
     def selection(self, r: Request, batch: Any) -> "torch.Tensor | None":
         """Which samples of ``batch`` gate ``r`` evaluates: None for all, else a mask (past
         its fit split, within its samples cap), possibly empty."""
-        if r.key not in self.fit_sizes and r.key not in self.limits:
+        if (r.key not in self.fit_sizes or self.attacks[r.key].folds_key) and r.key not in self.limits:
             return None
         import torch
 
         index = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
-        return (index >= self.fit_sizes.get(r.key, 0)) & (index < self.limits.get(r.key, index[-1] + 1))
+        first = 0 if self.attacks[r.key].folds_key else self.fit_sizes.get(r.key, 0)
+        return (index >= first) & (index < self.limits.get(r.key, index[-1] + 1))
 
     def attack(self, r: Request, batch: Any, shared: Shared) -> None:
         """Gate ``r`` on one batch: attack the selected samples and count them."""
@@ -413,6 +421,16 @@ class ModelPass:
         tally.correct += int(adv_ok.sum())
         tally.clean_correct += int(ok.sum())
         tally.n += int(ok.numel())
+        if self.attacks[r.key].folds_key:  # cross-fitted: each fold's own figure too
+            from .attacks import fold_of
+
+            folds = int(r.check.option(self.attacks[r.key].folds_key, self.attacks[r.key].options.get(
+                self.attacks[r.key].folds_key)))
+            fold = fold_of(_positions(batch, keep).to(adv_ok.device), folds)
+            for j in range(folds):
+                tally.stats[f"fold{j + 1}_correct"] = tally.stats.get(f"fold{j + 1}_correct", 0) + \
+                    int(adv_ok[fold == j].sum())
+                tally.stats[f"fold{j + 1}_n"] = tally.stats.get(f"fold{j + 1}_n", 0) + int((fold == j).sum())
         self._count_zero_gradients(r, keep, shared)
 
     def outcomes(self) -> dict[tuple[int, float], Any]:
@@ -505,6 +523,7 @@ class ModelPass:
             "rng": lambda: self.rng(r, batch, keep), "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: self.tallies[r.key].stats, "state": lambda: self.states.get(r.key),
             "surrogates": lambda: self.engine._surrogates(self.spec, r, model),
+            "positions": lambda: _positions(batch, keep),
         }
         adversarial = call_attack(attack.perturb_function(), available,
                                   attack.with_defaults(r.check.options))
@@ -534,6 +553,14 @@ class ModelPass:
         return AttackError(f"{r.check.attack}{eps} raised {type(exc).__name__}: {exc} "
                            f"(at {_raised_at(exc)}). Only this gate is affected; if the attack is "
                            "your own, fix it there, else please report it.", where=self.spec.name)
+
+
+def _positions(batch: Any, keep: "torch.Tensor | None") -> "torch.Tensor":
+    """Each kept row's position in the data stream (whatever the batch size or shard)."""
+    import torch
+
+    positions = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
+    return positions if keep is None else positions[keep.to(positions.device)]
 
 
 def _raised_at(exc: BaseException) -> str:

@@ -16,12 +16,20 @@ from typing import Any, Callable, Iterator, Mapping
 from ..config import AttackOptions, Choice
 from ..errors import AdvRobustError, AttackError, user_frame
 
-__all__ = ["Attack", "AttackRegistry", "Choice"]
+__all__ = ["Attack", "AttackRegistry", "Choice", "fold_of"]
+
+
+def fold_of(positions: Any, folds: int) -> Any:
+    """The fold of each sample position in a cross-fitted attack: ``p mod folds``. The one
+    rule the fit (``state[j]`` never sees fold ``j``), the perturb function (fold ``j`` is
+    scored on ``state[j]``) and the engine's per-fold counts follow."""
+    return positions % folds
 
 #: Arguments the engine can hand an attack; an attack function names the ones it needs
-#: (``surrogates``: the loaded classifiers its ``surrogate`` option names).
+#: (``surrogates``: the loaded classifiers its ``surrogate`` option names; ``positions``: each
+#: row's position in the data stream, a tensor).
 ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state",
-                    "surrogates")
+                    "surrogates", "positions")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,12 @@ class Attack:
     #: ``validate(options) -> message or None``: rules across options, checked at config
     #: time on the check's options plus the declared defaults
     validate: Callable[..., str | None] | str | None = None
+    #: cross-fitted: the check key holding the number of folds k. The fit (given
+    #: ``positions``) returns ``k`` states, ``state[j]`` fitted without fold ``j`` (see
+    #: :func:`fold_of`); every sample is evaluated, the fit split too, and the perturb function
+    #: (given ``positions``) scores fold ``j`` on ``state[j]``; the engine counts each fold
+    #: (``stats["fold<j>_correct"]``, ``["fold<j>_n"]``, j from 1) and saves each state
+    folds_key: str | None = None
 
     @property
     def config_options(self) -> AttackOptions:
@@ -92,13 +106,14 @@ class AttackRegistry:
         samples_key: str | None = None,
         positive: tuple[str, ...] = (),
         validate: Callable[..., str | None] | str | None = None,
+        folds_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
 
         def register(perturb: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Attack(name, perturb, fit, uses_eps, needs_gradient, dict(options or {}),
                             description or (perturb.__doc__ or "").strip().split("\n")[0],
-                            describe, samples_key, tuple(positive), validate))
+                            describe, samples_key, tuple(positive), validate, folds_key))
             return perturb
 
         return register
