@@ -64,16 +64,21 @@ def test_shared_step_gives_clean_scores_and_the_exact_linear_gradient(linear_pas
     np.testing.assert_allclose(shared.grad.cpu().numpy(), p @ weight, rtol=1e-3, atol=1e-5)
 
 
-def test_selection_skips_the_fit_split_of_a_fitted_gate_only(linear_pass) -> None:
+def test_selection_skips_the_fit_split_of_a_fitted_gate_unless_it_is_cross_fitted(linear_pass) -> None:
+    from dataclasses import replace
+
     run, *_ = linear_pass
     run.fit()
     universal = next(r for r in run.todo if r.check.attack == "universal")
     fgsm = next(r for r in run.todo if r.check.attack == "fgsm")
     first = next(run.batches())
     assert run.selection(fgsm, first) is None
-    keep = run.selection(universal, first)
+    assert run.selection(universal, first) is None  # cross-fitted: every sample, fit split too
+    state = run.states[universal.key]
+    assert state.shape == (2, 8) and state.abs().max() <= 0.1 + 1e-7  # one delta per fold
+    run.attacks[universal.key] = replace(run.attacks[universal.key], folds_key=None)
+    keep = run.selection(universal, first)  # a plain fitted attack: scored past its fit split
     assert keep.cpu().tolist() == [i >= 40 for i in range(64)]
-    assert universal.key in run.states and run.states[universal.key].abs().max() <= 0.1 + 1e-7
 
 
 def test_attack_step_counts_one_batch_like_a_hand_computed_fgsm(linear_pass) -> None:
@@ -123,7 +128,7 @@ def test_outcomes_turn_tallies_into_results_and_errors(linear_pass) -> None:
     outcomes = run.outcomes()
     assert set(outcomes) == {r.key for r in run.todo}
     by_attack = {run.attacks[k].name: v for k, v in outcomes.items()}
-    assert by_attack["clean"].n == len(y) and by_attack["universal"].n == len(y) - 40
+    assert by_attack["clean"].n == len(y) and by_attack["universal"].n == len(y)
     assert by_attack["fgsm"].correct <= by_attack["clean"].correct
     assert by_attack["universal"].artifacts  # the fitted delta was saved
 
@@ -143,5 +148,5 @@ def test_a_perturbation_that_cannot_be_saved_leaves_the_gate_standing(linear_pas
         for r in run.live():
             run.attack(r, batch, shared)
     result = run.outcomes()[universal.key]
-    assert result.n == len(y) - 40 and result.artifacts == []
+    assert result.n == len(y) and result.artifacts == []
     assert "fitted perturbation not saved (OSError: disk full)" in result.details

@@ -34,13 +34,10 @@ def transfer_options(options: dict[str, Any]) -> str | None:
 
 
 def universal_options(options: dict[str, Any]) -> str | None:
-    """Cross-fitting needs two folds at least (with one, the only ``delta`` would be fitted on
-    the samples it scores), and ``targets`` counts classes (0: the untargeted ascent alone)."""
-    folds, targets = options.get("folds", 2), options.get("targets", 10)
+    """Cross-fitting needs two folds at least: with one, the only ``delta`` would be fitted on
+    the samples it scores."""
+    folds = options.get("folds", 2)
     if folds < 2:
         return (f"universal with folds = {folds}: every sample is scored on a delta fitted "
                 "without its fold, which takes 2 folds at least. Set folds = 2 or more.")
-    if targets < 0:
-        return (f"universal with targets = {targets}: targets is how many classes the fit tries "
-                "to send every input to (0: the untargeted ascent alone). Give 0 or more.")
     return None

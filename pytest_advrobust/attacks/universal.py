@@ -30,13 +30,16 @@ every input to class t"; one ascent from zero lands in one of them by chance):
 Measured on the digits MLP (eps 0.2) and CNN (eps 0.3) over 6 orders of the same data
 (``benchmarks/bench_universal.py``): see README's ``universal`` section.
 
-Bounded work: a full step costs one forward + backward over the fold's fit samples. When
-``folds x passes x fit samples x input elements`` exceeds :data:`FIT_ELEMENTS` (2^25)
-(``passes``: the candidates' steps, at most ``(1 + targets) x SCREEN_STEPS + FINALISTS x
-(steps - SCREEN_STEPS)`` plus one each), each step of every candidate uses the next
-``FIT_ELEMENTS / (folds x passes x input elements)`` fit samples in turn (at least 16; every
-candidate the same rows at the same step, so they compare fairly); such a minibatch fit keeps
-each candidate's last ``delta``, ranks candidates by their fit accuracy over their last
+Bounded work: a full step costs one forward + backward over the fold's fit samples, and a
+fold's fit at most ``passes = (1 + targets) x (SCREEN_STEPS + 1) + FINALISTS x (steps -
+SCREEN_STEPS)`` of them (211 by default). When ``folds x passes x fit samples x input
+elements`` exceeds :data:`FIT_ELEMENTS` (2^25), each step of every candidate uses the next
+``FIT_ELEMENTS / (folds x passes x input elements)`` fit samples in turn (every candidate the
+same rows at the same step, so they compare fairly), with fewer targets if that would leave
+fewer than :data:`MIN_ROWS` (16) samples a step, and at least 16 (so an input so large that
+the untargeted ascent alone cannot have 16 costs ``folds x (steps + 1) x 16`` samples' forward
++ backward, as the single fit it replaces cost ``(steps + 1) x 16``). Such a minibatch fit
+keeps each candidate's last ``delta``, ranks candidates by their fit accuracy over their last
 :data:`SCREEN_STEPS` minibatches, and runs all its steps.
 
 Determinism: the fit pushes fixed chunks (:data:`FIT_CHUNK` input values) through the model,
@@ -64,10 +67,12 @@ FIT_CHUNK = 1 << 21
 SCREEN_STEPS = 10
 #: candidates that go on past the screening steps
 FINALISTS = 3
+#: fewest fit samples a minibatch step uses
+MIN_ROWS = 16
 
 
 def fit_universal(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, *,
-                  positions: "torch.Tensor | None" = None, folds: int = 4, targets: int = 10,
+                  positions: "torch.Tensor | None" = None, folds: int = 2, targets: int = 10,
                   steps: int = 40, step_size: float | None = None, patience: int = 10,
                   loss: str = "ce", progress: Callable[[str], None] | None = None) -> "torch.Tensor":
     """Fit ``folds`` deltas (``[folds, *input shape]``, ``max|delta| <= eps``) on ``x, y``,
@@ -84,13 +89,9 @@ def fit_universal(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, 
     plans = []
     for j in range(folds):
         plans.append(torch.nonzero(fold_of(where, folds) != j).flatten())
-    n_max = max(1, max(len(rows) for rows in plans))
-    elements = max(1, x[0].numel())
-    finalists = min(FINALISTS, 1 + max(0, targets))
-    passes = ((1 + max(0, targets)) * (min(steps, SCREEN_STEPS) + 1)
-              + finalists * max(0, steps - SCREEN_STEPS))
-    per_step = n_max if folds * passes * n_max * elements <= FIT_ELEMENTS else \
-        min(n_max, max(16, FIT_ELEMENTS // (folds * passes * elements)))
+    classes = getattr(model, "num_classes", None)  # known once the model has run (the engine runs it)
+    targets, per_step = _plan(max(len(rows) for rows in plans), max(1, x[0].numel()), folds,
+                              min(targets, classes) if classes else targets, steps)
     deltas = []
     for j, rows in enumerate(plans):
         index = rows.to(x.device)
@@ -99,6 +100,22 @@ def fit_universal(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, 
                                 step_size=step_size, patience=patience, loss=loss,
                                 per_step=per_step, progress=tell))
     return torch.stack(deltas)
+
+
+def _plan(n: int, elements: int, folds: int, targets: int, steps: int) -> tuple[int, int]:
+    """``(targets, fit samples per step)`` within :data:`FIT_ELEMENTS`: every step on all
+    ``n`` fit samples when that fits; else minibatches, with as many targets as still leave
+    :data:`MIN_ROWS` samples a step (down to none)."""
+    def passes(count: int) -> int:
+        return ((1 + count) * (min(steps, SCREEN_STEPS) + 1)
+                + min(FINALISTS, 1 + count) * max(0, steps - SCREEN_STEPS))
+
+    targets = max(0, targets)
+    if folds * passes(targets) * n * elements <= FIT_ELEMENTS:
+        return targets, max(1, n)
+    while targets > 0 and FIT_ELEMENTS // (folds * passes(targets) * elements) < MIN_ROWS:
+        targets -= 1
+    return targets, min(max(1, n), max(MIN_ROWS, FIT_ELEMENTS // (folds * passes(targets) * elements)))
 
 
 def apply_universal(x: "torch.Tensor", state: "torch.Tensor",
@@ -199,7 +216,7 @@ def _advance(candidate: _Candidate, grad: "torch.Tensor", correct: int, value: f
         candidate.lowest, candidate.since = correct, 0
     else:
         candidate.since += 1
-    if correct == 0 or index == steps or (whole and patience > 0 and candidate.since >= patience):
+    if index == steps or (whole and (correct == 0 or 0 < patience <= candidate.since)):
         candidate.done = True
         return
     candidate.delta = (candidate.delta + step * grad.sign()).clamp(-eps, eps)
