@@ -6,8 +6,8 @@ fitted without it (cross-fitting), so it neither depends on which samples happen
 fitted nor flatters the fit.
 
 Cross-fitting: the samples are dealt into ``folds`` folds by position (sample ``p`` is in
-fold ``p mod folds``, :func:`fold_of`). Fold ``j``'s ``delta`` is fitted on the first
-``fit-samples`` samples *outside* fold ``j``, and every sample of fold ``j`` (the fit split
+fold ``p mod folds``, :func:`fold_of`). Fold ``j``'s ``delta`` is fitted on the samples of the fit
+split (the first ``fit-samples``) *outside* fold ``j``, and every sample of fold ``j`` (the fit split
 included) is scored on it. Every sample is evaluated; reordering the data changes only
 which fold a sample falls in, not which samples are scored. The fitted state is the stack
 of the ``folds`` deltas, ``[folds, *input shape]``, and all of them are saved.
@@ -23,7 +23,8 @@ every input to class t"; one ascent from zero lands in one of them by chance):
 - each candidate takes :data:`SCREEN_STEPS` steps ``delta <- clip(delta + step *
   sign(sum_i grad), -eps, eps)`` (the gradient is zero where clipping to input-range is
   active); the :data:`FINALISTS` of lowest fit accuracy go on to ``steps`` steps. A candidate
-  stops early once its fit accuracy has not reached a new low for ``patience`` steps, or at 0.
+  stops early (full-batch fits) once its fit accuracy has not reached a new low for
+  ``patience`` steps, or at 0.
 - each candidate's ``delta`` of lowest fit accuracy (ties: highest fit loss) is its result;
   the lowest of those wins.
 
