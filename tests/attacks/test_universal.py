@@ -93,7 +93,7 @@ def test_universal_fools_where_noise_does_not_and_the_saved_deltas_are_the_ones_
     assert universal_result.stats["fold1_correct"] == per_fold[0]
     assert universal_result.stats["fold2_n"] == int((positions % 2 == 1).sum())
     shown = " / ".join(f"{c / int((positions % 2 == j).sum()):.3f}" for j, c in enumerate(per_fold))
-    assert f"cross-fitted over 2 folds" in universal_result.details
+    assert "cross-fitted over 2 folds" in universal_result.details
     assert f"accuracy per fold {shown}" in universal_result.details
 
 
