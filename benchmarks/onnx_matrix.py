@@ -70,7 +70,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         built = build_int8_models(Path(folder))
         print("\n| INT8 model | clean | fgsm eps 0.05 | fgsm eps 0.1 | pgd eps 0.1 |")
-        for variant in ("float", "qdq", "qdq-per-channel", "qoperator", "dynamic"):
+        for variant in ("float", "qdq", "qdq-per-channel", "qoperator", "dynamic", "float-softmax",
+                        "qdq-softmax"):
             session = gate_session(Path(folder), f"{variant}.onnx", built["x"], built["y"],
                                    checks=QUANT_CHECKS, extra=f'name = "{variant}"\n')
             results = session.run_all()
@@ -80,12 +81,14 @@ def main() -> None:
 
 
 def int8_architectures() -> None:
-    """The architectures quantised by onnxruntime: twin against onnxruntime."""
+    """The architectures quantised by onnxruntime: the twin of the graph the session runs
+    (as the plugin builds it) against onnxruntime."""
     import onnx
     import onnxruntime as ort
     import torch
 
-    from pytest_advrobust.models.onnx_torch import UnsupportedOperator, to_torch
+    from pytest_advrobust.models.onnx_models import translate_session
+    from pytest_advrobust.models.onnx_torch import UnsupportedOperator
     from test_quantised import build_int8_architectures
 
     with tempfile.TemporaryDirectory() as folder:
@@ -98,13 +101,13 @@ def int8_architectures() -> None:
             cells = []
             for fmt in ("qdq", "dynamic", "qoperator"):
                 path = built["paths"][(name, fmt)]
-                model = onnx.load(str(path))
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 try:
-                    twin = to_torch(model, ["y"])
+                    translation = translate_session(session, onnx.load(str(path)), ["y"], quantised=True)
                 except UnsupportedOperator as exc:
                     cells.append("refused: " + ", ".join(sorted({p[0] for p in exc.problems})))
                     continue
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                twin = translation.twin
                 worst, rows = 0.0, 0
                 for inputs in (x, noisy):
                     with torch.no_grad():
@@ -112,7 +115,11 @@ def int8_architectures() -> None:
                     expected = session.run(["y"], {"x": inputs})[0]
                     worst = max(worst, float(np.abs(got - expected).max()))
                     rows += int((~np.isclose(got, expected, rtol=1e-3, atol=1e-4)).any(1).sum())
-                cells.append(f"max diff {worst:.1e}, {rows}/{2 * len(x)} rows off")
+                fused = sorted({op for op in translation.runtime_operators or () if op.startswith("QLinear")
+                                and op not in ("QLinearConv", "QLinearMatMul")})
+                how = (f"fusions {', '.join(fused)}" if fused else "as run") if translation.runtime_operators \
+                    else "file's nodes (lacks " + ", ".join(sorted({p[0] for p in translation.unfused.problems})) + ")"
+                cells.append(f"max diff {worst:.1e}, {rows}/{2 * len(x)} rows off; {how}")
             print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -16,8 +16,9 @@ from typing import Any, Iterable, Sequence
 from .config import parse_config
 from .engine import Engine, Request
 from .errors import ConfigError
+from .gate import Judge
 from .results import AttackResult
-from .session import RobustnessSession, plugin_manager, result_sink
+from .session import RobustnessSession, plugin_manager, result_sink, save_fitted
 
 __all__ = ["attack", "evaluate", "open_session"]
 
@@ -73,7 +74,7 @@ def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
         "model": IN_MEMORY, "data": IN_MEMORY, "name": "model",
         "input-range": [float(input_range[0]), float(input_range[1])],
         "output-kind": output_kind, "batch-size": batch_size, "seed": seed,
-        "checks": [{"attack": name, **({} if eps is None else {"eps": float(eps)}),
+        "checks": [{"attack": name, **({} if eps is None else {"eps": eps}),
                     **({"report-only": True} if min_accuracy is None and max_drop is None else {}),
                     **({} if min_accuracy is None else {"min-accuracy": min_accuracy}),
                     **({} if max_drop is None else {"max-drop": max_drop}),
@@ -87,12 +88,16 @@ def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
                           attacks=session.registry.config_options(), custom_models=True,
                           custom_data=True)
     spec = config.models[0]
-    engine = Engine(session.registry, load_model=lambda s: _classifier(model, s),
-                    load_data=lambda s: (x, y),
-                    artifacts=Path(artifacts).resolve() if artifacts else Path.cwd() / ".advrobust",
-                    on_result=result_sink(manager.hook))
     check = spec.checks[0]
-    return engine.result(spec, Request(check, check.eps[0]))
+    judge = Judge(lambda model, index: (spec, check), session.registry)
+    engine = Engine(session.registry, load_model=lambda s: _classifier(model, s),
+                    load_data=lambda s: (x, y))
+    measurement = engine.measure(spec, Request(check, check.eps[0]))
+    save_fitted(measurement, spec, Path(artifacts).resolve() if artifacts else Path.cwd() / ".advrobust",
+                folds=session.cross_fitted(name))
+    result = judge.result(measurement)
+    result_sink(manager.hook)(result)
+    return result
 
 
 def _classifier(model: Any, spec: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .archives import DEFAULT_MAX_READ_BYTES
 from .errors import ConfigError
 from .results import format_eps
 
@@ -39,13 +40,13 @@ SECTION = "tool.advrobust"
 #: Keys that describe one model; at the top level they also set defaults for named models.
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
-    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "checks",
-    "max-regression",
+    "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
+    "max-regression", "max-read-bytes",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
-    "output-kind", "allow-pickle", "checks", "max-regression",
+    "output-kind", "allow-pickle", "bpda", "checks", "max-regression", "max-read-bytes",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
@@ -92,6 +93,8 @@ class AttackOptions:
     positive: frozenset[str] = frozenset()
     #: ``validate(options) -> message or None``: rules across options (checked with defaults)
     validate: Any = None
+    #: the option naming other models of the config to craft inputs on (transfer attacks)
+    surrogate_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,12 @@ class ModelSpec:
     output_kind: str = "auto"
     device: str = "auto"
     allow_pickle: bool = False
+    #: straight-through (BPDA) gradients through a plain module's rounding, integer casts
+    #: and quantisation (ONNX, TorchScript and torch.export graphs get them always)
+    bpda: bool = False
     max_regression: float | None = None
+    #: the most bytes one data or model archive may expand to when read (see archives.py)
+    max_read_bytes: int = DEFAULT_MAX_READ_BYTES
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
     table: str = SECTION
@@ -357,13 +365,16 @@ class _Reader:
             output_kind=output_kind,
             device=device,
             allow_pickle=self.boolean(merged, "allow-pickle", where, False),
+            bpda=self.boolean(merged, "bpda", where, False),
             max_regression=self.fraction(merged, "max-regression", where),
-            checks=self.checks(merged.get("checks"), where, high - low),
+            max_read_bytes=self.integer(merged, "max-read-bytes", where, DEFAULT_MAX_READ_BYTES,
+                                        minimum=1),
+            checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )
         return spec
 
-    def checks(self, raw: Any, where: str, width: float) -> tuple[CheckSpec, ...]:
+    def checks(self, raw: Any, where: str, bounds: tuple[float, float]) -> tuple[CheckSpec, ...]:
         if raw is None:
             raise self.fail(where, "has no checks. Add at least one [[...checks]] table, e.g.\n"
                             "  [[tool.advrobust.checks]]\n  attack = \"fgsm\"\n  eps = 0.1\n"
@@ -377,7 +388,7 @@ class _Reader:
         errors: list[ConfigError] = []
         for index, table in enumerate(raw):
             try:
-                check = self.check(table, f"{where} checks[{index}]", width, index)
+                check = self.check(table, f"{where} checks[{index}]", bounds, index)
             except ConfigError as exc:
                 errors.append(exc)
                 continue
@@ -392,7 +403,7 @@ class _Reader:
             raise self.several(errors)
         return tuple(out)
 
-    def check(self, table: dict, where: str, width: float, index: int) -> CheckSpec:
+    def check(self, table: dict, where: str, bounds: tuple[float, float], index: int) -> CheckSpec:
         attack = self.string(table, "attack", where, required=True)
         if attack not in self.attacks:
             raise self.fail(f"{where} attack", f"unknown attack {attack!r}.{_did_you_mean(attack, self.attacks)} "
@@ -402,7 +413,7 @@ class _Reader:
                           extra=f" (attack {attack!r} accepts: "
                                 f"{', '.join(sorted(CHECK_KEYS | set(info.options)))})")
         if info.uses_eps:
-            eps = self.eps(table, where, width)
+            eps = self.eps(table, where, bounds)
         else:
             if "eps" in table:
                 raise self.fail(f"{where} eps", f"attack {attack!r} takes no eps. Remove it.")
@@ -454,15 +465,15 @@ class _Reader:
         pool.update({spec.name: spec for spec in models})
         for spec in models:
             for check in spec.checks:
-                declared = "surrogate" in self.attacks[check.attack].options
-                key = f"[{spec.table}] checks[{check.index}] surrogate"
-                if "surrogate" not in check.options:
-                    if declared:
-                        raise self.fail(key, f"is required by attack {check.attack!r}: the name of "
-                                        "another model of this config to craft the inputs on, or "
-                                        "a list of names (an ensemble), e.g. surrogate = \"mlp-torch\".")
+                option = self.attacks[check.attack].surrogate_key
+                if option is None:
                     continue
-                value = check.options["surrogate"]
+                key = f"[{spec.table}] checks[{check.index}] {option}"
+                if option not in check.options:
+                    raise self.fail(key, f"is required by attack {check.attack!r}: the name of "
+                                    "another model of this config to craft the inputs on, or "
+                                    f"a list of names (an ensemble), e.g. {option} = \"mlp-torch\".")
+                value = check.options[option]
                 names = (value,) if isinstance(value, str) else value
                 if not isinstance(names, tuple) or not names or not all(
                         isinstance(name, str) and name for name in names):
@@ -500,12 +511,15 @@ class _Reader:
     def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError]) -> dict:
         """``table`` without its unknown keys, each of which adds an error to ``errors`` (so
         the rest of the table is still read and its mistakes reported in the same run)."""
+        listed = False
         for key in table:
             if key not in allowed:
-                try:
-                    self.unknown_keys({key: None}, allowed, where)
+                try:  # the allowed keys are listed once per table, not once per mistake
+                    self.unknown_keys({key: None}, allowed, where,
+                                      extra=" (allowed keys: as above)" if listed else "")
                 except ConfigError as exc:
                     errors.append(exc)
+                listed = True
         return {key: value for key, value in table.items() if key in allowed}
 
     def unknown_keys(self, table: dict, allowed: set[str], where: str, extra: str = "") -> None:
@@ -552,13 +566,13 @@ class _Reader:
     def fraction(self, table: dict, key: str, where: str) -> float | None:
         if key not in table:
             return None
-        value = self.number(table[key], f"{where} {key}")
+        value = self.number(table[key], f"{where} {key}") + 0.0  # -0.0 is 0
         if not 0.0 <= value <= 1.0:
             raise self.fail(f"{where} {key}", f"{value:g} is outside [0, 1]; accuracies are "
                             "fractions (write 0.9 for 90%).")
         return value
 
-    def eps(self, table: dict, where: str, width: float) -> tuple[float, ...]:
+    def eps(self, table: dict, where: str, bounds: tuple[float, float]) -> tuple[float, ...]:
         if "eps" not in table:
             raise self.fail(f"{where} eps", "is required: one number or a list, in input units "
                             "(e.g. eps = [0.05, 0.1]).")
@@ -567,11 +581,20 @@ class _Reader:
         if not values:
             raise self.fail(f"{where} eps", "is an empty list; give at least one value.")
         out = []
+        width = bounds[1] - bounds[0]
+        resolution = float_resolution(bounds)
         for value in values:
-            number = self.number(value, f"{where} eps")
+            number = self.number(value, f"{where} eps") + 0.0  # -0.0 is 0
             if number < 0:
                 raise self.fail(f"{where} eps", f"{number:g} is negative; eps is the L-inf size "
                                 "of the perturbation and must be >= 0.")
+            if 0 < number < resolution:
+                raise self.fail(f"{where} eps", f"{number:g} is below the float32 resolution of "
+                                f"input-range [{bounds[0]:g}, {bounds[1]:g}] ({resolution:.3g}, "
+                                "the step between neighbouring float32 values at its edge): "
+                                "x + eps rounds back to x there, so the attack would not move "
+                                "those inputs. eps is in input units: give a larger eps (or 0 to "
+                                "measure clean accuracy).")
             if number > width:
                 raise self.fail(f"{where} eps", f"{number:g} is larger than the whole input-range "
                                 f"(width {width:g}); such a perturbation can replace the input "
@@ -637,6 +660,22 @@ class _Reader:
         if isinstance(value, list):
             value = tuple(value)
         return value
+
+
+def float_resolution(bounds: tuple[float, float]) -> float:
+    """The gap between neighbouring float32 values at the edge of ``bounds`` farthest from
+    0: an eps below it leaves inputs there unchanged (``x + eps == x``)."""
+    import struct
+
+    edge = max(abs(bounds[0]), abs(bounds[1]))
+    if edge == 0:
+        return 0.0
+    try:
+        bits = struct.unpack("<I", struct.pack("<f", edge))[0]
+    except OverflowError:  # beyond float32: every eps that fits is below its resolution there
+        return 0.0
+    above = struct.unpack("<f", struct.pack("<I", bits + 1))[0]
+    return above - struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def _default_name(ref: str) -> str:

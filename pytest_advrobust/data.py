@@ -10,15 +10,17 @@ written to.
 from __future__ import annotations
 
 import math
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-import re
-
 import numpy as np
+from numpy.lib import format as npy
 
+from .archives import ReadLimit, refusal
 from .errors import AdvRobustWarning, DataError, user_frame
 from .imports import import_callable
 
@@ -46,24 +48,39 @@ class Batch:
 
 class Census:
     """What a pass saw of the whole data stream, its other shards' samples included: how
-    many samples, and a digest of every label in order. Shards of one evaluation must agree
-    on both, or they did not read the same data (a shuffling loader, another file)."""
+    many samples, a digest of every label in order, and with ``parts`` = N shards a digest
+    of each shard's part (its batches' inputs and labels). Shards of one evaluation must
+    agree on all of it, or they did not read the same data (a shuffling loader, another
+    file); a shard's own part tells which shard a report really measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, parts: int = 1) -> None:
         import hashlib
 
         self.samples = 0
         self._digest = hashlib.sha256()
         self._inputs = hashlib.blake2b(digest_size=8)
+        self._parts = [hashlib.blake2b(digest_size=8) for _ in range(parts)] if parts > 1 else []
 
-    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None) -> None:
+    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None, batch: int = 0) -> None:
+        """Count batch number ``batch`` (in batch-size units from the stream's start)."""
         self.samples += len(labels)
-        self._digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+        labels = np.ascontiguousarray(labels, dtype="<i8").tobytes()
+        self._digest.update(labels)
         if inputs is not None:  # one byte stream: where batches are cut does not matter
-            self._inputs.update(np.ascontiguousarray(inputs).tobytes())
+            data = np.ascontiguousarray(inputs).tobytes()
+            self._inputs.update(data)
+            if self._parts:
+                part = self._parts[batch % len(self._parts)]
+                part.update(labels)
+                part.update(data)
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "labels": "sha256:" + self._digest.hexdigest()[:16]}
+        """What a shard's result records (with ``parts``: each shard's part, in order)."""
+        out: dict[str, Any] = {"samples": self.samples,
+                               "labels": "sha256:" + self._digest.hexdigest()[:16]}
+        if self._parts:
+            out["parts"] = [f"blake2b:{part.hexdigest()}" for part in self._parts]
+        return out
 
     def digest(self) -> str:
         """Inputs and labels of the whole stream: what a baseline's ``data`` fingerprint holds."""
@@ -122,7 +139,7 @@ class EvalData:
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             seen += len(ys)
             if census is not None:
-                census.add(ys, xs)
+                census.add(ys, xs, batch=(offset - start) // batch_size)
             if shard is not None and ((offset - start) // batch_size) % shard[1] != shard[0] - 1:
                 continue  # another shard's batch
             x = torch.tensor(xs, dtype=dtype)
@@ -268,9 +285,13 @@ class EvalData:
             yield item
 
     def _npz(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` and ``y`` of a .npz, checked; with ``max-samples``, only their first rows
+        are kept in memory (the rest of each member is streamed through its CRC check).
+        Members declaring more than ``max-read-bytes`` are refused before any is read."""
         if not path.is_file():
             raise DataError("file not found. Check the data key (relative to pyproject.toml).",
                             where=str(path))
+        rows = self.spec.max_samples
         try:
             with np.load(path, allow_pickle=False) as archive:
                 missing = {"x", "y"} - set(archive.files)
@@ -278,34 +299,127 @@ class EvalData:
                     raise DataError(f"the archive holds {sorted(archive.files)} but needs arrays "
                                     "named x (inputs) and y (labels): np.savez(path, x=..., y=...).",
                                     where=str(path))
-                x, y = archive["x"], archive["y"]
+                names = archive.zip.namelist()  # NpzFile's rule: a member "x", else "x.npy"
+                members = [key if key in names else f"{key}.npy" for key in ("x", "y")]
+                problem = refusal([archive.zip.getinfo(name) for name in members],
+                                  ReadLimit.of(self.spec))
+                if problem is not None:
+                    raise DataError(problem, where=str(path))
+                with _NpyMember(archive.zip, members[0]) as x, _NpyMember(archive.zip, members[1]) as y:
+                    labels = _to_numpy(y.read(rows))
+                    self._check_layout(x, y, labels, "the archive")  # before reading the inputs
+                    inputs = _to_numpy(x.read(rows))
         except DataError:
             raise
         except Exception as exc:
             raise DataError(f"cannot be read as a .npz archive without pickle ({exc}).",
                             where=str(path)) from None
-        return self._check_pair(x, y, "the archive")
+        return inputs, labels
 
     def _check_pair(self, x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = _to_numpy(x), _to_numpy(y)
+        self._check_layout(x, y, y, what)
+        return x, y
+
+    def _check_layout(self, x: Any, y: Any, labels: np.ndarray, what: str) -> None:
+        """The rules on inputs and labels, from the ``shape`` and ``dtype`` of ``x`` and ``y``
+        (arrays, or .npy headers when only the first rows are read) and the labels read."""
         if x.dtype.kind not in "f":
             raise DataError(f"inputs in {what} have dtype {x.dtype}; they must be floats in "
                             "input-range units (for 8-bit images: x.astype('float32') / 255 with "
                             "input-range = [0, 1]).", where=self.where)
-        if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
-            raise DataError(f"a label in {what} is {int(y.max())}, beyond any class index. Check "
-                            "the labels (an unsigned overflow of -1?).", where=self.where)
-        if y.ndim != 1 or y.dtype.kind not in "iu":
+        if y.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"a label in {what} is {int(labels.max())}, beyond any class index. "
+                            "Check the labels (an unsigned overflow of -1?).", where=self.where)
+        if len(y.shape) != 1 or y.dtype.kind not in "iu":
             raise DataError(f"labels in {what} have shape {y.shape} and dtype {y.dtype}; they must "
                             "be a 1-D integer array of class indices (not one-hot, not floats: "
                             "y.argmax(1) or y.astype('int64')).", where=self.where)
-        if x.ndim < 1 or len(x) != len(y):
-            raise DataError(f"{what} has {len(x) if x.ndim else 0} inputs but {len(y)} labels.",
-                            where=self.where)
-        if len(x) and x.size == 0:
+        inputs = x.shape[0] if x.shape else 0
+        if not x.shape or inputs != y.shape[0]:
+            raise DataError(f"{what} has {inputs} inputs but {y.shape[0]} labels.", where=self.where)
+        if inputs and math.prod(x.shape) == 0:
             raise DataError(f"inputs in {what} have shape {x.shape}: samples with no values. "
                             "Check how the inputs are built.", where=self.where)
-        return x, y
+
+
+class _NpyMember:
+    """One member of an open .npz with its .npy header read and its data not yet: ``shape``
+    and ``dtype``, then :meth:`read` for the whole array or its first rows. Gives what
+    ``NpzFile[key]`` gives (an array; the raw bytes of a member that is not .npy; numpy's
+    own errors for pickled objects), in at most the memory of what it returns."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, archive: zipfile.ZipFile, name: str) -> None:
+        self.info = archive.getinfo(name)
+        self._stream = archive.open(self.info)
+        self._whole: Any = None  # the member, when it is read at once
+        try:
+            self._read_header()
+        except BaseException:
+            self._stream.close()
+            raise
+
+    def _read_header(self) -> None:
+        magic = self._stream.read(npy.MAGIC_LEN)
+        readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+        version = tuple(magic[len(npy.MAGIC_PREFIX):])
+        if not magic.startswith(npy.MAGIC_PREFIX):
+            self._stream.seek(0)
+            self._whole = self._stream.read()  # not .npy: NpzFile gives the bytes
+        elif version in readers:
+            self.shape, fortran_order, self.dtype = readers[version](self._stream)
+            if fortran_order or self.dtype.hasobject:  # rows are not a prefix / numpy refuses it
+                self._whole = self._numpy_read()
+        else:  # format 3.0 (utf-8 field names), or numpy's error for another version
+            self._whole = self._numpy_read()
+        if self._whole is not None:
+            whole = np.asarray(self._whole)
+            self.shape, self.dtype = whole.shape, whole.dtype
+
+    def _numpy_read(self) -> np.ndarray:
+        self._stream.seek(0)
+        return npy.read_array(self._stream, allow_pickle=False)
+
+    def read(self, rows: int | None = None) -> Any:
+        """The array, or its first ``rows`` rows (along the first axis), then the rest of the
+        member streamed through (zipfile checks a member's CRC at its end)."""
+        if self._whole is not None:
+            whole = self._whole
+            if rows is not None and isinstance(whole, np.ndarray) and whole.ndim and rows < len(whole):
+                whole = np.ascontiguousarray(whole[:rows])
+        else:
+            whole = self._read_rows(rows)
+        while self._stream.read(self.CHUNK):
+            pass
+        return whole
+
+    def _read_rows(self, rows: int | None) -> np.ndarray:
+        shape = tuple(self.shape)
+        keep = shape if rows is None or not shape or rows >= shape[0] else (rows, *shape[1:])
+        size = math.prod(shape) * self.dtype.itemsize
+        held = self.info.file_size - self._stream.tell()
+        if size > held:
+            raise ValueError(f"EOF: the member {self.info.filename!r} declares {math.prod(shape)} "
+                             f"values of {self.dtype} in its .npy header ({size} bytes) but holds "
+                             f"{held} bytes of data")
+        if self.dtype.itemsize == 0:
+            return np.ndarray(keep, self.dtype)
+        buffer = bytearray(math.prod(keep) * self.dtype.itemsize)
+        view, filled = memoryview(buffer), 0
+        while filled < len(buffer):
+            got = self._stream.readinto(view[filled:filled + self.CHUNK])
+            if not got:
+                raise ValueError(f"EOF: reading the data of member {self.info.filename!r}")
+            filled += got
+        return np.frombuffer(buffer, dtype=self.dtype).reshape(keep)
+
+    def __enter__(self) -> "_NpyMember":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stream.close()
 
 
 def _line_of(path: Path, text: str) -> int:

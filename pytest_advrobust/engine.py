@@ -3,7 +3,13 @@
 For one model, every pending (check, eps) is computed in a single streamed pass: per batch
 one forward (or one forward + backward when a gradient attack is pending, which also
 yields the clean scores) and one forward per attacked variant. Classifiers, data handles
-and results are cached for the session, so no work is done twice.
+and measurements are cached for the session, so no work is done twice.
+
+The engine measures and nothing else: it knows no thresholds, no reference figures and
+no files.
+Its :class:`~pytest_advrobust.results.Measurement` objects (counts, attack statistics,
+what the masking diagnostics need, a fitted state handed out) are judged by
+:class:`~pytest_advrobust.gate.Judge` and written by the report stages.
 """
 
 from __future__ import annotations
@@ -11,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .attacks import AttackRegistry, call_attack
+from .attacks import Attack, AttackRegistry, call_attack
 from .config import CheckSpec, ModelSpec
 from .errors import AdvRobustError, AttackError, DataError, ScoresNotFinite
 from .fingerprint import fingerprint
-from .gate import baseline_figure, judge, partial_message
-from .results import AttackResult, format_eps
+from .results import Measurement, format_eps
 
 if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not at start-up
     import numpy as np
@@ -29,7 +33,7 @@ if TYPE_CHECKING:  # numpy, torch and the data module load when a gate runs, not
     from .models.base import Classifier
     from .randomness import SampleRandom
 
-__all__ = ["Engine", "ModelPass", "Request"]
+__all__ = ["Engine", "GateRun", "ModelPass", "Request"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,10 @@ class Request:
 
 
 class Engine:
-    """Session-wide cache of classifiers, data and results."""
+    """Session-wide cache of classifiers, data and measurements."""
 
     def __init__(self, registry: AttackRegistry, *, load_model: Callable[[ModelSpec], "Classifier"],
-                 artifacts: Path, on_result: Callable[[AttackResult], None] | None = None,
-                 baseline: Mapping[str, Any] | None = None,
+                 on_measured: Callable[[Measurement], None] | None = None,
                  progress: Callable[[str], None] | None = None,
                  specs: Callable[[str], ModelSpec] | None = None,
                  load_data: Callable[[ModelSpec], Any] | None = None,
@@ -59,16 +62,15 @@ class Engine:
         #: and come out partial (no verdict); hand-written probes still see all the data
         self.shard = shard
         self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
-        self.artifacts = artifacts
         self._load_model = load_model
         self._load_data = load_data
-        self._on_result = on_result
+        self._on_measured = on_measured
         self._progress = progress
-        self.baseline = dict(baseline or {})
         self._classifiers: dict[str, Any] = {}
         self._data: dict[str, "EvalData"] = {}
-        self._results: dict[tuple[str, tuple[int, float]], AttackResult | AdvRobustError] = {}
-        self.results: list[AttackResult] = []
+        self._done: dict[tuple[str, tuple[int, float]], Measurement | AdvRobustError] = {}
+        #: every gate measured (or errored) in this process, in order: what the reports read
+        self.measurements: list[Measurement] = []
 
     # -- public ---------------------------------------------------------------------------
     def classifier(self, spec: ModelSpec) -> "Classifier":
@@ -91,20 +93,36 @@ class Engine:
             self._data[spec.name] = EvalData(spec, self._load_data)
         return self._data[spec.name]
 
-    def result(self, spec: ModelSpec, request: Request,
-               batch_with: Sequence[Request] = (), *, gate: bool = True) -> AttackResult:
-        """The result of ``request``, computing it (and ``batch_with``, in the same pass
-        over the data) unless it is cached. Only gates (not a fixture's ad-hoc calls) go
-        into :attr:`results` and the result hook."""
+    def measure(self, spec: ModelSpec, request: Request,
+                batch_with: Sequence[Request] = (), *, gate: bool = True) -> Measurement:
+        """The measurement of ``request``, computing it (and ``batch_with``, in the same pass
+        over the data) unless it is cached; a gate that could not be computed raises its
+        error. Only gates (not a fixture's ad-hoc calls) go into :attr:`measurements`."""
         slot = (spec.name, request.key)
-        if slot not in self._results:
-            todo = [request] + [r for r in batch_with if (spec.name, r.key) not in self._results
+        if slot not in self._done:
+            todo = [request] + [r for r in batch_with if (spec.name, r.key) not in self._done
                                 and r.key != request.key]
             self._run(spec, todo, gate=gate)
-        cached = self._results[slot]
+        cached = self._done[slot]
         if isinstance(cached, AdvRobustError):
             raise cached
         return cached
+
+    def error_measurement(self, spec: ModelSpec, request: Request, error: BaseException) -> Measurement:
+        """What a gate that could not be computed measured: its error, no figures."""
+        uses_eps = request.check.attack not in self.registry or self.registry[request.check.attack].uses_eps
+        kind = error.kind if isinstance(error, AdvRobustError) else type(error).__name__
+        return Measurement(model=spec.name, attack=request.check.attack,
+                           eps=request.eps if uses_eps else None, check=request.check.index,
+                           options=dict(request.check.options), error=f"{kind}: {error}")
+
+    def record_error(self, spec: ModelSpec, request: Request, error: BaseException) -> Measurement:
+        """A gate that could not be computed still counts: its error measurement goes into
+        :attr:`measurements` (once) and to the listener, so no report can leave it out."""
+        measurement = self.error_measurement(spec, request, error)
+        if all(m.key != measurement.key for m in self.measurements):
+            self._publish(measurement)
+        return measurement
 
     # -- the pass -------------------------------------------------------------------------
     def _run(self, spec: ModelSpec, todo: list[Request], *, gate: bool = True) -> None:
@@ -116,39 +134,18 @@ class Engine:
         seconds = (time.perf_counter() - started) / max(1, len(todo))
         for request in todo:
             outcome = outcomes[request.key]
-            if isinstance(outcome, AttackResult):
+            if isinstance(outcome, Measurement):
                 outcome.seconds = seconds
-                if outcome.shard is not None:  # partial: judged once the shards are merged
-                    outcome.passed, outcome.message = None, partial_message(outcome)
-                else:
-                    outcome.baseline_accuracy = baseline_figure(self.baseline.get(outcome.key), outcome)
-                    verdict = judge(outcome)
-                    outcome.passed, outcome.message = verdict.passed, verdict.message
                 if gate:
                     self._publish(outcome)
             elif gate:
                 self.record_error(spec, request, outcome)
-            self._results[(spec.name, request.key)] = outcome
+            self._done[(spec.name, request.key)] = outcome
 
-    def record_error(self, spec: ModelSpec, request: Request, error: BaseException) -> AttackResult:
-        """A gate that could not be computed still counts: an ``error`` result (no figures)
-        goes into :attr:`results` and the result hook, so no report can leave it out."""
-        uses_eps = request.check.attack not in self.registry or self.registry[request.check.attack].uses_eps
-        kind = error.kind if isinstance(error, AdvRobustError) else type(error).__name__
-        result = AttackResult(
-            model=spec.name, attack=request.check.attack, eps=request.eps if uses_eps else None,
-            correct=0, clean_correct=0, n=0, min_accuracy=request.check.min_accuracy,
-            max_drop=request.check.max_drop, passed=False, check=request.check.index,
-            options=dict(request.check.options), report_only=request.check.report_only,
-            error=f"{kind}: {error}", message=f"{kind}: {error}")
-        if all(r.key != result.key for r in self.results):
-            self._publish(result)
-        return result
-
-    def _publish(self, result: AttackResult) -> None:
-        self.results.append(result)
-        if self._on_result is not None:
-            self._on_result(result)
+    def _publish(self, measurement: Measurement) -> None:
+        self.measurements.append(measurement)
+        if self._on_measured is not None:
+            self._on_measured(measurement)
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request],
                   shard: tuple[int, int] | None = None) -> dict[tuple[int, float], Any]:
@@ -159,17 +156,18 @@ class Engine:
             run.fit()
             for batch in run.batches():
                 shared = run.shared(batch)
-                for request in run.live():
-                    run.attack(request, batch, shared)
+                for gate in run.live():
+                    run.attack(gate, batch, shared)
         return run.outcomes()
 
-    def _surrogates(self, spec: ModelSpec, r: Request, model: "Classifier") -> list["Classifier"]:
-        """The classifiers a check's ``surrogate`` option names, loaded through the cache."""
-        names = r.check.option("surrogate")
-        names = (names,) if isinstance(names, str) else tuple(names or ())
+    def _surrogates(self, spec: ModelSpec, gate: "GateRun", model: "Classifier") -> list["Classifier"]:
+        """The classifiers a check's surrogate option names, loaded through the cache."""
+        r = gate.request
+        names = gate.attack.surrogates(r.check.options)
         if not names or self._specs is None:
-            raise AttackError(f"{r.check.attack} needs surrogate = \"NAME\" (another model of "
-                              "the config) to craft its inputs on.", where=spec.name)
+            raise AttackError(f"{r.check.attack} needs {gate.attack.surrogate_key or 'surrogate'} = "
+                              "\"NAME\" (another model of the config) to craft its inputs on.",
+                              where=spec.name)
         out = []
         for name in names:
             try:
@@ -186,40 +184,64 @@ class Engine:
             out.append(surrogate)
         return out
 
-    def _save_state(self, spec: ModelSpec, r: Request, state: Any) -> list[Path]:
-        """A fitted perturbation is saved so a person can look at it (.npy, and a PNG)."""
-        if not hasattr(state, "detach"):
-            return []
-        from .report.artifacts import save_perturbation
-
-        stem = f"{spec.name}-{r.check.attack}-eps{format_eps(r.eps)}"
-        sharing = [c for c in spec.checks if c.attack == r.check.attack and r.eps in c.eps]
-        if sharing != [r.check]:  # another check (or a fixture call) fits at this eps too
-            stem += f"-check{r.check.index}"
-        return save_perturbation(state.detach().cpu().numpy(), self.artifacts / r.check.attack, stem,
-                                 title=f"{r.check.attack} perturbation, eps={format_eps(r.eps)}, {spec.name}")
-
     def _report_progress(self, spec: ModelSpec, offset: int, what: str = "",
-                         gates: Sequence[Request] = (), total: int | None = None) -> None:
+                         gates: Sequence["GateRun"] = (), total: int | None = None) -> None:
         """One progress line: the model, the gates this pass computes, and where it is."""
         if self._progress is not None:
             total = total if total is not None else spec.max_samples
             batch = f"batch {offset // spec.batch_size + 1}"
             if total:
                 batch += f"/{-(-total // spec.batch_size)}"
-            gates_text = f"; gates: {_gate_names(gates)}" if gates else ""
+            gates_text = f"; gates: {_gate_names([g.request for g in gates])}" if gates else ""
             self._progress(f"{spec.name}: {what or f'{batch} (from sample {offset})'}{gates_text}")
 
 
 @dataclass
-class Tally:
-    """What one gate has counted so far in a pass: samples correct under attack, correct
-    clean, evaluated, and the attack's own statistics."""
+class GateRun:
+    """Everything one gate holds during a model's pass: its request and attack, its
+    random-stream key, its counts so far, the fitted state, its fit split and samples cap,
+    the masking diagnostic's count, and the error that stopped it (then it is left out of
+    later steps)."""
 
+    request: Request
+    attack: Attack
+    #: the key of its position-keyed random streams (``randomness.sample_key``)
+    stream: int
     correct: int = 0
     clean_correct: int = 0
     n: int = 0
-    stats: dict[str, float] = field(default_factory=dict)
+    #: the attack's own statistics, kept for the whole pass
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: what its ``fit`` returned (a universal perturbation), handed out with the measurement
+    state: Any = None
+    #: samples [0, fit_size) are its fit split (0: the attack fits nothing), never evaluated
+    #: unless the attack is cross-fitted (``folds``)
+    fit_size: int = 0
+    #: a cross-fitted attack's number of folds (None: not cross-fitted; see ``Attack.folds_key``)
+    folds: int | None = None
+    #: it is evaluated on samples [0, cap) only (None: all)
+    cap: int | None = None
+    #: correctly classified samples whose cross-entropy input gradient is exactly zero
+    #: (None: not counted, for an attack that needs no gradient)
+    zero_gradient: int | None = None
+    error: AdvRobustError | None = None
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return self.request.key
+
+    @property
+    def check(self) -> CheckSpec:
+        return self.request.check
+
+    @property
+    def eps(self) -> float:
+        return self.request.eps
+
+    @property
+    def skip(self) -> int:
+        """The first samples it does not evaluate: its fit split, unless cross-fitted."""
+        return 0 if self.folds else self.fit_size
 
 
 @dataclass(frozen=True)
@@ -239,123 +261,108 @@ class ModelPass:
     alone: plan (``__init__``: the model, data and attacks, and the gates that cannot run),
     :meth:`fit` (attacks that learn a perturbation first), per batch :meth:`shared` (the one
     forward, or forward + backward, that every gate reuses) and :meth:`attack` (one gate on
-    one batch), then :meth:`outcomes` (results and errors). A gate's error is recorded in
-    :attr:`errors` and the gate is left out of later steps.
+    one batch), then :meth:`outcomes` (measurements and errors). Each gate's state is one
+    :class:`GateRun` in :attr:`gates`; a gate that errors keeps its error there and is left
+    out of later steps.
     """
 
     def __init__(self, engine: Engine, spec: ModelSpec, todo: Sequence[Request],
                  shard: tuple[int, int] | None = None) -> None:
         from .data import Census
+        from .randomness import sample_key
 
         self.engine = engine
         #: ``(k, n)``: evaluate only the k-th of every n batches (the fit split is read whole)
         self.shard = shard
         #: what the pass saw of the whole stream (other shards' samples included)
-        self.census = Census()
+        self.census = Census(parts=shard[1] if shard else 1)
         self.spec = spec
-        self.todo = list(todo)
         self.model = engine.classifier(spec)
         self.data = engine.data(spec)
-        self.attacks = {r.key: engine.registry[r.check.attack] for r in self.todo}
-        self.errors: dict[tuple[int, float], AdvRobustError] = {}
-        for r in self.todo:
-            if self.attacks[r.key].needs_gradient and self.model.gradient_error:
-                self.errors[r.key] = _no_gradient(spec, r, self.model)
-        from .randomness import sample_key
-
-        self.keys = {r.key: sample_key(spec.seed, spec.name, r.check.index, r.eps) for r in self.todo}
-        self.tallies = {r.key: Tally() for r in self.todo}
-        #: fitted state per gate (a universal perturbation), and the files it was saved to
-        self.states: dict[tuple[int, float], Any] = {}
-        self.saved: dict[tuple[int, float], list[Path]] = {}
-        #: why a fitted perturbation could not be saved (said in the gate's details)
-        self.unsaved: dict[tuple[int, float], str] = {}
-        #: samples [0, fit size) of a fitted gate are its fit split, never evaluated
-        self.fit_sizes: dict[tuple[int, float], int] = {}
-        #: masking diagnostic: per gradient gate, correctly classified samples whose
-        #: cross-entropy gradient is exactly zero (see :meth:`_count_zero_gradients`)
-        self.zero_gradients: dict[tuple[int, float], int] = {}
+        self.gates: dict[tuple[int, float], GateRun] = {}
+        for r in todo:
+            attack = engine.registry[r.check.attack]
+            gate = GateRun(r, attack, stream=sample_key(spec.seed, spec.name, r.check.index, r.eps),
+                           cap=attack.samples_cap(r.check.options), folds=attack.folds(r.check.options),
+                           zero_gradient=0 if attack.needs_gradient else None)
+            if attack.needs_gradient and self.model.gradient_error:
+                gate.error = _no_gradient(spec, r, self.model)
+            self.gates[r.key] = gate
         self._zero_rows: tuple[Any, Any] = (None, None)
-        self.limits = {r.key: int(r.check.option(self.attacks[r.key].samples_key,
-                                                 self.attacks[r.key].options.get(self.attacks[r.key].samples_key)))
-                       for r in self.todo if self.attacks[r.key].samples_key}
 
     # -- steps ----------------------------------------------------------------------------
-    def live(self) -> list[Request]:
+    def live(self) -> list[GateRun]:
         """The gates still running (not errored)."""
-        return [r for r in self.todo if r.key not in self.errors]
+        return [gate for gate in self.gates.values() if gate.error is None]
 
-    def rng(self, r: Request, batch: Any = None,
+    def rng(self, gate: GateRun, batch: Any = None,
             keep: "torch.Tensor | None" = None) -> "SampleRandom | np.random.Generator":
-        """What gate ``r`` draws from: on ``batch`` (its rows ``keep``), a
+        """What ``gate`` draws from: on ``batch`` (its rows ``keep``), a
         :class:`~pytest_advrobust.randomness.SampleRandom` whose per-row draws come from each
         sample's own stream, keyed by its position; without a batch (fitting), the fit's
         stream. Results so depend neither on the batch size nor on sharding."""
         from .randomness import SampleRandom, fit_generator
 
         if batch is None:
-            return fit_generator(self.keys[r.key])
+            return fit_generator(gate.stream)
         import numpy as np
 
         positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
         if keep is not None:
             positions = positions[keep.cpu().numpy()]
-        return SampleRandom(self.keys[r.key], positions)
+        return SampleRandom(gate.stream, positions)
 
     def fit(self) -> None:
-        """Fit the attacks that learn a perturbation, on the first ``fit-samples`` samples."""
+        """Fit the attacks that learn a perturbation, on the first samples (as many as
+        each attack's declared fit split takes)."""
         import torch
 
         spec, model = self.spec, self.model
-        fitting = [r for r in self.live() if self.attacks[r.key].fit is not None]
+        fitting = [gate for gate in self.live() if gate.attack.fit is not None]
         if not fitting:
             return
-        for r in fitting:
-            attack = self.attacks[r.key]
-            self.fit_sizes[r.key] = int(r.check.option("fit-samples", attack.options.get("fit-samples", 256)))
+        for gate in fitting:
+            gate.fit_size = gate.attack.fit_samples(gate.check.options)
         batches = list(self.data.batches(spec.batch_size, model.dtype,
-                                         stop=max(self.fit_sizes.values()) + 1))
+                                         stop=max(gate.fit_size for gate in fitting) + 1))
         fit_x = torch.cat([b.x for b in batches])
         fit_y = torch.cat([b.y for b in batches])
         if model.num_classes is None:
             model.scores(batches[0].x)
         _check_labels(fit_y, model.num_classes, self.data, 0)
-        for r in fitting:
-            if len(fit_y) <= self.fit_sizes[r.key]:
-                self.errors[r.key] = DataError(
-                    f"{r.check.attack} fits its perturbation on the first fit-samples = "
-                    f"{self.fit_sizes[r.key]} samples and evaluates on the rest, but the data has "
-                    f"only {len(fit_y)}. Lower fit-samples in this check or give more data.",
+        for gate in fitting:
+            if len(fit_y) <= gate.fit_size and gate.folds:
+                gate.fit_size = len(fit_y)  # cross-fitted: every sample is fitted and scored
+            elif len(fit_y) <= gate.fit_size:
+                key = gate.attack.fit_samples_key
+                gate.error = DataError(
+                    f"{gate.check.attack} fits its perturbation on the first "
+                    f"{f'{key} = ' if key else ''}{gate.fit_size} samples and evaluates on the rest, "
+                    f"but the data has only {len(fit_y)}. "
+                    f"{f'Lower {key} in this check' if key else 'Give the attack a fit split'} or "
+                    "give more data.",
                     where=spec.key("data"))
-        for r in [r for r in fitting if r.key not in self.errors]:
-            n = self.fit_sizes[r.key]
+        for gate in [gate for gate in fitting if gate.error is None]:
+            n, r = gate.fit_size, gate.request
             self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}",
-                                         gates=[r])
+                                         gates=[gate])
             available = {
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
-                "eps": lambda: r.eps, "rng": lambda: self.rng(r),
-                "batch_size": lambda: spec.batch_size,
+                "eps": lambda: r.eps, "rng": lambda: self.rng(gate),
+                "batch_size": lambda: spec.batch_size, "positions": lambda: torch.arange(n),
                 "progress": lambda r=r: lambda text: self.engine._report_progress(
-                    spec, 0, f"fitting {r.check.attack} eps={r.eps:g}: {text}"),
+                    spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}: {text}"),
             }
-            attack = self.attacks[r.key]
             try:
-                state = call_attack(attack.fit_function(), available, attack.with_defaults(r.check.options))
+                gate.state = call_attack(gate.attack.fit_function(), available,
+                                         gate.attack.with_defaults(r.check.options))
             except Exception as exc:  # noqa: BLE001 - a failed fit errors its own gate only
-                self.errors[r.key] = self._attack_error(r, exc)
-                continue
-            self.states[r.key] = state
-            try:
-                self.saved[r.key] = self.engine._save_state(spec, r, state)
-            except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
-                self.saved[r.key] = []
-                self.unsaved[r.key] = (f"fitted perturbation not saved ({type(exc).__name__}: "
-                                       f"{exc})")
+                gate.error = self._attack_error(gate, exc)
 
     def batches(self) -> Iterator[Any]:
         """The evaluation batches, on the model's device (they are made on the CPU). The
         whole stream, other shards' batches included, is counted and hashed on the way
-        (:attr:`census`, :meth:`data_digest`), for the merge and the baseline's fingerprint."""
+        (:attr:`census`, :meth:`data_digest`), for the merge and the data fingerprint."""
         for batch in self.data.batches(self.spec.batch_size, self.model.dtype, shard=self.shard,
                                        census=self.census):
             self.engine._report_progress(self.spec, batch.offset, gates=self.live(),
@@ -369,10 +376,13 @@ class ModelPass:
         return self.census.digest()
 
     def shared(self, batch: Any) -> Shared:
-        """The batch's one forward pass (forward + backward when a live gate takes the
-        gradient, which gives the clean scores too); a gradient that fails errors only the
-        gates that wanted it."""
-        wanting = [r for r in self.live() if self.attacks[r.key].wants("grad")]
+        """The batch's one forward pass; forward + backward when a live gate takes the
+        gradient or needs it for its masking diagnostic (so that diagnostic does not depend
+        on which other gates share the pass: a serial run and xdist measure the same). This
+        gives the clean scores too. A gradient that fails errors only the gates that
+        wanted it."""
+        wanting = [gate for gate in self.live()
+                   if gate.attack.wants("grad") or gate.attack.needs_gradient]
         grad = None
         if wanting:
             try:
@@ -380,122 +390,114 @@ class ModelPass:
             except DataError as exc:  # labels the model cannot score
                 raise DataError(str(exc), where=exc.where or self.data.where) from None
             except AttackError as exc:
-                for r in wanting:  # an attack that can do without (strongest) gets grad=None
-                    if self.attacks[r.key].needs_gradient:
-                        self.errors[r.key] = _no_gradient(self.spec, r, self.model, exc)
+                for gate in wanting:  # an attack that can do without (strongest) gets grad=None
+                    if gate.attack.needs_gradient:
+                        gate.error = _no_gradient(self.spec, gate.request, self.model, exc)
                 scores = self.model.scores(batch.x)
         else:
             scores = self.model.scores(batch.x)
         _check_labels(batch.y, self.model.num_classes, self.data, batch.offset)
         return Shared(scores=scores, clean_ok=scores.argmax(1).to(batch.y.device) == batch.y, grad=grad)
 
-    def selection(self, r: Request, batch: Any) -> "torch.Tensor | None":
-        """Which samples of ``batch`` gate ``r`` evaluates: None for all, else a mask (past
+    def selection(self, gate: GateRun, batch: Any) -> "torch.Tensor | None":
+        """Which samples of ``batch`` ``gate`` evaluates: None for all, else a mask (past
         its fit split, within its samples cap), possibly empty."""
-        if r.key not in self.fit_sizes and r.key not in self.limits:
+        if not gate.skip and gate.cap is None:
             return None
         import torch
 
         index = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
-        return (index >= self.fit_sizes.get(r.key, 0)) & (index < self.limits.get(r.key, index[-1] + 1))
+        return (index >= gate.skip) & (index < (gate.cap if gate.cap is not None else index[-1] + 1))
 
-    def attack(self, r: Request, batch: Any, shared: Shared) -> None:
-        """Gate ``r`` on one batch: attack the selected samples and count them."""
-        keep = self.selection(r, batch)
+    def attack(self, gate: GateRun, batch: Any, shared: Shared) -> None:
+        """``gate`` on one batch: attack the selected samples and count them."""
+        keep = self.selection(gate, batch)
         if keep is not None and not keep.any():
             return
         try:
-            adv_ok = self._attacked(r, batch, keep, shared)
+            adv_ok = self._attacked(gate, batch, keep, shared)
         except Exception as exc:  # noqa: BLE001 - whatever one attack raises errors that gate only
-            self.errors[r.key] = self._attack_error(r, exc)
+            gate.error = self._attack_error(gate, exc)
             return
         ok = shared.clean_ok if keep is None else shared.clean_ok[keep]
-        tally = self.tallies[r.key]
-        tally.correct += int(adv_ok.sum())
-        tally.clean_correct += int(ok.sum())
-        tally.n += int(ok.numel())
-        self._count_zero_gradients(r, keep, shared)
+        gate.correct += int(adv_ok.sum())
+        gate.clean_correct += int(ok.sum())
+        gate.n += int(ok.numel())
+        if gate.folds:
+            self._count_folds(gate, adv_ok, _positions(batch, keep))
+        self._count_zero_gradients(gate, keep, shared)
 
     def outcomes(self) -> dict[tuple[int, float], Any]:
-        """Each gate's :class:`AttackResult`, or the error that stopped it."""
-        outcomes: dict[tuple[int, float], Any] = dict(self.errors)
-        for r in self.live():
-            attack, tally = self.attacks[r.key], self.tallies[r.key]
-            if tally.n == 0 and self.shard is None:
-                why = (f"the fit split takes all {self.fit_sizes[r.key]} samples. Lower fit-samples "
-                       "or give more data." if r.key in self.fit_sizes else
-                       f"{attack.samples_key} = 0 selects none. Raise it.")
-                outcomes[r.key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
-                                            where=self.spec.key("data"))
+        """Each gate's :class:`~pytest_advrobust.results.Measurement`, or the error that
+        stopped it."""
+        outcomes: dict[tuple[int, float], Any] = {}
+        for key, gate in self.gates.items():
+            r, attack = gate.request, gate.attack
+            if gate.error is not None:
+                outcomes[key] = gate.error
+                continue
+            if gate.n == 0 and self.shard is None:
+                why = (f"the fit split takes all {gate.fit_size} samples. Lower "
+                       f"{attack.fit_samples_key or 'its fit split'} or give more data." if gate.fit_size
+                       else f"{attack.samples_key} = 0 selects none. Raise it.")
+                outcomes[key] = DataError(f"{r.check.attack} has no samples to evaluate: {why}",
+                                          where=self.spec.key("data"))
                 continue
             eps = r.eps if attack.uses_eps else None
             describe = attack.describe_function()
-            outcomes[r.key] = AttackResult(
-                model=self.spec.name, attack=r.check.attack, eps=eps,
-                correct=tally.correct, clean_correct=tally.clean_correct, n=tally.n,
-                min_accuracy=r.check.min_accuracy, max_drop=r.check.max_drop,
-                max_regression=r.check.max_regression if r.check.max_regression is not None
-                else self.spec.max_regression,
-                check=r.check.index, options=dict(r.check.options), stats=tally.stats,
-                report_only=r.check.report_only,
-                artifacts=[str(p) for p in self.saved.get(r.key, [])],
-                fingerprint=fingerprint(self.spec, r.check, eps, tally.n, attack, self.data_digest()),
-                details="; ".join(filter(None, [
-                    describe(tally.stats) if describe is not None else "",
-                    *_model_notes(self.model, attack.needs_gradient),
-                    self.unsaved.get(r.key, "")])),
-                shard=None if self.shard is None else self._shard_record(r),
+            outcomes[key] = Measurement(
+                model=self.spec.name, attack=r.check.attack, eps=eps, check=r.check.index,
+                options=dict(r.check.options), correct=gate.correct,
+                clean_correct=gate.clean_correct, n=gate.n, stats=gate.stats,
+                fingerprint=fingerprint(self.spec, r.check, eps, gate.n, attack, self.data_digest()),
+                details=describe(gate.stats) if describe is not None else "",
+                model_notes=_model_notes(self.model, attack.needs_gradient),
+                zero_gradient=gate.zero_gradient, state=gate.state,
+                shard=None if self.shard is None else self._shard_record(gate),
             )
-        self._diagnose(outcomes)
         return outcomes
 
     # -- helpers --------------------------------------------------------------------------
-    def _shard_record(self, r: Request) -> dict[str, Any]:
-        """What a shard result carries so the merge can check that shards fit together: the
-        shard, the stream it read (sample count, label digest) and a fitted state's digest."""
+    def _shard_record(self, gate: GateRun) -> dict[str, Any]:
+        """What a shard result carries so the merge can check that shards fit together and
+        judge them: the shard, the stream it read (sample count, label digest, a digest of
+        each shard's part), a fitted state's digest and the masking diagnostic's count."""
         record: dict[str, Any] = {"index": self.shard[0], "count": self.shard[1],
-                                  **self.census.summary()}
-        state = self.states.get(r.key)
-        if hasattr(state, "detach"):
-
-            data = state.detach().cpu().contiguous().numpy().tobytes()
+                                  **self.census.summary(), "zero_gradient": gate.zero_gradient,
+                                  "notes": _model_notes(self.model, gate.attack.needs_gradient)}
+        if "parts" in record:  # the part this shard evaluated, kept apart from its index
+            record["evaluated"] = record["parts"][self.shard[0] - 1]
+        if hasattr(gate.state, "detach"):
+            data = gate.state.detach().cpu().contiguous().numpy().tobytes()
             record["fit"] = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
         return record
 
-    def _count_zero_gradients(self, r: Request, keep: "torch.Tensor | None", shared: Shared) -> None:
-        """Masking diagnostic, free: of gate ``r``'s correctly classified samples in this
+    def _count_folds(self, gate: GateRun, adv_ok: "torch.Tensor", positions: "torch.Tensor") -> None:
+        """A cross-fitted gate's figure per fold (``stats["fold<j>_correct"]``, ``["fold<j>_n"]``,
+        j from 1), which the shard merge sums like the other counts."""
+        from .attacks import fold_of
+
+        fold = fold_of(positions.to(adv_ok.device), gate.folds)
+        for j in range(gate.folds):
+            mine = fold == j
+            gate.stats[f"fold{j + 1}_correct"] = gate.stats.get(f"fold{j + 1}_correct", 0) + int(adv_ok[mine].sum())
+            gate.stats[f"fold{j + 1}_n"] = gate.stats.get(f"fold{j + 1}_n", 0) + int(mine.sum())
+
+    def _count_zero_gradients(self, gate: GateRun, keep: "torch.Tensor | None", shared: Shared) -> None:
+        """Masking diagnostic, free: of ``gate``'s correctly classified samples in this
         batch, how many have an input gradient (the shared cross-entropy one) of exactly 0."""
-        if shared.grad is None or not self.attacks[r.key].needs_gradient:
+        if shared.grad is None or gate.zero_gradient is None:
             return
         if self._zero_rows[0] is not shared:  # once per batch, for every gate
             flat = shared.grad.reshape(len(shared.grad), -1)
             self._zero_rows = (shared, ~flat.ne(0).any(1).to(shared.clean_ok.device) & shared.clean_ok)
         zero = self._zero_rows[1] if keep is None else self._zero_rows[1][keep.to(shared.clean_ok.device)]
-        self.zero_gradients[r.key] = self.zero_gradients.get(r.key, 0) + int(zero.sum())
+        gate.zero_gradient += int(zero.sum())
 
-    def _diagnose(self, outcomes: dict[tuple[int, float], Any]) -> None:
-        """Fill each result's ``diagnostics`` (see :mod:`pytest_advrobust.diagnostics`): its
-        own zero-gradient figures, and the cross-gate checks that need all of a model's
-        results (a gradient attack weaker than ``noise``, accuracy rising with eps)."""
-        from .diagnostics import diagnose
-
-        results = {r.key: outcomes[r.key] for r in self.todo if isinstance(outcomes.get(r.key), AttackResult)}
-        requests = {r.key: r for r in self.todo if r.key in results}
-        for key, result in results.items():
-            r, attack = requests[key], self.attacks[key]
-            loss = attack.with_defaults(r.check.options).get("loss", "ce")
-            inputs = {"needs_gradient": attack.needs_gradient,
-                      "zero_gradient": self.zero_gradients.get(key) if attack.needs_gradient else None,
-                      "loss": loss if isinstance(loss, str) else "ce",
-                      "allow_masking": r.check.allow_masking}
-            result.diagnostics = diagnose(result, list(results.values()), **inputs)
-            if self.shard is not None:  # the merge diagnoses the summed counts again
-                result.diagnostics["inputs"] = inputs
-
-    def _attacked(self, r: Request, batch: Any, keep: "torch.Tensor | None",
+    def _attacked(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None",
                   shared: Shared) -> "torch.Tensor":
         """Correctness of the model on the attacked batch (a bool per kept sample)."""
-        model, attack = self.model, self.attacks[r.key]
+        model, attack, r = self.model, gate.attack, gate.request
         x, y, grad, scores, clean_ok = batch.x, batch.y, shared.grad, shared.scores, shared.clean_ok
         if keep is not None:
             x, y, clean_ok = x[keep], y[keep], clean_ok[keep]
@@ -503,9 +505,10 @@ class ModelPass:
             scores = scores[keep.to(scores.device)]
         available = {
             "model": lambda: model, "x": lambda: x, "y": lambda: y, "eps": lambda: r.eps,
-            "rng": lambda: self.rng(r, batch, keep), "grad": lambda: grad, "scores": lambda: scores,
-            "stats": lambda: self.tallies[r.key].stats, "state": lambda: self.states.get(r.key),
-            "surrogates": lambda: self.engine._surrogates(self.spec, r, model),
+            "rng": lambda: self.rng(gate, batch, keep), "grad": lambda: grad, "scores": lambda: scores,
+            "stats": lambda: gate.stats, "state": lambda: gate.state,
+            "surrogates": lambda: self.engine._surrogates(self.spec, gate, model),
+            "positions": lambda: _positions(batch, keep),
         }
         adversarial = call_attack(attack.perturb_function(), available,
                                   attack.with_defaults(r.check.options))
@@ -525,11 +528,11 @@ class ModelPass:
                 ok[rows] = model.scores(points[rows.to(points.device)]).argmax(1).to(y.device) == y[rows]
         return ok
 
-    def _attack_error(self, r: Request, exc: BaseException) -> AdvRobustError:
+    def _attack_error(self, gate: GateRun, exc: BaseException) -> AdvRobustError:
         """What one gate's failure says: "no usable gradient" when that is the cause, NaN
         scores on perturbed inputs as such (the clean scores were finite), a surrogate's or
         an attack's own error as it is, anything else with its type and where it was raised."""
-        attack = self.attacks[r.key]
+        attack, r = gate.attack, gate.request
         eps = f" at eps={format_eps(r.eps)}" if attack.uses_eps else ""
         if isinstance(exc, ScoresNotFinite):
             return AttackError(
@@ -545,6 +548,14 @@ class ModelPass:
         return AttackError(f"{r.check.attack}{eps} raised {type(exc).__name__}: {exc} "
                            f"(at {_raised_at(exc)}). Only this gate is affected; if the attack is "
                            "your own, fix it there, else please report it.", where=self.spec.name)
+
+
+def _positions(batch: Any, keep: "torch.Tensor | None") -> "torch.Tensor":
+    """Each kept row's position in the data stream (whatever the batch size or shard)."""
+    import torch
+
+    positions = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
+    return positions if keep is None else positions[keep.to(positions.device)]
 
 
 def _raised_at(exc: BaseException) -> str:
@@ -605,7 +616,7 @@ def _project(adversarial: Any, x: "torch.Tensor", eps: float | None, bounds: tup
     return projected.clamp_(*bounds)
 
 
-def _check_labels(y: "torch.Tensor", classes: int | None, data: EvalData, offset: int) -> None:
+def _check_labels(y: "torch.Tensor", classes: int | None, data: "EvalData", offset: int) -> None:
     if classes is None:
         return
     if int(y.max()) >= classes:

@@ -2,33 +2,43 @@
 
 Each job runs ``pytest --advrobust-shard=K/N --advrobust-json=shard-K.json``: it measures
 every gate on its part of the data and writes partial counts. ``python -m pytest_advrobust
-merge shard-*.json`` checks that the reports belong together (the same config, every shard
-1..N exactly once, the same gates measured on the same data), sums the counts, applies the
-thresholds and the baseline rule to the merged figures, writes the reports a single run
-writes and exits 1 when a gate fails, 2 when the shards do not fit together.
+merge shard-*.json`` is as strict as a run:
+
+- it reads the project's config (``pyproject.toml`` in the current folder, or ``--config
+  PATH``) and checks that every shard was run with exactly that config;
+- it validates every shard file against the schema a shard writes (types, whole numbers
+  that are not booleans, ``0 <= correct, clean_correct <= n``, every shard 1..N exactly
+  once, the same gates measured on the same data, each shard's counts matching the part
+  of the data its index covers) and refuses anything else, naming the file, gate and field;
+- it takes thresholds, ``report-only``, ``allow-masking``, losses and every other gate
+  setting from the config (never from the shard files), sums the counts, and hands the
+  sums to the same judge and the same report pipeline as a run.
+
+Exit status: 0 every gate passed, 1 a gate failed (or errored), 2 the shards, the config
+or the arguments do not fit together (the message says which and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from .errors import AdvRobustError
-from .results import AttackResult
+from .results import Measurement, gate_key
 
-__all__ = ["MergeError", "ShardReport", "check_together", "load_shard", "main", "merge_results",
-           "parse_shard"]
+if TYPE_CHECKING:
+    from .session import RobustnessSession
+
+__all__ = ["MergeError", "ShardReport", "check_together", "expected_count", "load_shard", "main",
+           "merge_measurements", "merge_shards", "parse_shard"]
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-#: a shard result's fields that must agree across shards (the counts are what differ)
-_SAME = ("model", "attack", "eps", "check", "options", "min_accuracy", "max_drop",
-         "max_regression")
 HOW = "Write shard reports with pytest --advrobust-shard=K/N --advrobust-json=shard-K.json."
 
 
@@ -51,31 +61,95 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ShardReport:
-    """One shard's JSON report."""
+    """One shard's JSON report, validated: its measurements by gate key."""
 
     path: Path
     index: int
     count: int
     config: str
-    results: tuple[dict[str, Any], ...]
-    #: the gates the shard's run selected (a gate that errored is listed but has no result)
-    gates: tuple[str, ...] = ()
+    measurements: dict[str, Measurement]
+    #: the gates the shard's run selected
+    gates: tuple[str, ...]
+    #: the shard's run measured every gate of the config (nothing deselected)
+    complete: bool
 
     @property
     def name(self) -> str:
         return f"shard {self.index}/{self.count} ({self.path})"
 
 
+# -- the schema ----------------------------------------------------------------------------
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _scalar_or_list(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_scalar_or_list(v) for v in value)
+    return value is None or isinstance(value, (bool, str)) or _number(value)
+
+
+#: a shard result's fields: (is it valid, what it must be); all required
+_ENTRY = {
+    "key": (_text, "a string"),
+    "model": (_text, "a string"),
+    "attack": (_text, "a string"),
+    "eps": (lambda v: v is None or (_number(v) and v >= 0), "a number >= 0, or null"),
+    "check": (_whole, "a whole number >= 0"),
+    "options": (lambda v: isinstance(v, dict) and all(_scalar_or_list(x) for x in v.values()),
+                "an object of option values"),
+    "correct": (_whole, "a whole number >= 0 (not true/false)"),
+    "clean_correct": (_whole, "a whole number >= 0 (not true/false)"),
+    "n": (_whole, "a whole number >= 0 (not true/false)"),
+    "stats": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _scalar_or_list(x)
+                                                    for k, x in v.items()),
+              "an object of numbers and words"),
+    "details": (_text, "a string"),
+    "fingerprint": (lambda v: isinstance(v, dict), "an object"),
+    "artifacts": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+                  "a list of file names"),
+    "shard": (lambda v: isinstance(v, dict), "an object"),
+}
+#: a shard result's ``shard`` record
+_RECORD = {
+    "index": (_whole, "a whole number"),
+    "count": (_whole, "a whole number"),
+    "samples": (_whole, "a whole number >= 0"),
+    "labels": (_text, "a string"),
+    "zero_gradient": (lambda v: v is None or _whole(v), "a whole number >= 0, or null"),
+    "notes": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+              "a list of words"),
+}
+
+
+def _field_error(where: str, key: str, name: str, value: Any, expected: str) -> MergeError:
+    shown = json.dumps(value)[:80] if not isinstance(value, str) else repr(value[:80])
+    return MergeError(f"gate {key!r}: the field {name!r} is {shown}; it must be {expected}. The "
+                      f"file was edited or damaged, or not written by pytest --advrobust-shard. "
+                      f"{HOW}", where=where)
+
+
 def load_shard(path: Path) -> ShardReport:
-    """Read a shard's ``--advrobust-json`` report; every problem names the file."""
+    """Read and validate a shard's ``--advrobust-json`` report; every problem is a
+    :class:`MergeError` naming the file (and the gate and field at fault)."""
     where = str(path)
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MergeError(f"the file does not exist. {HOW}", where=where) from None
+    except IsADirectoryError:
+        raise MergeError(f"is a folder, not a shard report. {HOW}", where=where) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MergeError(f"cannot be read ({exc}).", where=where) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise MergeError(f"is not valid JSON ({exc}); the report is damaged or was cut short "
                          "(did the shard's job finish?).", where=where) from None
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
@@ -89,50 +163,129 @@ def load_shard(path: Path) -> ShardReport:
         raise MergeError("is the report of an unsharded run (no \"shard\"), whose gates were "
                          f"already judged on all the data; there is nothing to merge. {HOW}",
                          where=where)
+    if not (_whole(shard.get("index")) and _whole(shard.get("count"))):
+        raise MergeError(f"has a malformed \"shard\" record {json.dumps(shard)[:120]} (index and "
+                         "count must be whole numbers).", where=where)
     try:
         index, count = parse_shard(f"{shard['index']}/{shard['count']}")
-    except (KeyError, ValueError) as exc:
-        raise MergeError(f"has a malformed \"shard\" record {shard!r} ({exc}).", where=where) from None
-    results = tuple(document["results"])
-    for entry in results:
-        if isinstance(entry, dict) and entry.get("status") in ("error", "not run"):
-            what = "errored" if entry["status"] == "error" else "did not run"
-            raise MergeError(f"gate {entry.get('key')!r} {what} in this shard "
-                             f"({entry.get('error') or entry.get('message') or 'no reason given'}). "
-                             "Fix it and rerun the shard: a merge without it would gate on less "
-                             "than was configured.", where=where)
-        if not (isinstance(entry, dict) and isinstance(entry.get("key"), str)
-                and all(isinstance(entry.get(k), int) for k in ("correct", "clean_correct", "n"))
-                and isinstance(entry.get("shard"), dict)):
-            raise MergeError(f"holds a result that is not a shard's gate result: {str(entry)[:120]}",
-                             where=where)
-        if (entry["shard"].get("index"), entry["shard"].get("count")) != (index, count):
-            raise MergeError(f"the result {entry['key']!r} says shard {entry['shard'].get('index')}/"
-                             f"{entry['shard'].get('count')} but the report says {index}/{count}; "
-                             "the file was edited or assembled from several runs.", where=where)
+    except ValueError as exc:
+        raise MergeError(f"has a malformed \"shard\" record ({exc}).", where=where) from None
+    if document.get("interrupted") is not False:
+        raise MergeError("comes from a run that was interrupted (or does not say it was not): "
+                         "its gates may not all have run. Rerun that shard to completion.",
+                         where=where)
     gates = document.get("gates")
     if not (isinstance(gates, list) and all(isinstance(g, str) for g in gates)):
         raise MergeError("has no list of the gates its run selected (\"gates\"); it was not written "
                          f"by pytest --advrobust-shard. {HOW}", where=where)
-    return ShardReport(Path(path), index, count, str(document.get("config", "")), results,
-                       tuple(gates))
+    if not isinstance(document.get("config"), str):
+        raise MergeError(f"does not say which config it ran (\"config\"). {HOW}", where=where)
+    measurements: dict[str, Measurement] = {}
+    for entry in document["results"]:
+        if not isinstance(entry, dict):
+            raise MergeError(f"holds a result that is not an object: {json.dumps(entry)[:120]}",
+                             where=where)
+        key = entry.get("key") if isinstance(entry.get("key"), str) else "?"
+        if entry.get("status") in ("error", "not run"):
+            what = "errored" if entry["status"] == "error" else "did not run"
+            raise MergeError(f"gate {key!r} {what} in this shard "
+                             f"({str(entry.get('error') or entry.get('message') or 'no reason given')[:300]}). "
+                             "Fix it and rerun the shard: a merge without it would gate on less "
+                             "than was configured.", where=where)
+        measurement = _measurement(entry, key, where, index, count)
+        if measurement.key in measurements:
+            raise MergeError(f"holds gate {measurement.key!r} twice; the file was assembled from "
+                             "several runs.", where=where)
+        measurements[measurement.key] = measurement
+    return ShardReport(Path(path), index, count, document["config"], measurements, tuple(gates),
+                       complete=document.get("complete") is True)
 
 
-def check_together(shards: Sequence[ShardReport]) -> None:
-    """The shards are of one evaluation: same config, all of 1..N once, the same gates
-    measured on the same data. A :class:`MergeError` says which shard differs and how."""
+def _measurement(entry: dict[str, Any], key: str, where: str, index: int, count: int) -> Measurement:
+    """A shard result entry as a :class:`Measurement`, every field checked."""
+    for name, (valid, expected) in _ENTRY.items():
+        if name not in entry:
+            raise MergeError(f"gate {key!r} has no {name!r} field. {HOW}", where=where)
+        if not valid(entry[name]):
+            raise _field_error(where, key, name, entry[name], expected)
+    record = entry["shard"]
+    for name, (valid, expected) in _RECORD.items():
+        if name not in record:
+            raise MergeError(f"gate {key!r}: its shard record has no {name!r} field. {HOW}",
+                             where=where)
+        if not valid(record[name]):
+            raise _field_error(where, key, f"shard.{name}", record[name], expected)
+    if (record["index"], record["count"]) != (index, count):
+        raise MergeError(f"the result {key!r} says shard {record['index']}/{record['count']} but the "
+                         f"report says {index}/{count}; the file was edited or assembled from "
+                         "several runs.", where=where)
+    if count > 1:
+        parts = record.get("parts")
+        if not (isinstance(parts, list) and len(parts) == count and all(isinstance(p, str) for p in parts)
+                and isinstance(record.get("evaluated"), str)):
+            raise MergeError(f"gate {key!r}: its shard record has no digest of each shard's part "
+                             f"(\"parts\", \"evaluated\"); rerun the shards with this version. {HOW}",
+                             where=where)
+        if record["evaluated"] != parts[index - 1]:
+            raise MergeError(f"gate {key!r} was measured on the part of the data of another shard "
+                             f"than {index}/{count} (its evaluated samples are not shard {index}'s): "
+                             "the file was copied or relabelled. Give each shard's own report.",
+                             where=where)
+    for name in ("correct", "clean_correct"):
+        if entry[name] > entry["n"]:
+            raise MergeError(f"gate {key!r}: {name} = {entry[name]} is more than n = {entry['n']}, "
+                             "the samples it was counted on; the file was edited or damaged.",
+                             where=where)
+    if entry["n"] > record["samples"]:
+        raise MergeError(f"gate {key!r}: n = {entry['n']} is more than the {record['samples']} "
+                         "samples of the whole data; the file was edited or damaged.", where=where)
+    zero = record["zero_gradient"]
+    if zero is not None and zero > entry["clean_correct"]:
+        raise MergeError(f"gate {key!r}: {zero} zero gradients among {entry['clean_correct']} "
+                         "correctly classified samples; the file was edited or damaged.", where=where)
+    expected = gate_key(entry["model"], entry["attack"], entry["eps"], entry["options"])
+    if expected != key:
+        raise MergeError(f"gate {key!r}: its key does not match its model, attack, eps and options "
+                         f"({expected!r}); the file was edited.", where=where)
+    return Measurement(model=entry["model"], attack=entry["attack"], eps=entry["eps"],
+                       check=entry["check"], options=dict(entry["options"]),
+                       correct=entry["correct"], clean_correct=entry["clean_correct"], n=entry["n"],
+                       stats=dict(entry["stats"]), details=entry["details"],
+                       fingerprint=dict(entry["fingerprint"]), zero_gradient=zero,
+                       model_notes=[str(n) for n in record.get("notes") or []],
+                       shard=dict(record), artifacts=list(entry["artifacts"]))
+
+
+# -- fitting together ----------------------------------------------------------------------
+def expected_count(samples: int, batch_size: int, index: int, count: int, *, start: int = 0,
+                   stop: int | None = None) -> int:
+    """How many of the samples ``[start, stop)`` (of ``samples`` in all) lie in shard
+    ``index`` of ``count``, whose batches are ``index-1, index-1+count, ...``."""
+    stop = samples if stop is None else min(stop, samples)
+    total = 0
+    for batch in range(index - 1, -(-samples // batch_size), count):
+        low, high = batch * batch_size, min((batch + 1) * batch_size, samples)
+        total += max(0, min(high, stop) - max(low, start))
+    return total
+
+
+def check_together(shards: Sequence[ShardReport], session: "RobustnessSession",
+                   config_hash: str) -> None:
+    """The shards are of one evaluation of this config: the config's fingerprint, all of
+    1..N once, the same gates measured on the same data, and each shard's counts exactly
+    the samples its part of the data holds. A :class:`MergeError` says which and how."""
     if not shards:
         raise MergeError(f"no shard reports given. {HOW}")
     first = shards[0]
-    for other in shards[1:]:
-        if other.count != first.count:
-            raise MergeError(f"{first.name} and {other.name} split the data into different numbers "
+    for shard in shards:
+        if shard.config != config_hash:
+            raise MergeError(f"{shard.name} was run with another config than {session.path} "
+                             f"(fingerprints {shard.config} and {config_hash}): [tool.advrobust] "
+                             "or the pytest-advrobust version differs. Merge with the config the "
+                             "shards ran (--config PATH), or rerun every shard from this commit.")
+        if shard.count != first.count:
+            raise MergeError(f"{first.name} and {shard.name} split the data into different numbers "
                              "of shards; every job of one evaluation must use the same N.")
-        if other.config != first.config:
-            raise MergeError(f"{first.name} and {other.name} were run with different configs "
-                             f"({first.config} vs {other.config}): [tool.advrobust] or the "
-                             "pytest-advrobust version differs between the jobs. Rerun every shard "
-                             "from the same commit.")
     seen: dict[int, ShardReport] = {}
     for shard in shards:
         if shard.index in seen:
@@ -148,108 +301,117 @@ def check_together(shards: Sequence[ShardReport]) -> None:
                          f"{', '.join(s.name for s in sorted(shards, key=lambda s: s.index))}). "
                          "Every shard's report is needed: a merge of some shards would gate on part "
                          "of the data.")
+    gates = _config_gates(session)
     for shard in shards:
         if set(shard.gates) != set(first.gates):
             extra = sorted(set(shard.gates) ^ set(first.gates))
             raise MergeError(f"{first.name} and {shard.name} selected different gates (for example "
                              f"{extra[0]!r}): run every shard with the same -k / -m selection.")
-        lost = sorted(set(shard.gates) - {e["key"] for e in shard.results})
+        unknown = sorted(set(shard.gates) - set(gates))
+        if unknown:
+            raise MergeError(f"{shard.name} selected gate {unknown[0]!r}, which {session.path} does "
+                             "not configure. Merge with the config the shards ran (--config PATH).")
+        lost = sorted(set(shard.gates) - set(shard.measurements))
         if lost:
             raise MergeError(f"gate {lost[0]!r} has no result in {shard.name}"
                              f"{f' (and {len(lost) - 1} more)' if len(lost) > 1 else ''}: it errored "
                              "there (see that job's log). Fix the error and rerun the shard; a "
                              "merge without it would gate on less than was configured.")
-    keys = {s.index: {e["key"]: e for e in s.results} for s in shards}
-    reference = keys[first.index]
-    if not reference:
+        stray = sorted(set(shard.measurements) - set(shard.gates))
+        if stray:
+            raise MergeError(f"{shard.name} holds a result for gate {stray[0]!r}, which its run did "
+                             "not select; the file was assembled from several runs.")
+    if not first.gates:
         raise MergeError(f"{first.name} holds no gate results, so there is nothing to gate on "
                          "(its job collected no gates, or they all errored). A merge of no gates "
                          "must not pass: check that job's log.")
-    for shard in shards:
-        own = keys[shard.index]
-        for key in sorted(set(reference) ^ set(own)):
-            has, lacks = (first, shard) if key in reference else (shard, first)
-            raise MergeError(f"gate {key!r} is in {has.name} but not in {lacks.name}: it errored "
-                             "or was deselected (-k, -m) there. Every shard must measure the same "
-                             "gates; rerun the shard that lacks it.")
-        for key, entry in own.items():
-            _check_same(key, reference[key], entry, first, shard)
-    for key, entry in reference.items():  # clean evaluates every sample: the parts must tile
-        if entry.get("attack") == "clean" and isinstance(entry["shard"].get("samples"), int):
-            total = sum(keys[s.index][key]["n"] for s in shards)
-            if total != entry["shard"]["samples"]:
-                raise MergeError(f"gate {key!r}: the shards measured {total} samples together but "
-                                 f"the data has {entry['shard']['samples']}; the parts do not tile "
-                                 "the data (a shard's loader yielded different batches?).")
+    for key in first.gates:
+        spec, request, attack = gates[key]
+        reference = first.measurements[key]
+        for shard in shards:
+            _check_gate(key, spec, request, attack, reference, shard.measurements[key], first, shard)
+        samples = reference.shard["samples"]
+        # the first samples a gate does not evaluate: its fit split, unless it is cross-fitted
+        fit = (attack.fit_samples(request.check.options)
+               if attack.fit is not None and attack.folds_key is None else 0)
+        cap = attack.samples_cap(request.check.options)
+        limit = samples if cap is None else min(cap, samples)
+        for shard in shards:
+            want = expected_count(samples, spec.batch_size, shard.index, shard.count, start=fit,
+                                  stop=limit)
+            got = shard.measurements[key].n
+            if got != want:
+                raise MergeError(f"gate {key!r}: {shard.name} counted {got} samples but its part of "
+                                 f"the data ({samples} samples in batches of {spec.batch_size}) "
+                                 f"holds {want} for this gate; the parts do not tile the data (a "
+                                 "shard file edited, relabelled or written with another "
+                                 "batch-size?).")
 
 
-def _check_same(key: str, a: dict[str, Any], b: dict[str, Any], first: ShardReport,
-                other: ShardReport) -> None:
-    differ = [f for f in _SAME if a.get(f) != b.get(f)]
-    fa, fb = dict(a.get("fingerprint") or {}), dict(b.get("fingerprint") or {})
+def _check_gate(key: str, spec: Any, request: Any, attack: Any, a: Measurement, b: Measurement,
+                first: ShardReport, other: ShardReport) -> None:
+    """One gate of two shards: measured alike (all but the counts), and as the config says."""
+    if (a.model, a.attack, a.check) != (spec.name, request.check.attack, request.check.index):
+        raise MergeError(f"gate {key!r} in {first.name} is check {a.check} of {a.attack} on "
+                         f"{a.model}, not what {spec.source} configures; merge with the config "
+                         "the shards ran (--config PATH).")
+    differ = [f for f in ("model", "attack", "eps", "check", "options", "model_notes")
+              if getattr(a, f) != getattr(b, f)]
+    fa, fb = dict(a.fingerprint), dict(b.fingerprint)
     fa.pop("n", None), fb.pop("n", None)
     differ += [f"fingerprint {f}" for f in sorted(set(fa) | set(fb)) if fa.get(f) != fb.get(f)]
-    sa, sb = a["shard"], b["shard"]
+    sa, sb = a.shard or {}, b.shard or {}
     if sa.get("samples") != sb.get("samples"):
         differ.append(f"the data (the shards read {sa.get('samples')} and {sb.get('samples')} "
                       "samples)")
-    elif sa.get("labels") != sb.get("labels"):
-        differ.append("the data (same size, but the labels differ or come in another order: a "
+    elif sa.get("labels") != sb.get("labels") or sa.get("parts") != sb.get("parts"):
+        differ.append("the data (same size, but the samples differ or come in another order: a "
                       "shuffling loader?)")
     if sa.get("fit") != sb.get("fit"):
         differ.append("the fitted perturbation (fitted differently: another device or library "
                       "version?)")
+    if (sa.get("zero_gradient") is None) != (sb.get("zero_gradient") is None) or \
+            (sa.get("zero_gradient") is None) == bool(attack.needs_gradient):
+        differ.append("the masking diagnostic's count (zero_gradient: written by another version?)")
     if differ:
         raise MergeError(f"gate {key!r} was measured differently in {first.name} and {other.name}: "
                          f"{'; '.join(differ)}. The shards are not parts of one evaluation; rerun "
                          "them all from the same commit, data and environment.")
 
 
-def merge_results(shards: Sequence[ShardReport]) -> list[AttackResult]:
-    """Per gate, the shards' counts summed (no verdict yet): the unsharded result."""
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for shard in sorted(shards, key=lambda s: s.index):
-        for entry in shard.results:
-            by_key.setdefault(entry["key"], []).append(entry)
+def _config_gates(session: "RobustnessSession") -> dict[str, tuple[Any, Any, Any]]:
+    """gate key -> (model spec, request, attack) for every gate of the config."""
+    out = {}
+    for spec in session.spec_list():
+        for request in session.requests(spec):
+            attack = session.registry[request.check.attack]
+            eps = request.eps if attack.uses_eps else None
+            out[gate_key(spec.name, request.check.attack, eps, dict(request.check.options))] = \
+                (spec, request, attack)
+    return out
+
+
+def merge_measurements(shards: Sequence[ShardReport]) -> list[Measurement]:
+    """Per gate, the shards' counts summed: the unsharded measurement (no verdict yet)."""
     merged = []
-    for entries in by_key.values():
-        result = AttackResult.from_dict(entries[0])
-        result.shard = None
-        result.correct = sum(e["correct"] for e in entries)
-        result.clean_correct = sum(e["clean_correct"] for e in entries)
-        result.n = sum(e["n"] for e in entries)
-        result.stats = _merge_stats([e.get("stats") or {} for e in entries])
-        result.artifacts = list(dict.fromkeys(a for e in entries for a in e.get("artifacts") or []))
-        result.fingerprint = {**(entries[0].get("fingerprint") or {})}
-        if "n" in result.fingerprint:
-            result.fingerprint["n"] = result.n
-        result.details = _describe(result.attack, result.stats, entries)
-        merged.append(result)
-    _diagnose(merged, list(by_key.values()))
+    ordered_shards = sorted(shards, key=lambda s: s.index)
+    for key in ordered_shards[0].gates:
+        parts = [shard.measurements[key] for shard in ordered_shards]
+        first = parts[0]
+        zeros = [p.zero_gradient for p in parts]
+        fingerprint = dict(first.fingerprint)
+        total = sum(p.n for p in parts)
+        if "n" in fingerprint:
+            fingerprint["n"] = total
+        merged.append(Measurement(
+            model=first.model, attack=first.attack, eps=first.eps, check=first.check,
+            options=first.options, correct=sum(p.correct for p in parts),
+            clean_correct=sum(p.clean_correct for p in parts), n=total,
+            stats=_merge_stats([p.stats for p in parts]), model_notes=list(first.model_notes),
+            fingerprint=fingerprint,
+            zero_gradient=None if any(z is None for z in zeros) else sum(zeros),
+            artifacts=list(dict.fromkeys(a for p in parts for a in p.artifacts))))
     return merged
-
-
-def _diagnose(merged: Sequence[AttackResult], entries: Sequence[Sequence[dict[str, Any]]]) -> None:
-    """Gradient-masking diagnostics of the merged figures, as an unsharded run computes
-    them: from the summed counts (zero gradients, attack statistics) and the model's other
-    merged gates. A shard's own diagnostics saw only its part, so they are not reused."""
-    from .diagnostics import diagnose
-
-    inputs = {}
-    for result, parts in zip(merged, entries):
-        given = [(part.get("diagnostics") or {}).get("inputs") for part in parts]
-        if any(not isinstance(item, dict) for item in given):
-            raise MergeError(f"gate {result.key!r} has no masking-diagnostics record in every shard "
-                             "(written by another version of pytest-advrobust?); rerun the shards "
-                             "with one version: a merge without them could miss masked gradients.")
-        # a shard whose part held none of the gate's samples counted nothing (None): zero
-        zeros = [item.get("zero_gradient") if part.get("n") else (item.get("zero_gradient") or 0)
-                 for item, part in zip(given, parts)]
-        inputs[result.key] = {**given[0], "zero_gradient": None if any(z is None for z in zeros)
-                              else sum(zeros)}
-    for result in merged:
-        siblings = [other for other in merged if other.model == result.model]
-        result.diagnostics = diagnose(result, siblings, **inputs[result.key])
 
 
 def _merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -273,52 +435,52 @@ def _merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _describe(attack: str, stats: dict[str, Any], entries: Sequence[dict[str, Any]]) -> str:
-    """The attack's words for the merged statistics (the built-ins' ``describe``), or the
-    shards' words when they agree."""
-    from .attacks import AttackRegistry
-    from .attacks.builtin import pytest_advrobust_add_attacks
-
-    registry = AttackRegistry()
-    pytest_advrobust_add_attacks(registry)
-    if attack in registry and registry[attack].describe is not None:
-        return registry[attack].describe_function()(stats)
-    details = {e.get("details", "") for e in entries}
-    return details.pop() if len(details) == 1 else ""
+def _describe(session: "RobustnessSession", measurements: Sequence[Measurement]) -> None:
+    """The attack's words for the merged statistics (its ``describe``; a shard's words
+    described its part only)."""
+    for m in measurements:
+        describe = session.registry[m.attack].describe_function()
+        m.details = describe(m.stats) if describe is not None else ""
 
 
-def judge_merged(results: Sequence[AttackResult], baseline: dict[str, Any] | None) -> None:
-    """The verdict of each merged gate: thresholds and the baseline rule, as a single run's."""
-    from .gate import baseline_figure, judge
+def merge_shards(shards: Sequence[ShardReport], session: "RobustnessSession", config_hash: str, *,
+                 baseline: Any = None, accept: Sequence[str] = ()) -> list[Any]:
+    """The merged, judged results of ``shards`` of the config of ``session``: checked to fit
+    together, counts summed, judged by the one judge with the config's settings."""
+    from .gate import Judge
 
-    for result in results:
-        if result.n == 0:
-            result.passed = False
-            result.message = (f"{result.label}: no samples to evaluate in any shard (the fit split "
-                              "or the samples cap takes them all)")
-            continue
-        result.baseline_accuracy = baseline_figure((baseline or {}).get(result.key), result)
-        verdict = judge(result)
-        result.passed, result.message = verdict.passed, verdict.message
+    check_together(shards, session, config_hash)
+    measurements = merge_measurements(shards)
+    _describe(session, measurements)
+    judge = Judge(session.lookup, session.registry, baseline=baseline, accept=accept)
+    return judge.results(measurements)
 
 
 # -- the command ---------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """``python -m pytest_advrobust merge ...``: 0 all gates pass, 1 a gate fails, 2 the
-    shards (or the arguments) do not fit together."""
+    shards, the config or the arguments do not fit together."""
+    from . import __version__
+
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="python -m pytest_advrobust",
                                      description="pytest-advrobust command-line tools")
+    parser.add_argument("--version", action="version", version=f"pytest-advrobust {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     merge = commands.add_parser(
         "merge", help="merge the JSON reports of a sharded run and gate on the merged figures",
         description="Merge the --advrobust-json reports of the jobs of a sharded run "
-                    "(pytest --advrobust-shard=K/N), apply the thresholds and the baseline rule "
-                    "to the merged figures and write the reports a single run writes. Exit "
-                    "status: 0 every gate passed, 1 a gate failed, 2 the shards do not fit "
-                    "together (the message says which).")
+                    "(pytest --advrobust-shard=K/N), judge the merged figures with the "
+                    "thresholds and settings of the project's config, and write the reports a "
+                    "single run writes. Exit status: 0 every gate passed, 1 a gate failed, 2 the "
+                    "shards, the config or the arguments do not fit together (the message says "
+                    "which).")
     merge.add_argument("shards", nargs="+", metavar="SHARD.json", type=Path,
                        help="every shard's --advrobust-json report (all N of them)")
+    merge.add_argument("--config", metavar="PATH", type=Path, default=Path("pyproject.toml"),
+                       help="the pyproject.toml holding [tool.advrobust] that the shards ran "
+                            "(default: ./pyproject.toml); thresholds and gate settings come "
+                            "from it, never from the shard files")
     merge.add_argument("--json", metavar="PATH", type=Path, help="write the merged JSON report")
     merge.add_argument("--junitxml", metavar="PATH", type=Path,
                        help="write a JUnit XML report: one testcase per gate")
@@ -328,83 +490,91 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     merge.add_argument("--baseline", metavar="PATH", type=Path,
                        help="compare with a saved baseline (a fall beyond max-regression fails)")
     merge.add_argument("--save-baseline", metavar="PATH", type=Path,
-                       help="save the merged results as a baseline file")
+                       help="save the merged results as a baseline file (not when a gate failed, "
+                            "unless --accept names it)")
+    merge.add_argument("--accept", metavar="GATE[,GATE...]", action="append", default=None,
+                       help="accept these failed gates (keys, or all) into --save-baseline")
     args = parser.parse_args(argv)
     try:
-        shards = [load_shard(path) for path in args.shards]
-        check_together(shards)
-        baseline = None
-        if args.baseline is not None:
-            from .report.baseline import load_baseline
-
-            baseline = load_baseline(args.baseline)
-        results = merge_results(shards)
+        return _merge(args, out)
     except AdvRobustError as exc:
         print(f"pytest-advrobust merge: {exc.kind}: {exc}", file=sys.stderr)
         return 2
-    judge_merged(results, baseline)
+
+
+def _merge(args: argparse.Namespace, out: TextIO) -> int:
+    from .report.files import unwritable
+    from .report.pipeline import ReportTargets, RunRecord, step_summary_path, write_reports
+
+    for flag, value in (("--json", args.json), ("--junitxml", args.junitxml),
+                        ("--markdown", args.markdown), ("--save-baseline", args.save_baseline),
+                        ("$GITHUB_STEP_SUMMARY", step_summary_path())):
+        problem = unwritable(Path(value).resolve(), False) if value is not None else ""
+        if problem:
+            raise MergeError(f"{flag}={value}: {problem}. Give a file path this command can write.")
+    session, config_hash = _open_config(args.config)
+    accept = tuple(k.strip() for value in args.accept or [] for k in value.split(",") if k.strip())
+    gates = _config_gates(session)
+    unknown = [k for k in accept if k != "all" and k not in gates]
+    if unknown:
+        raise MergeError(f"--accept: {unknown[0]!r} is not a gate of {session.path}. Give gate keys "
+                         "as the reports write them (MODEL::ATTACK[eps=E]), or all.")
+    shards = [load_shard(path) for path in args.shards]
+    baseline = None
+    if args.baseline is not None:
+        from .report.baseline import BaselineError, load_baseline
+
+        try:
+            baseline = load_baseline(args.baseline)
+        except BaselineError as exc:
+            raise MergeError(str(exc)) from None
+    results = merge_shards(shards, session, config_hash, baseline=baseline, accept=accept)
+    comparison = None
+    if baseline is not None:
+        from .report.baseline import compare
+
+        comparison = compare(baseline, results)
+    complete = all(s.complete for s in shards) and set(shards[0].gates) == set(gates)
+    record = RunRecord(results=results, complete=complete, comparison=comparison)
+    written = write_reports(record, ReportTargets(
+        json=args.json, junitxml=args.junitxml, markdown=args.markdown,
+        step_summary=step_summary_path(), save_baseline=args.save_baseline))
+    _print_summary(record, written, shards, out)
+    if any(r.status in ("failed", "error") for r in results):
+        return 1
+    return 2 if written.problems else 0
+
+
+def _open_config(path: Path) -> tuple["RobustnessSession", str]:
+    """The project's session (config, attack registry and the conftest.py's hooks, as a run
+    has them; no model is loaded) and the config's fingerprint."""
+    from .api import open_session
+    from .errors import ConfigError
+    from .fingerprint import config_fingerprint
+
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise MergeError(f"--config {path}: {resolved} does not exist (or is not a file). Run the "
+                         "merge in the project's folder, or point --config at the pyproject.toml "
+                         "the shards ran: thresholds come from it, never from the shard files.")
     try:
-        notes = _write_reports(results, args, baseline)
-    except OSError as exc:
-        print(f"pytest-advrobust merge: cannot write a report: {exc}", file=sys.stderr)
-        return 2
-    _print_summary(results, baseline, shards, notes, out)
-    return 0 if all(r.passed for r in results) else 1
+        session = open_session(resolved)
+    except ConfigError as exc:
+        raise MergeError(f"--config {path}: {exc}") from None
+    return session, config_fingerprint(resolved)
 
 
-def _write_reports(results: list[AttackResult], args: argparse.Namespace,
-                   baseline: dict[str, Any] | None) -> list[str]:
-    notes = []
-    if args.json is not None:
-        from .report.json_report import write_json
+def _print_summary(record: Any, written: Any, shards: Sequence[ShardReport], out: TextIO) -> None:
+    from .report.escape import one_line
+    from .report.pipeline import comparison_section, summary_lines
+    from .report.terminal import ordered
 
-        # the same document an unsharded run writes (which checked every gate: complete)
-        notes.append(f"json: {write_json(args.json, results, interrupted=False, complete=True)}")
-    if args.junitxml is not None:
-        from .report.junit import write_junit
-
-        notes.append(f"junitxml: {write_junit(args.junitxml, results)}")
-    if args.markdown is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
-        from .report.markdown import append_markdown, to_markdown, write_markdown
-
-        text = to_markdown(results, _comparison(results, baseline))
-        if args.markdown is not None:
-            notes.append(f"markdown: {write_markdown(args.markdown, text)}")
-        if os.environ.get("GITHUB_STEP_SUMMARY"):
-            append_markdown(Path(os.environ["GITHUB_STEP_SUMMARY"]), text)
-    if args.save_baseline is not None:
-        from .report.baseline import write_baseline
-
-        notes.append(f"baseline saved: {write_baseline(args.save_baseline, results)}")
-    return notes
-
-
-def _comparison(results: list[AttackResult], baseline: dict[str, Any] | None) -> Any:
-    if baseline is None:
-        return None
-    from .report.baseline import compare
-
-    return compare(baseline, results)
-
-
-def _print_summary(results: list[AttackResult], baseline: dict[str, Any] | None,
-                   shards: Sequence[ShardReport], notes: list[str], out: TextIO) -> None:
-    from .report.terminal import format_table, headers, ordered, summary_rows, verdict_line
-
-    comparison = _comparison(results, baseline)
     print(f"advrobust merge: {len(shards)} shards of {shards[0].count}, config {shards[0].config}",
           file=out)
-    for line in format_table(summary_rows(results, verbose=True, comparison=comparison),
-                             headers(True, comparison is not None)):
-        print(line, file=out)
-    print(verdict_line(results), file=out)
-    for r in ordered(results):
-        if not r.passed:
-            print(f"FAILED {r.message}", file=out)
-    if comparison is not None:
-        from .report.baseline import comparison_lines
-
-        for line in comparison_lines(comparison, results):
-            print(f"baseline: {line}", file=out)
-    for note in notes:
-        print(note, file=out)
+    for text, _ in summary_lines(record, written, verbose=True):
+        print(text, file=out)
+    for r in ordered(record.results):
+        if r.status in ("failed", "error"):
+            print(one_line(f"FAILED {r.message}"), file=out)
+    for line in comparison_section(record):
+        print(f"baseline: {line}", file=out)

@@ -52,7 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="save this run's results as a baseline file (JSON, written atomically).")
     group.addoption("--advrobust-baseline", metavar="PATH", default=None,
                     help="compare against a saved baseline: a gate whose accuracy fell fails "
-                         "as a regression (rule: max-regression, see docs/reports.md).")
+                         "as a regression (rule: max-regression; README, \"Baselines\").")
+    group.addoption("--advrobust-accept", metavar="GATE[,GATE...]", action="append", default=None,
+                    help="accept these failed or errored gates (their keys, as the reports "
+                         "write them, or all) into --advrobust-save-baseline: a red run saves "
+                         "no baseline otherwise. The run still fails; the summary lists them.")
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
                     help="write PNG plots (robustness curves, universal perturbations, "
                          "linearity); needs pip install pytest-advrobust[plots].")
@@ -170,6 +174,8 @@ FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts")
 def _check_report_paths(config: pytest.Config) -> None:
     """Every path a report will be written to, checked before any model loads: a problem
     found after an hour of attacks would lose the run's reports."""
+    from .report.files import unwritable
+
     targets = [(f"--{name.replace('_', '-')}", config.getoption(name), False) for name in FILE_OPTIONS]
     targets += [(f"--{name.replace('_', '-')}", config.getoption(name), True) for name in FOLDER_OPTIONS]
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -178,61 +184,50 @@ def _check_report_paths(config: pytest.Config) -> None:
     for option, value, folder in targets:
         if not value:
             continue
-        problem = _unwritable(Path(value).resolve(), folder)
+        problem = unwritable(Path(value).resolve(), folder)
         if problem:
             raise pytest.UsageError(f"pytest-advrobust: {option}={value}: {problem}. Give a "
                                     f"{'folder' if folder else 'file'} path this run can write.")
 
 
-def _unwritable(path: Path, folder: bool) -> str:
-    """Why ``path`` cannot be written (empty when it can): the path itself, then its
-    nearest existing parent, which must be a writable folder."""
-    if path.exists():
-        if folder and not path.is_dir():
-            return f"{path} exists and is not a folder"
-        if not folder and path.is_dir():
-            return f"{path} is a folder, not a file"
-        if not os.access(path, os.W_OK):
-            return f"{path} is not writable"
-        if folder:
-            return ""
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file, so {path} cannot be created under it"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"the folder {parent} is not writable"
-    return ""
-
-
 class RobustnessPlugin:
-    """Per-run state, registered as a plugin (style of pytest's own cacheprovider)."""
+    """Per-run state, registered as a plugin (style of pytest's own cacheprovider).
+
+    It collects what was measured (in this process, on xdist workers, from the reports of
+    finished gates), and at the end hands the one judge's verdicts to the one report
+    pipeline (:mod:`pytest_advrobust.report.pipeline`), exactly as the shard merge does."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         path = _config_path(config)
         self.shard = _shard_option(config)
         self.baseline = _load_baseline(config)
+        self.accept = _accept_option(config)
         if config.getoption("advrobust_plots"):
             _require_matplotlib()
         self.path = path
         self.current = ""  # the gate running now
         self.progress = Progress(config)  # the live line / log lines of long passes
-        self.notes: list[str] = []  # files written, plot problems: shown in the summary
-        self.problems: list[str] = []  # reports that could not be written: the run fails
-        self.results: list[dict[str, Any]] = []
-        #: every gate this run selected (key -> label), on this process or its workers
+        #: gate key -> measurement (JSON-able), from this process, workers and reports
+        self.measured: dict[str, dict[str, Any]] = {}
+        #: every gate this run selected (key -> description), on this process or its workers
         self.selected: dict[str, dict[str, Any]] = {}
         #: gates deselected (-k, --lf, --deselect): a baseline save then merges
         self.deselected = 0
         self.interrupted = False
+        #: xdist workers that crashed (their words), for the summary and "not run" reasons
+        self.crashes: list[str] = []
         #: model -> linearity curves (or the error) computed on an xdist worker
         self.linearity: dict[str, dict[str, Any]] = {}
+        self.written: Any = None  # what the report pipeline wrote (for the summary)
+        self.record: Any = None  # the run's RunRecord, once the reports are written
         self._session: RobustnessSession | None = None
         if not hasattr(config, "workerinput"):
             _check_report_paths(config)
         if not _may_configure_gates(path):  # nothing to gate: pay for nothing (no engine import)
+            if self.accept:
+                raise pytest.UsageError("pytest-advrobust: --advrobust-accept names gates, but "
+                                        f"{path} configures none ([tool.advrobust] is missing).")
             return
         try:
             self._session = self._build_session()
@@ -242,6 +237,7 @@ class RobustnessPlugin:
             raise pytest.UsageError(f"pytest-advrobust: --advrobust-config={config.getoption('advrobust_config')}: "
                                     f"{path} has no [tool.advrobust] table (it mentions advrobust "
                                     "elsewhere). Point the option at the file that holds the table.")
+        _check_accepted(self.accept, self._session)
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))
@@ -261,7 +257,8 @@ class RobustnessPlugin:
         artifacts = self.config.getoption("advrobust_artifacts")
         session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                     artifacts=Path(artifacts).resolve() if artifacts else None,
-                                    baseline=self.baseline, progress=self.progress)
+                                    baseline=self.baseline, progress=self.progress,
+                                    accept=self.accept)
         session.engine.shard = self.shard
         return session
 
@@ -287,107 +284,138 @@ class RobustnessPlugin:
         self.interrupted = True
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """xdist: the controller learns which gates the workers selected from their ids, so
+        a worker that crashes before it finishes cannot take that knowledge with it."""
+        if self._session is None or self.session.config is None or self.config.option.collectonly:
+            return
+        for nodeid in ids:
+            gate = self._gate_of(nodeid)
+            if gate is not None:
+                self.selected.setdefault(gate["key"], gate)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """xdist: results computed on a worker travel up in its workeroutput."""
+        """xdist: what a worker measured travels up in its workeroutput."""
         output = getattr(node, "workeroutput", {})
-        if output.get("advrobust"):
-            self.results.extend(json.loads(output["advrobust"]))
+        for data in json.loads(output.get("advrobust") or "[]"):
+            self._receive(data)
         if output.get("advrobust_selected"):
             self.selected.update(json.loads(output["advrobust_selected"]))
         self.deselected = max(self.deselected, int(output.get("advrobust_deselected", 0)))
         self._receive_linearity(output)
+        if error:
+            self.crashes.append(f"xdist worker {getattr(node, 'gateway', None) and node.gateway.id} "
+                                f"went down: {str(error).splitlines()[0] if str(error) else 'crashed'}")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        """A gate's measurement rides on its report (which xdist carries to the controller
+        as soon as the gate finishes), so a worker that crashes later cannot lose it."""
+        report = yield
+        measurement = getattr(item, "measurement", None)
+        if isinstance(item, GateItem) and call.when == "call" and measurement is not None:
+            report.advrobust = json.dumps(measurement)
+        return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """The live progress line goes before pytest writes the test's outcome; a gate's
+        measurement is kept; a gate an xdist worker crashed on becomes an error naming it."""
+        self.progress.clear()
+        payload = getattr(report, "advrobust", None)
+        if payload:
+            self._receive(json.loads(payload))
+        elif report.failed and report.when == "???":  # pytest-xdist's report of a crashed worker
+            gate = self._gate_of(report.nodeid)
+            if gate is not None and gate["key"] not in self.measured:
+                words = " ".join(str(report.longrepr).split())[:300]
+                self.crashes.append(f"{gate['label']}: {words}")
+                self.measured[gate["key"]] = self._crashed(gate, words)
+
+    def _receive(self, data: dict[str, Any]) -> None:
+        from .results import Measurement
+
+        key = Measurement.from_dict(data).key
+        if key not in self.measured or self.measured[key].get("error"):
+            self.measured[key] = data
+
+    def _gate_of(self, nodeid: str) -> dict[str, Any] | None:
+        """The description of the gate item ``nodeid`` names (None: not a gate item)."""
+        parts = nodeid.split("::")
+        if len(parts) < 3 or Path(parts[0]).name != self.path.name:
+            return None
+        return _gate_descriptions(self).get((parts[-2], parts[-1]))
+
+    def _crashed(self, gate: dict[str, Any], words: str) -> dict[str, Any]:
+        from .results import Measurement
+
+        return Measurement(model=gate["model"], attack=gate["attack"], eps=gate["eps"],
+                           check=gate["check"], options=gate["options"],
+                           error=(f"attack error: the pytest-xdist worker running this gate crashed "
+                                  f"({words}), so it has no figures. A crash is a bug in the model, "
+                                  "the data loader or a library (out of memory, a segfault): run "
+                                  "the gate without -n to see it.")).to_dict()
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        own = [r.to_dict() for r in self._session.engine.results] if self._session else []
+        own = [m.to_dict() for m in self._session.engine.measurements] if self._session else []
         if hasattr(self.config, "workerinput"):
             self.config.workeroutput["advrobust"] = json.dumps(own)  # type: ignore[attr-defined]
             self.config.workeroutput["advrobust_selected"] = json.dumps(self.selected)  # type: ignore[attr-defined]
             self.config.workeroutput["advrobust_deselected"] = self.deselected  # type: ignore[attr-defined]
             self._send_linearity()
             return
-        self.results.extend(own)
+        for data in own:
+            self._receive(data)
         self.interrupted = self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
-        results = self.all_results()
-        if results or (self._session and self._session.config is not None):
-            self._write("JSON report", "advrobust_json", lambda path: self._write_json(path, results))
-        if results:
-            self._write_reports(results)
-        if self.problems and session.exitstatus == pytest.ExitCode.OK:
+        if self.config.option.collectonly or self._session is None:
+            return  # collecting is not running: no report claims anything
+        if self.session.config is None and not self.measured:
+            return
+        from .report.pipeline import write_reports
+
+        self.record = self.run_record()
+        self.written = write_reports(self.record, self.targets())
+        if self.written.problems and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _write_json(self, path: Path, results: list[AttackResult]) -> str:
-        from .report.json_report import write_json
+    def run_record(self) -> Any:
+        """The run as the pipeline reports it: every selected gate once (its judged result,
+        its error, or a "not run" entry), and how the run went."""
+        from .report.pipeline import NO_GATE, RunRecord
 
-        return str(write_json(path, results, interrupted=self.interrupted,
-                              complete=self.complete(results), **self.shard_fields()))
+        results = self.all_results()
+        return RunRecord(
+            results=results, interrupted=self.interrupted, complete=self.complete(results),
+            comparison=self.comparison(results), extra=self.shard_fields(),
+            empty="" if results else NO_GATE, remarks=list(dict.fromkeys(self.crashes)))
 
-    def _write(self, what: str, option: str | None, write: Any, path: Path | None = None) -> None:
-        """Write one report; a failure is said in the summary and fails the run, and the
-        other reports are still written."""
-        target = path if path is not None else (self.config.getoption(option) if option else None)
-        if not target:
-            return
-        try:
-            written = write(Path(target))
-        except (OSError, AdvRobustError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self.problems.append(f"could not write the {what} to {target}: {reason}")
-            return
-        if written:
-            self.notes.append(f"{what}: {written}")
+    def targets(self) -> Any:
+        from .report.pipeline import ReportTargets, step_summary_path
+
+        option = self.config.getoption
+
+        def path(name: str) -> Path | None:
+            value = option(name)
+            return Path(value) if value else None
+
+        return ReportTargets(json=path("advrobust_json"), markdown=path("advrobust_markdown"),
+                             step_summary=step_summary_path(),
+                             save_baseline=path("advrobust_save_baseline"),
+                             plots=path("advrobust_plots"), linearity=self._linearity)
+
+    def _linearity(self, name: str) -> Any:
+        if name in self.linearity:  # computed on the xdist worker that had the model
+            return _shipped_curves(self.linearity[name])
+        from .linearity import model_curves
+
+        return model_curves(self.session.engine, self.session.spec(name))  # the cached classifier
 
     def complete(self, results: list[AttackResult]) -> bool:
-        """Every gate of the config ran to a figure: nothing deselected, errored, or left
-        out by an interrupted run."""
-        return not self.interrupted and not self.deselected and all(r.measured for r in results)
-
-    def _write_reports(self, results: list[AttackResult]) -> None:
-        """Markdown (and GitHub's step summary), the baseline file and the plots."""
-        option = self.config.getoption
-        if option("advrobust_markdown") or os.environ.get("GITHUB_STEP_SUMMARY"):
-            from .report.markdown import append_markdown, to_markdown, write_markdown
-
-            text = to_markdown(results, self.comparison(results), interrupted=self.interrupted)
-            self._write("markdown", "advrobust_markdown", lambda path: write_markdown(path, text))
-            self._write("step summary", None, lambda path: append_markdown(path, text),
-                        path=os.environ.get("GITHUB_STEP_SUMMARY") or None)
-        if option("advrobust_save_baseline"):
-            self._save_baseline(Path(option("advrobust_save_baseline")), results)
-        if option("advrobust_plots") and any(r.measured for r in results):
-            from .linearity import model_curves
-            from .report.plots import write_plots
-
-            session = self.session
-
-            def linearity(name: str) -> Any:
-                if name in self.linearity:  # computed on the xdist worker that had the model
-                    return _shipped_curves(self.linearity[name])
-                return model_curves(session.engine, session.spec(name))  # the cached classifier
-
-            try:
-                written, problems = write_plots([r for r in results if r.measured],
-                                                Path(option("advrobust_plots")), linearity=linearity)
-            except OSError as exc:
-                self.problems.append(f"could not write the plots to {option('advrobust_plots')}: "
-                                     f"{exc.strerror or exc}")
-            else:
-                self.notes.append(f"plots: {len(written)} PNGs in {option('advrobust_plots')}")
-                self.notes.extend(f"plot skipped: {problem}" for problem in problems)
-
-    def _save_baseline(self, path: Path, results: list[AttackResult]) -> None:
-        """A complete run replaces the baseline; a partial one (deselected, errored or not
-        run gates) merges its measured gates into it; an interrupted one writes nothing."""
-        from .report.baseline import write_baseline
-
-        if self.interrupted:
-            self.problems.append(f"baseline not saved to {path}: the run was interrupted, and a "
-                                 "partial run must not replace it. Rerun to completion.")
-            return
-        measured = [r for r in results if r.measured]
-        merge = not self.complete(results)
-        self._write("baseline saved" + (" (merged: this run's measured gates replaced, the "
-                                         "others kept)" if merge else ""), None,
-                    lambda target: write_baseline(target, measured, merge=merge), path=path)
+        """Every gate of the config ran to a figure: nothing deselected, errored, crashed,
+        or left out by an interrupted run; and there was a gate at all."""
+        return (bool(results) and not self.interrupted and not self.deselected and not self.crashes
+                and all(r.measured for r in results))
 
     def shard_fields(self) -> dict[str, Any]:
         """A shard run's JSON says which shard it is and of which config (for the merge)."""
@@ -408,7 +436,7 @@ class RobustnessPlugin:
         from .linearity import model_curves
 
         shipped: dict[str, Any] = {}
-        for name in sorted({r.model for r in self._session.engine.results}):
+        for name in sorted({m.model for m in self._session.engine.measurements}):
             try:
                 shipped[name] = model_curves(self._session.engine, self._session.spec(name)).to_dict()
             except AdvRobustError as exc:
@@ -429,59 +457,45 @@ class RobustnessPlugin:
 
         return compare(self.baseline, results)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """The live progress line goes before pytest writes the test's outcome."""
-        self.progress.clear()
-
     def all_results(self) -> list["AttackResult"]:
-        """Every selected gate once: its result, its error, or a "not run" entry."""
-        from .results import AttackResult
+        """Every selected gate once, judged by the one judge: its result, its error, or a
+        "not run" entry saying why."""
+        from .results import Measurement
 
-        unique = {r["key"]: r for r in self.results}
-        out = [AttackResult.from_dict(r) for r in unique.values()]
-        why = ("the run was interrupted before it" if self.interrupted else
-               "the run stopped early (-x or --maxfail) before it")
+        keys = set(self.selected) or set(self.measured)
+        measurements = [Measurement.from_dict(data) for key, data in self.measured.items() if key in keys]
+        out = self.session.judge.results(measurements)
+        if self.interrupted:
+            why = "the run was interrupted before it reached this gate"
+        elif self.crashes:
+            why = ("a pytest-xdist worker crashed (see the summary) and this gate was not run "
+                   "again")
+        else:
+            why = "the run stopped early (-x or --maxfail) before it reached this gate"
         for key, gate in self.selected.items():
-            if key not in unique:
-                label = gate["label"]
-                out.append(AttackResult(
-                    model=gate["model"], attack=gate["attack"], eps=gate["eps"], correct=0,
-                    clean_correct=0, n=0, min_accuracy=gate["min_accuracy"],
-                    max_drop=gate["max_drop"], passed=False, check=gate["check"],
-                    options=gate["options"], report_only=gate["report_only"],
-                    not_run=f"{label}: not run: {why} reached this gate",
-                    message=f"{label}: not run: {why} reached this gate"))
+            if key not in self.measured:
+                out.append(self.session.judge.not_run(gate, f"{gate['label']}: not run: {why}"))
         return out
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput") or not (self.results or self.selected):
+        if hasattr(self.config, "workerinput") or self.record is None:
             return
-        from .report.terminal import format_table, headers, ordered, summary_rows, verdict_line
+        from .report.pipeline import comparison_section, summary_lines
 
-        results = self.all_results()
-        verbose = self.config.get_verbosity() > 0
-        comparison = self.comparison(results)
+        record = self.record
+        if not record.results and not (self.written.problems or self._asked_for_reports()):
+            return
         terminalreporter.section("advrobust")
-        rows = summary_rows(results, verbose=verbose, comparison=comparison)
-        for line in format_table(rows, headers(verbose, comparison is not None)):
-            terminalreporter.write_line(line)
-        terminalreporter.write_line(verdict_line(results, interrupted=self.interrupted))
-        if verbose:  # how each model was run and what the attacks found, in words
-            for result in ordered(results):
-                if result.details:
-                    terminalreporter.write_line(f"{result.label}: {result.details}")
-        for note in self.notes:
-            if verbose or note.startswith("plot skipped"):
-                terminalreporter.write_line(note)
-        for problem in self.problems:
-            terminalreporter.write_line(f"ERROR: {problem}", red=True)
-        if comparison is not None:
-            from .report.baseline import comparison_lines
-
+        for text, markup in summary_lines(record, self.written, verbose=self.config.get_verbosity() > 0):
+            terminalreporter.write_line(text, **markup)
+        lines = comparison_section(record)
+        if lines:
             terminalreporter.section("advrobust baseline", sep="-")
-            for line in comparison_lines(comparison, results):
+            for line in lines:
                 terminalreporter.write_line(line)
+
+    def _asked_for_reports(self) -> bool:
+        return any(self.config.getoption(name) for name in FILE_OPTIONS + ("advrobust_plots",))
 
     # -- tests that run gates ---------------------------------------------------------------
     def pending(self, item: "GateItem") -> list[Request]:
@@ -493,6 +507,44 @@ class RobustnessPlugin:
                 if isinstance(other, GateItem) and other.spec.name == item.spec.name
                 and (not on_worker or other.request.check.index == item.request.check.index
                      or other.request.check.attack == "clean")]
+
+
+def _gate_descriptions(plugin: RobustnessPlugin) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, item name) -> the gate's description, for every gate of the config."""
+    cached = getattr(plugin, "_descriptions", None)
+    if cached is None:
+        cached = {}
+        session = plugin.session
+        for spec in session.spec_list():
+            for name, request in gate_names(session.requests(spec)):
+                cached[(spec.name, name)] = describe_gate(session, spec, request)
+        plugin._descriptions = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _accept_option(config: pytest.Config) -> tuple[str, ...]:
+    """``--advrobust-accept=KEY[,KEY...]`` (or ``all``), as a tuple of keys."""
+    values = config.getoption("advrobust_accept") or []
+    keys = tuple(dict.fromkeys(k.strip() for value in values for k in value.split(",") if k.strip()))
+    return keys
+
+
+def _check_accepted(keys: tuple[str, ...], session: "RobustnessSession") -> None:
+    """Every accepted key names a gate of the config: a typo must not leave a fall unaccepted
+    (red, with a confusing message) or seem to accept one."""
+    if not keys or session.config is None:
+        return
+    import difflib
+
+    known = {describe_gate(session, spec, r)["key"] for spec in session.spec_list()
+             for r in session.requests(spec)}
+    unknown = [k for k in keys if k != "all" and k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.5)
+        raise pytest.UsageError(
+            f"pytest-advrobust: --advrobust-accept: {unknown[0]!r} is not a gate of the config"
+            f"{f' (did you mean {close[0]!r}?)' if close else ''}. Give gate keys as the reports "
+            "and the baseline file write them (MODEL::ATTACK[eps=E]), comma-separated, or all.")
 
 
 def _shard_option(config: pytest.Config) -> tuple[int, int] | None:
@@ -575,15 +627,21 @@ class ModelGates(pytest.Collector):
 
     def collect(self) -> Iterator["GateItem"]:
         plugin = self.config.stash[SESSION_KEY]
-        counts: dict[str, int] = {}
-        for request in plugin.session.requests(self.spec):
-            counts[_item_name(request)] = counts.get(_item_name(request), 0) + 1
-        for request in plugin.session.requests(self.spec):
-            name = _item_name(request, indexed=counts[_item_name(request)] > 1)
+        for name, request in gate_names(plugin.session.requests(self.spec)):
             # the id is given as a string so pytest parses it as it parses ids read back
             # from its --lf cache (the "[eps=...]" part as parameters): they then match
             yield GateItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}",
                                        spec=self.spec, request=request)
+
+
+def gate_names(requests: list[Request]) -> list[tuple[str, Request]]:
+    """Each gate item's name: ``fgsm[eps=0.1]``, ``clean``; ``fgsm#2[eps=0.1]`` when two
+    checks of the same attack share a name."""
+    counts: dict[str, int] = {}
+    for request in requests:
+        counts[_item_name(request)] = counts.get(_item_name(request), 0) + 1
+    return [(_item_name(request, indexed=counts[_item_name(request)] > 1), request)
+            for request in requests]
 
 
 def _item_name(request: Request, indexed: bool = False) -> str:
@@ -596,6 +654,19 @@ def _item_name(request: Request, indexed: bool = False) -> str:
     return f"{label}[eps={format_eps(request.eps)}]"
 
 
+def describe_gate(session: "RobustnessSession", spec: ModelSpec, request: Request) -> dict[str, Any]:
+    """What a report needs to show a gate that never got a result (JSON-able), and its key."""
+    from .results import format_eps, gate_key
+
+    check = request.check
+    attack = session.registry[check.attack] if check.attack in session.registry else None
+    eps = request.eps if attack is None or attack.uses_eps else None
+    return {"model": spec.name, "attack": check.attack, "eps": eps, "check": check.index,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in check.options.items()},
+            "key": gate_key(spec.name, check.attack, eps, dict(check.options)),
+            "label": f"{check.attack}{'' if eps is None else f' eps={format_eps(eps)}'} on {spec.name}"}
+
+
 class GateItem(pytest.Item):
     """One robustness gate; its figures go into ``user_properties`` (JUnit properties)."""
 
@@ -604,58 +675,43 @@ class GateItem(pytest.Item):
         self.spec = spec
         self.request = request
         self.result: AttackResult | None = None
+        #: the gate's measurement (JSON-able), carried on its report to the controller
+        self.measurement: dict[str, Any] | None = None
         self.add_marker("advrobust")
         self.add_marker(pytest.mark.xdist_group(f"advrobust-{spec.name}"))
 
     @property
     def key(self) -> str:
         """The gate's key in reports and baselines (as its result will carry it)."""
-        from .results import gate_key
-
-        return gate_key(self.spec.name, self.request.check.attack, self._eps, dict(self.request.check.options))
-
-    @property
-    def _eps(self) -> float | None:
-        registry = self.config.stash[SESSION_KEY].session.registry
-        attack = self.request.check.attack
-        return self.request.eps if attack not in registry or registry[attack].uses_eps else None
+        return self.describe()["key"]
 
     def describe(self) -> dict[str, Any]:
-        """What a report needs to show this gate if it never gets a result (JSON-able)."""
-        from .results import format_eps
-
-        check = self.request.check
-        eps = self._eps
-        return {"model": self.spec.name, "attack": check.attack, "eps": eps, "check": check.index,
-                "options": dict(check.options), "min_accuracy": check.min_accuracy,
-                "max_drop": check.max_drop, "report_only": check.report_only,
-                "label": f"{check.attack}{'' if eps is None else f' eps={format_eps(eps)}'} on {self.spec.name}"}
+        return describe_gate(self.config.stash[SESSION_KEY].session, self.spec, self.request)
 
     def runtest(self) -> None:
         plugin = self.config.stash[SESSION_KEY]
         plugin.current = self.name
-        engine = plugin.session.engine
+        session = plugin.session
         try:
-            result = engine.result(self.spec, self.request, batch_with=plugin.pending(self))
-        except AdvRobustError as exc:
-            self._record(engine.record_error(self.spec, self.request, exc))
-            raise
-        except Exception as exc:  # a bug: still an error entry in every report
-            self._record(engine.record_error(self.spec, self.request, exc))
+            measurement = session.engine.measure(self.spec, self.request, batch_with=plugin.pending(self))
+        except Exception as exc:  # a user's mistake (or a bug): still an error entry in every report
+            self._record(session.engine.record_error(self.spec, self.request, exc))
             raise
         finally:
             plugin.current = ""
-        self.result = result
-        self._record(result)
+        result = self._record(measurement)
         if result.status == "failed":  # a shard's partial counts are judged by the merge
             raise GateFailed(result.message)
 
-    def _record(self, result: AttackResult) -> None:
-        """The gate's figures and status as JUnit properties; set before any failure is
-        raised, so failing and errored gates carry them too."""
+    def _record(self, measurement: Any) -> AttackResult:
+        """Judge the gate; its figures and status become JUnit properties, set before any
+        failure is raised, so failing and errored gates carry them too."""
         from .report.junit import gate_properties
 
-        self.user_properties.extend(gate_properties(result))
+        self.measurement = measurement.to_dict()
+        self.result = self.config.stash[SESSION_KEY].session.judge.result(measurement)
+        self.user_properties.extend(gate_properties(self.result))
+        return self.result
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GateFailed):

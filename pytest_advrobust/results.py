@@ -1,4 +1,7 @@
-"""What a gate produces: counts, accuracies, thresholds and the verdict, JSON-ready."""
+"""What a gate produces, in two steps: the engine's :class:`Measurement` (counts, attack
+statistics, what the masking diagnostics need; no thresholds, no verdict) and the judge's
+:class:`AttackResult` (the measurement with its check's thresholds, status and message),
+both JSON-ready."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AttackResult", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
+__all__ = ["AttackResult", "Measurement", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
 
 #: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict);
 #: ``not run`` a selected gate the run never reached (interrupted, ``-x``, ``--maxfail``);
@@ -16,7 +19,8 @@ STATUSES = ("passed", "failed", "error", "measured", "not run", "partial")
 
 def format_eps(eps: float) -> str:
     """eps as ids, keys and tables show it: short (``0.1``), but never two values alike
-    (``0.1000001`` is not shown as ``0.1``)."""
+    (``0.1000001`` is not shown as ``0.1``); ``-0.0`` is ``0``."""
+    eps = eps + 0.0  # -0.0 -> 0.0
     short = f"{eps:g}"
     return short if float(short) == eps else repr(float(eps))
 
@@ -37,6 +41,73 @@ def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Measurement:
+    """What the engine measured for one gate (a check of a model at one eps): counts on
+    the samples it evaluated, the attack's statistics and words, and what the judge needs
+    for the masking diagnostics. No thresholds and no verdict (see ``gate.py``), no files
+    (a fitted ``state`` is handed out for the reports to save). ``error`` instead of
+    figures when the gate could not be computed."""
+
+    model: str
+    attack: str
+    eps: float | None
+    check: int
+    options: dict[str, Any] = field(default_factory=dict)
+    correct: int = 0
+    clean_correct: int = 0
+    n: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: the attack's words for its statistics (a counterexample, which member fooled what)
+    details: str = ""
+    #: how the model was run (fixed batch, binary head, a straight-through gradient)
+    model_notes: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: correctly classified samples whose cross-entropy input gradient is exactly zero
+    #: (None: not measured, for an attack that needs no gradient)
+    zero_gradient: int | None = None
+    #: a shard run's record (``--advrobust-shard``): the shard, the stream it read, a fit digest
+    shard: dict[str, Any] | None = None
+    #: ``kind: message`` when the gate could not be computed (no figures then)
+    error: str = ""
+    #: files a report stage saved for this gate (a fitted perturbation)
+    artifacts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    #: the fitted state (a universal perturbation), handed out, never serialised
+    state: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return gate_key(self.model, self.attack, self.eps, self.options)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct / self.n if self.n else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (without ``state``): how a worker hands it to the controller."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "state"}
+        return json_safe(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Measurement":
+        names = {f for f in cls.__dataclass_fields__ if f != "state"}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def json_safe(value: Any) -> Any:
+    """Tuples as lists, recursively (options hold tuples so checks stay hashable)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass
@@ -78,6 +149,12 @@ class AttackResult:
     #: gradient-masking diagnostics (see ``diagnostics.py``): figures such as
     #: ``zero_gradient``, and when one trips ``suspected`` (words) and ``fails_gate``
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: why a check is measured without a verdict although it was not marked report-only
+    #: (a threshold that can never fail, eps = 0): said beside its figures
+    note: str = ""
+    #: a failed or errored gate whose figure the user accepted into the baseline
+    #: (``--advrobust-accept``); its status stays what it is
+    accepted: bool = False
 
     @property
     def status(self) -> str:

@@ -15,7 +15,8 @@ from .attacks import AttackRegistry
 from .config import CheckSpec, ModelSpec, RobustnessConfig, load_config
 from .engine import Engine, Request
 from .errors import AdvRobustError, ConfigError, ModelLoadError, user_frame
-from .results import AttackResult
+from .gate import Judge
+from .results import AttackResult, Measurement
 
 __all__ = ["RobustnessSession", "Probe", "plugin_manager"]
 
@@ -83,12 +84,43 @@ def result_sink(hook: Any) -> Callable[[AttackResult], None]:
     return sink
 
 
+def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path, *, folds: bool = False) -> None:
+    """A fitted perturbation is saved so a person can look at it (``.npy``, and a PNG),
+    under ``folder/ATTACK/``; the files go into ``artifacts``, or, when they cannot be
+    written, the reason into the details (the gate's figures stand). ``folds``: the state of
+    a cross-fitted attack, one perturbation per fold."""
+    state = measurement.state
+    if not hasattr(state, "detach") or measurement.artifacts:
+        return
+    from .report.artifacts import save_perturbation
+    from .results import format_eps
+
+    attack, eps = measurement.attack, measurement.eps
+    stem = f"{spec.name}-{attack}-eps{format_eps(eps or 0.0)}"
+    sharing = [c.index for c in spec.checks if c.attack == attack and eps in c.eps]
+    if sharing != [measurement.check]:  # another check (or a fixture call) fits at this eps too
+        stem += f"-check{measurement.check}"
+    title = f"{attack} perturbation, eps={format_eps(eps or 0.0)}, {spec.name}"
+    array = state.detach().cpu().numpy()
+    # a cross-fitted state holds one perturbation per fold: one file each
+    parts = ([(f"{stem}-fold{j + 1}", fold, f"{title}, fold {j + 1}") for j, fold in enumerate(array)]
+             if folds else [(stem, array, title)])
+    try:
+        paths = [path for name, delta, words in parts
+                 for path in save_perturbation(delta, folder / attack, name, title=words)]
+    except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
+        note = f"fitted perturbation not saved ({type(exc).__name__}: {exc})"
+        measurement.details = "; ".join(filter(None, [measurement.details, note]))
+        return
+    measurement.artifacts = [str(path) for path in paths]
+
+
 class RobustnessSession:
     """The config, the registry and the engine for one run."""
 
     def __init__(self, hook: Any, path: Path | None, *, artifacts: Path | None = None,
-                 pytest_config: Any = None, baseline: Mapping[str, float] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 pytest_config: Any = None, baseline: Mapping[str, Any] | None = None,
+                 progress: Callable[[str], None] | None = None, accept: Iterable[str] = ()) -> None:
         self.hook = hook
         self.path = path
         self.registry = AttackRegistry()
@@ -110,17 +142,45 @@ class RobustnessSession:
                 custom_data=has_custom_impl(hook, "pytest_advrobust_load_data"))
         root = path.parent if path is not None else Path.cwd()
         self.artifacts = artifacts if artifacts is not None else root / ".advrobust"
+        self._sink = result_sink(hook)
         self.engine = Engine(
             self.registry,
             load_model=self.load_model,
             load_data=lambda spec: hook.pytest_advrobust_load_data(spec=spec, config=pytest_config),
-            artifacts=self.artifacts,
-            on_result=result_sink(hook),
-            baseline=baseline,
+            on_measured=self._measured,
             progress=progress,
             specs=self.spec,
         )
-        self._adhoc: dict[tuple, int] = {}
+        #: the one judge of this run's gates (thresholds and settings from the config)
+        self.judge = Judge(self.lookup, self.registry, baseline=baseline, accept=accept)
+        self._adhoc: dict[tuple, CheckSpec] = {}
+
+    def _measured(self, measurement: Measurement) -> None:
+        """A gate was measured: save what it fitted, judge it, tell the result hooks."""
+        save_fitted(measurement, self.spec(measurement.model), self.artifacts,
+                    folds=self.cross_fitted(measurement.attack))
+        self._sink(self.judge.result(measurement))
+
+    def cross_fitted(self, attack: str) -> bool:
+        return attack in self.registry and self.registry[attack].folds_key is not None
+
+    def lookup(self, model: str, index: int) -> tuple[ModelSpec, CheckSpec]:
+        """A gate's model and check, by model name and check index (the config's checks,
+        and the checks made from hand-written calls)."""
+        spec = self.spec(model)
+        for check in spec.checks:
+            if check.index == index:
+                return spec, check
+        for check in self._adhoc.values():
+            if check.index == index:
+                return spec, check
+        raise ConfigError(f"model {model!r} has no check number {index} (the config changed "
+                          "while the run was going?).", where=str(self.path))
+
+    def measure(self, spec: ModelSpec, request: Request, batch_with: Iterable[Request] = ()) -> AttackResult:
+        """A gate's judged result, computed (with ``batch_with``, in the same pass) unless
+        cached; a gate that could not be computed raises its error."""
+        return self.judge.result(self.engine.measure(spec, request, batch_with=list(batch_with)))
 
     def load_model(self, spec: ModelSpec) -> Any:
         """Ask the ``pytest_advrobust_load_model`` hooks; a torch module is wrapped."""
@@ -161,15 +221,17 @@ class RobustnessSession:
         return [Request(check, eps) for check in spec.checks for eps in check.eps]
 
     def run_all(self, models: Iterable[str] | None = None) -> list[AttackResult]:
-        """Every gate of the config (or of the named models), in one pass per model."""
+        """Every gate of the config (or of the named models), in one pass per model, judged
+        together (so the masking signs that compare a model's gates are there). A gate that
+        cannot be computed raises its error (a :class:`~pytest_advrobust.AdvRobustError`)."""
         out = []
         names = list(models) if models is not None else [s.name for s in self.spec_list()]
         for name in names:
             spec = self.spec(name)
             pending = self.requests(spec)
             for request in pending:
-                out.append(self.engine.result(spec, request, batch_with=pending))
-        return out
+                out.append(self.engine.measure(spec, request, batch_with=pending))
+        return self.judge.results(out)
 
     def spec_list(self) -> tuple[ModelSpec, ...]:
         return self.config.models if self.config else ()
@@ -177,13 +239,19 @@ class RobustnessSession:
     def probe(self, model: str | None = None) -> "Probe":
         return Probe(self, self.spec(model))
 
-    def adhoc_check(self, attack: str, options: Mapping[str, Any],
-                    model: ModelSpec | None = None) -> CheckSpec:
-        """A check made from a hand-written call on ``model``, validated like a config entry."""
+    def adhoc_check(self, attack: str, options: Mapping[str, Any], model: ModelSpec | None = None,
+                    eps: Any = None) -> tuple[CheckSpec, float]:
+        """A check made from a hand-written call on ``model``, and its eps, validated exactly
+        like a config entry (an eps of the wrong type, negative, too small or too large is
+        a :class:`ConfigError` naming the call)."""
         from .config import parse_config
 
+        uses_eps = self._uses_eps(attack)
+        if uses_eps and eps is None:
+            raise ConfigError(f"{attack} needs eps, e.g. advrobust.attack({attack!r}, eps=0.1).",
+                              where=f"advrobust.{attack}()")
         spec_table = {"model": "x.onnx", "data": "x.npz",
-                      "checks": [{"attack": attack, **({"eps": 0.0} if self._uses_eps(attack) else {}),
+                      "checks": [{"attack": attack, **({"eps": eps} if uses_eps else {}),
                                   "report-only": True, **dict(options)}]}
         if model is not None:
             spec_table.update(name=model.name, **{"input-range": list(model.input_range)})
@@ -191,8 +259,10 @@ class RobustnessSession:
                               attacks=self.registry.config_options(), others=self.spec_list())
         template = parsed.models[0].checks[0]
         signature = (attack, tuple(sorted(template.options.items(), key=str)))
-        index = self._adhoc.setdefault(signature, 10_000 + len(self._adhoc))
-        return CheckSpec(attack=attack, eps=(), options=template.options, index=index, report_only=True)
+        if signature not in self._adhoc:
+            self._adhoc[signature] = CheckSpec(attack=attack, eps=(), options=template.options,
+                                               index=10_000 + len(self._adhoc), report_only=True)
+        return self._adhoc[signature], template.eps[0]
 
     def _uses_eps(self, attack: str) -> bool:
         if attack not in self.registry:
@@ -222,14 +292,11 @@ class Probe:
     def attack(self, name: str, eps: float | None = None, **options: Any) -> AttackResult:
         """Run any registered attack; options use the config's keys (``fit_samples`` works too)."""
         options = {key.replace("_", "-"): value for key, value in options.items()}
-        check = self._session.adhoc_check(name, options, self.spec)
-        uses_eps = self._session.registry[name].uses_eps
-        if uses_eps and eps is None:
-            raise ConfigError(f"{name} needs eps, e.g. advrobust.attack({name!r}, eps=0.1).")
-        value = float(eps) if uses_eps else 0.0
-        if value < 0:
-            raise ConfigError(f"eps must be >= 0, not {eps!r}.", where=f"advrobust.{name}()")
-        return self._session.engine.result(self.spec, Request(check, value), gate=False)
+        check, value = self._session.adhoc_check(name, options, self.spec, eps)
+        session = self._session
+        measurement = session.engine.measure(self.spec, Request(check, value), gate=False)
+        save_fitted(measurement, self.spec, session.artifacts, folds=session.cross_fitted(name))
+        return session.judge.result(measurement)
 
     def clean(self) -> AttackResult:
         return self.attack("clean")

@@ -19,30 +19,30 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
 CHECKS = '''
 [[tool.advrobust.models.{name}.checks]]
 attack = "clean"
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.{name}.checks]]
 attack = "fgsm"
 eps = [0.05, 0.2]
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.{name}.checks]]
 attack = "noise"
 eps = 0.2
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.{name}.checks]]
 attack = "pgd"
 eps = 0.1
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.{name}.checks]]
 attack = "universal"
 eps = 0.2
 fit-samples = 80
 steps = 10
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.{name}.checks]]
 attack = "spsa"
 eps = 0.1
 queries = 330
-min-accuracy = 0.0
+min-accuracy = 0.001
 '''
 
 

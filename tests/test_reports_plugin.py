@@ -17,8 +17,8 @@ min-accuracy = 0.9
 
 [[tool.advrobust.checks]]
 attack = "fgsm"
-eps = [0.05, 0.3]
-min-accuracy = 0.0
+eps = [0.05, 0.15]
+min-accuracy = 0.1
 
 [[tool.advrobust.checks]]
 attack = "noise"
@@ -57,12 +57,15 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
         handle.write('\n[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.2\nmin-accuracy = 0.99\n')
     result = pytester.runpytest(*RUN, "--junitxml", "out/junit.xml", "--advrobust-json", "out/r.json",
                                 "--advrobust-markdown", "out/summary.md", "--advrobust-plots", "out/plots",
-                                "--advrobust-save-baseline", "out/baseline.json")
+                                "--advrobust-save-baseline", "out/baseline.json",
+                                "--advrobust-accept", "blob::fgsm[eps=0.2]")
     result.assert_outcomes(passed=6, failed=1)
+    # a red run saves its baseline only because the failing gate's fall is accepted, and says so
+    result.stdout.fnmatch_lines(["accepted into the baseline (--advrobust-accept): fgsm eps=0.2 on blob"])
     out = pytester.path / "out"
 
     properties = _gate_properties(out / "junit.xml")
-    assert set(properties) == {"clean", "fgsm[eps=0.05]", "fgsm[eps=0.3]", "noise[eps=0.05]",
+    assert set(properties) == {"clean", "fgsm[eps=0.05]", "fgsm[eps=0.15]", "noise[eps=0.05]",
                                "noise[eps=0.3]", "universal[eps=0.2]", "fgsm[eps=0.2]"}
     report = {(r["attack"], r["eps"]): r for r in json.loads((out / "r.json").read_text())["results"]}
     for name, props in properties.items():
@@ -87,10 +90,12 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
     assert lines[0] == "### :x: advrobust: 7 gates: 5 passed, 1 failed, 1 measured"
     rows = [line for line in lines if line.startswith("| blob |")]
     assert len(rows) == 7
-    fgsm = next(r for r in rows if "| fgsm | 0.3 |" in r)
-    entry = report[("fgsm", 0.3)]
+    fgsm = next(r for r in rows if "| fgsm | 0.15 |" in r)
+    entry = report[("fgsm", 0.15)]
     assert f"| {entry['accuracy']:.3f} | {entry['ci_low']:.3f}-{entry['ci_high']:.3f} |" in fgsm
     assert "- `fgsm eps=0.2 on blob: accuracy" in markdown and "< min-accuracy 0.990" in markdown
+    assert "**Accepted into the baseline**" in markdown
+    assert report[("fgsm", 0.2)]["accepted"] is True and not report[("fgsm", 0.15)]["accepted"]
     assert summary.read_text() == "earlier step\n\n" + markdown
 
     baseline = json.loads((out / "baseline.json").read_text())
@@ -98,7 +103,8 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
     assert len(baseline["results"]) == 7
 
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["blob-linearity.png", "blob-robustness.png", "blob-universal-eps0.2.png"]
+    assert pngs == ["blob-linearity.png", "blob-robustness.png", "blob-universal-eps0.2-fold1.png",
+                    "blob-universal-eps0.2-fold2.png"]
     for name in pngs:
         image = imread(out / "plots" / name)
         assert image.shape[0] >= 150 and image.shape[1] >= 300, (name, image.shape)
@@ -114,16 +120,16 @@ def test_same_baseline_passes_and_a_better_one_fails_one_gate(pytester: pytest.P
                                "0 in the baseline but not run"])
 
     document = json.loads((pytester.path / "base.json").read_text())
-    key = "blob::fgsm[eps=0.3]"
+    key = "blob::fgsm[eps=0.15]"
     old = document["results"][key]["accuracy"]
     document["results"][key]["accuracy"] = round(old + 0.1, 6)
     (pytester.path / "better.json").write_text(json.dumps(document))
     worse = pytester.runpytest(*RUN, "--advrobust-baseline", "better.json", "-v")
     worse.assert_outcomes(passed=5, failed=1)
-    worse.stdout.fnmatch_lines([f"*FAILED pyproject.toml::blob::fgsm[[]eps=0.3[]]*"])
-    worse.stdout.fnmatch_lines([f"fgsm eps=0.3 on blob: regression: accuracy {old:.3f} vs baseline "
+    worse.stdout.fnmatch_lines([f"*FAILED pyproject.toml::blob::fgsm[[]eps=0.15[]]*"])
+    worse.stdout.fnmatch_lines([f"fgsm eps=0.15 on blob: regression: accuracy {old:.3f} vs baseline "
                                 f"{old + 0.1:.3f} (baseline above the 95% interval)*"])
-    worse.stdout.fnmatch_lines(["*-0.100 (was *", "regression: fgsm eps=0.3 on blob"])
+    worse.stdout.fnmatch_lines(["*-0.100 (was *", "regression: fgsm eps=0.15 on blob"])
 
 
 def test_changed_config_is_reported_not_compared(pytester: pytest.Pytester, project) -> None:
@@ -174,8 +180,8 @@ def test_summary_compact_quiet_verbose_and_xdist(pytester: pytest.Pytester, proj
 def test_progress_goes_through_logging(pytester: pytest.Pytester, project) -> None:
     """Each line names the model and every gate its pass computes (not only the first)."""
     live = pytester.runpytest(*RUN, "--log-cli-level=INFO", "-k", "clean or fgsm")
-    live.stdout.fnmatch_lines(["*advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.05/0.3*",
-                               "*advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.05/0.3*"])
+    live.stdout.fnmatch_lines(["*advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.05/0.15*",
+                               "*advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.05/0.15*"])
     quiet = pytester.runpytest(*RUN, "-q", "-k", "clean")
     assert not [line for line in quiet.stdout.lines if "batch 1" in line]
 

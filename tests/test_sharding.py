@@ -27,7 +27,7 @@ min-accuracy = 0.9
 [[tool.advrobust.models.mlp.checks]]
 attack = "fgsm"
 eps = [0.05, 0.2]
-min-accuracy = 0.0
+min-accuracy = 0.001
 
 [[tool.advrobust.models.mlp.checks]]
 attack = "noise"
@@ -103,20 +103,18 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
                 {p.get("name"): p.get("value") for p in c.iter("property")} for c in root.iter("testcase")}
     assert cases(pytester.path / "merged.xml") == cases(pytester.path / "full.xml")
 
-    # a gate that fails on the merged figure fails the merge, though no shard failed it
-    failing = [json.loads(p.read_text()) for p in shards]
-    for document in failing:
+    # thresholds and gate settings come from the config, never from the shard files: a
+    # shard file that says min_accuracy 0.99, report_only or allow_masking changes nothing
+    edited = [json.loads(p.read_text()) for p in shards]
+    for document in edited[:1]:
         for result in document["results"]:
-            if result["attack"] == "fgsm" and result["eps"] == 0.2:
-                result["min_accuracy"] = 0.5
-    for k, document in enumerate(failing, 1):
-        (pytester.path / f"fail-{k}.json").write_text(json.dumps(document))
-    code, out = merge(*[pytester.path / f"fail-{k}.json" for k in (1, 2, 3)],
-                      "--junitxml", pytester.path / "fail.xml")
-    assert code == 1
-    assert "fgsm eps=0.2 on mlp: accuracy 0.00" in out and "< min-accuracy 0.500 (n=540" in out
-    assert "7 gates: 6 passed, 1 failed" in out
-    assert len(list(ElementTree.parse(pytester.path / "fail.xml").getroot().iter("failure"))) == 1
+            result.update(min_accuracy=0.99, report_only=True, max_drop=None,
+                          diagnostics={"inputs": {"allow_masking": True}})
+    for k, document in enumerate(edited, 1):
+        (pytester.path / f"edited-{k}.json").write_text(json.dumps(document))
+    code, out = merge(*[pytester.path / f"edited-{k}.json" for k in (1, 2, 3)],
+                      "--json", pytester.path / "edited.json")
+    assert code == 0 and (pytester.path / "edited.json").read_text() == full
 
     # shards that do not fit together: exit 2, naming the problem
     code, out = merge(shards[0], shards[2])
@@ -129,7 +127,7 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
     other["config"] = "sha256:0000000000000000"
     (pytester.path / "other.json").write_text(json.dumps(other))
     code, out = merge(shards[0], shards[1], pytester.path / "other.json")
-    assert code == 2 and "different configs" in capsys.readouterr().err
+    assert code == 2 and "was run with another config than" in capsys.readouterr().err
     shuffled = json.loads(shards[1].read_text())
     for result in shuffled["results"]:
         result["shard"]["labels"] = "sha256:1111111111111111"
@@ -138,10 +136,13 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
     assert code == 2 and "shuffling loader" in capsys.readouterr().err
     short = json.loads(shards[2].read_text())
     for result in short["results"]:
-        result["n"] -= 1 if result["attack"] == "clean" else 0
+        if result["attack"] == "fgsm":  # every gate's counts must tile the data, not clean's only
+            result.update(n=result["n"] - 1, correct=max(0, result["correct"] - 1),
+                          clean_correct=result["clean_correct"] - 1)
     (pytester.path / "short.json").write_text(json.dumps(short))
     code, out = merge(shards[0], shards[1], pytester.path / "short.json")
-    assert code == 2 and "measured 539 samples together but the data has 540" in capsys.readouterr().err
+    assert code == 2 and ("counted 155 samples but its part of the data (540 samples in batches "
+                          "of 64) holds 156") in capsys.readouterr().err
     fewer = json.loads(shards[2].read_text())
     fewer["results"] = [r for r in fewer["results"] if r["attack"] != "pgd"]
     (pytester.path / "fewer.json").write_text(json.dumps(fewer))
@@ -160,6 +161,22 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
         (pytester.path / f"empty-{k}.json").write_text(json.dumps(document))
     code, out = merge(*[pytester.path / f"empty-{k}.json" for k in (1, 2, 3)])
     assert code == 2 and "no gate results" in capsys.readouterr().err  # never "all 0 gates passed"
+
+    # a gate that fails on the merged figure fails the merge, though no shard failed it
+    config = pytester.path / "pyproject.toml"
+    config.write_text(config.read_text().replace('eps = [0.05, 0.2]\nmin-accuracy = 0.001',
+                                                 'eps = [0.05, 0.2]\nmin-accuracy = 0.5'))
+    for k in (1, 2, 3):
+        shard = pytester.runpytest(*RUN, f"--advrobust-shard={k}/3", f"--advrobust-json=fail-{k}.json")
+        shard.assert_outcomes(passed=7)
+    code, out = merge(*[pytester.path / f"fail-{k}.json" for k in (1, 2, 3)],
+                      "--junitxml", pytester.path / "fail.xml")
+    assert code == 1
+    assert "fgsm eps=0.2 on mlp: accuracy 0.00" in out and "< min-accuracy 0.500 (n=540" in out
+    assert "7 gates: 6 passed, 1 failed" in out
+    assert len(list(ElementTree.parse(pytester.path / "fail.xml").getroot().iter("failure"))) == 1
+    code, out = merge(*shards)  # the shards of the old config do not fit the new one
+    assert code == 2 and "was run with another config than" in capsys.readouterr().err
 
 
 def empty_everywhere(shards: list[Path], attack: str) -> list[dict]:
@@ -214,34 +231,52 @@ def test_shard_option_rejects_bad_values_and_partial_baselines(pytester: pytest.
 def test_more_shards_than_batches_give_empty_parts_that_still_merge(tmp_path) -> None:
     """N larger than the number of batches: some shards measure nothing, and say so with
     n = 0 instead of failing; the merge is still the whole."""
-    from pytest_advrobust.merge import ShardReport, check_together, judge_merged, merge_results
-    from pytest_advrobust.session import RobustnessSession, plugin_manager
-
     path = digits(tmp_path, CHECKS.split("[[tool.advrobust.models.mlp.checks]]\nattack = \"noise\"")[0],
                   batch_size=256)
+    full = sharded_run(path, None)
+    parts = [shard_report(tmp_path, path, sharded_run(path, (k, 4)), k, 4) for k in (1, 2, 3, 4)]
+    assert [next(iter(p.measurements.values())).n for p in parts] == [256, 256, 28, 0]
+    assert [r.to_dict() for r in merged(path, parts)] == [r.to_dict() for r in full]
 
-    def run(shard):
-        session = RobustnessSession(plugin_manager().hook, path)
-        session.engine.shard = shard
-        return [r.to_dict() for r in session.run_all()]
 
-    full = run(None)
-    parts = [ShardReport(Path(f"s{k}"), k, 4, "c", tuple(run((k, 4)))) for k in (1, 2, 3, 4)]
-    assert [p.results[0]["n"] for p in parts] == [256, 256, 28, 0]
-    check_together(parts)
-    merged = merge_results(parts)
-    judge_merged(merged, None)
-    assert [r.to_dict() for r in merged] == full
+def sharded_run(path: Path, shard: tuple[int, int] | None, **kwargs) -> list:
+    """The judged results of a run of ``path``'s gates (on shard ``(k, n)``), in-process."""
+    from pytest_advrobust.session import RobustnessSession, plugin_manager
+
+    session = RobustnessSession(plugin_manager().hook, path, **kwargs)
+    session.engine.shard = shard
+    return session.run_all()
+
+
+def shard_report(folder: Path, config: Path, results: list, k: int, n: int):
+    """``results`` written as shard k/n's JSON report would be, and read back by the merge."""
+    from pytest_advrobust.fingerprint import config_fingerprint
+    from pytest_advrobust.merge import load_shard
+    from pytest_advrobust.report.json_report import write_json
+
+    target = folder / f"shard-{k}-of-{n}.json"
+    write_json(target, results, interrupted=False, complete=True, shard={"index": k, "count": n},
+               config=config_fingerprint(config), gates=sorted(r.key for r in results))
+    return load_shard(target)
+
+
+def merged(config: Path, parts: list) -> list:
+    from pytest_advrobust.api import open_session
+    from pytest_advrobust.fingerprint import config_fingerprint
+    from pytest_advrobust.merge import merge_shards
+
+    return merge_shards(parts, open_session(config, conftest=False), config_fingerprint(config))
 
 
 def test_merge_command_runs_without_torch(tmp_path) -> None:
     """``python -m pytest_advrobust merge`` needs no torch; bad input exits 2 with a message."""
     (tmp_path / "bad.json").write_text("{not json")
+    digits(tmp_path)  # the config the merge reads (the model itself is never loaded)
     script = ("import sys; from pytest_advrobust.merge import main; "
               "code = main(['merge', sys.argv[1]]); "
               "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "bad.json")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "bad.json: is not valid JSON" in done.stderr
     done = subprocess.run([sys.executable, "-m", "pytest_advrobust", "merge", "--help"],
@@ -271,18 +306,19 @@ def test_hand_written_tests_see_all_the_data_in_a_shard_run(pytester: pytest.Pyt
 
 
 def test_merged_statistics_add_up_and_keep_the_smallest_counterexample() -> None:
-    from pytest_advrobust.merge import _describe, _merge_stats
+    from pytest_advrobust.attacks.search import describe_search
+    from pytest_advrobust.merge import _merge_stats
 
     parts = [{"searched": 3, "flips": 1, "samples": 8, "counterexample_max_delta": 0.2,
               "counterexample_sample": 4, "counterexample_label": 1, "counterexample_new_label": 7},
              {"searched": 2, "flips": 0, "samples": 8},
              {"searched": 4, "flips": 2, "samples": 8, "counterexample_max_delta": 0.1,
               "counterexample_sample": 70, "counterexample_label": 3, "counterexample_new_label": 5}]
-    merged = _merge_stats(parts)
-    assert merged == {"searched": 9, "flips": 3, "samples": 24, "counterexample_max_delta": 0.1,
-                      "counterexample_sample": 70, "counterexample_label": 3,
-                      "counterexample_new_label": 5}
-    assert _describe("hypothesis", merged, []) == (
+    merged_stats = _merge_stats(parts)
+    assert merged_stats == {"searched": 9, "flips": 3, "samples": 24, "counterexample_max_delta": 0.1,
+                            "counterexample_sample": 70, "counterexample_label": 3,
+                            "counterexample_new_label": 5}
+    assert describe_search(merged_stats) == (
         "smallest flip found: sample 70, max|delta| 0.1, label 3 -> 5 (3 of 9 correctly "
         "classified samples flipped)")
     assert _merge_stats([{"queries": 100}, {"queries": 50}]) == {"queries": 150}
@@ -295,8 +331,6 @@ def test_example_project_three_shards_merge_to_the_unsharded_counts(tmp_path) ->
     import shutil
 
     from conftest import ROOT
-    from pytest_advrobust.merge import ShardReport, check_together, judge_merged, merge_results
-    from pytest_advrobust.session import RobustnessSession, plugin_manager
 
     folder = tmp_path / "example_project"
     shutil.copytree(ROOT / "example_project", folder,
@@ -304,41 +338,42 @@ def test_example_project_three_shards_merge_to_the_unsharded_counts(tmp_path) ->
     subprocess.run([sys.executable, "-m", "digits_demo.train"], cwd=folder, check=True,
                    capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
-    def run(shard):
-        session = RobustnessSession(plugin_manager().hook, folder / "pyproject.toml",
-                                    artifacts=tmp_path / f"art-{shard}")
-        session.engine.shard = shard
-        return [r.to_dict() for r in session.run_all()]
-
+    config = folder / "pyproject.toml"
     try:
-        whole = run(None)
-        parts = [ShardReport(Path(f"s{k}"), k, 3, "c", tuple(run((k, 3)))) for k in (1, 2, 3)]
+        whole = [r.to_dict() for r in sharded_run(config, None, artifacts=tmp_path / "art")]
+        parts = [shard_report(tmp_path, config, sharded_run(config, (k, 3), artifacts=tmp_path / f"art-{k}"), k, 3)
+                 for k in (1, 2, 3)]
+        together = merged(config, parts)
     finally:
         sys.modules.pop("digits_demo", None)
         for name in [m for m in sys.modules if m.startswith("digits_demo.")]:
             sys.modules.pop(name)
-    check_together(parts)
-    merged = merge_results(parts)
-    judge_merged(merged, None)
     counts = [(r["key"], r["correct"], r["clean_correct"], r["n"], r["stats"], r["passed"])
               for r in whole]
-    assert [(r.key, r.correct, r.clean_correct, r.n, r.stats, r.passed) for r in merged] == counts
+    assert sorted((r.key, r.correct, r.clean_correct, r.n, r.stats, r.passed) for r in together) == sorted(counts)
     assert {r["attack"] for r in whole} >= {"clean", "fgsm", "noise", "universal", "pgd", "spsa",
                                             "transfer"}
-    assert all(0 < p.results[0]["n"] < whole[0]["n"] for p in parts)
+    clean = whole[0]["key"]
+    assert all(0 < p.measurements[clean].n < whole[0]["n"] for p in parts)
 
 
 def test_a_gate_that_errored_in_a_shard_stops_the_merge_naming_it(tmp_path, capsys) -> None:
     """A shard's JSON lists an errored gate with its error (status "error"): the merge
     says which gate errored where, and exits 2 rather than gating on the other shards."""
-    document = {"version": 1, "shard": {"index": 1, "count": 2}, "config": "c", "gates": ["m::fgsm[eps=0.1]"],
+    config = tmp_path / "pyproject.toml"
+    config.write_text('[tool.advrobust]\nname = "m"\nmodel = "m.onnx"\ndata = "d.npz"\n'
+                      '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\nmin-accuracy = 0.5\n')
+    from pytest_advrobust.fingerprint import config_fingerprint
+
+    document = {"version": 1, "shard": {"index": 1, "count": 2}, "config": config_fingerprint(config),
+                "gates": ["m::fgsm[eps=0.1]"], "interrupted": False, "complete": False,
                 "results": [{"key": "m::fgsm[eps=0.1]", "status": "error", "correct": 0,
                              "clean_correct": 0, "n": 0, "error": "attack error: NaN on perturbed inputs"}]}
     first = tmp_path / "shard-1.json"
     first.write_text(json.dumps(document))
     second = tmp_path / "shard-2.json"
     second.write_text(json.dumps({**document, "shard": {"index": 2, "count": 2}}))
-    code, _ = merge(first, second)
+    code, _ = merge(first, second, "--config", config)
     assert code == 2
     error = capsys.readouterr().err
     assert "gate 'm::fgsm[eps=0.1]' errored in this shard (attack error: NaN on perturbed inputs)" in error

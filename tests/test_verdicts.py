@@ -102,7 +102,7 @@ min-accuracy = 0.9
 [[tool.advrobust.checks]]
 attack = "noise"
 eps = [0.01, 0.6]
-min-accuracy = 0.0
+min-accuracy = 0.001
 '''
 
 
@@ -176,7 +176,7 @@ def test_a_retrained_model_is_compared_with_the_baseline(pytester: pytest.Pytest
     [[tool.advrobust.checks]]
     attack = "fgsm"
     eps = [0.05, 0.15]
-    min-accuracy = 0.0
+    min-accuracy = 0.001
     max-regression = 0.05
     '''
     strong = train_blob_model(x, y)
@@ -242,8 +242,13 @@ def test_partial_runs_merge_into_the_baseline_and_say_what_did_not_run(
     x, y = blobs
     _project(pytester.path, x, y, THREE)
     pytester.makeconftest(SWAP)
-    full = pytester.runpytest(*RUN, "--advrobust-save-baseline=base.json")
-    assert full.ret == pytest.ExitCode.TESTS_FAILED  # swap fails its floor
+    red = pytester.runpytest(*RUN, "--advrobust-save-baseline=base.json")
+    assert red.ret == pytest.ExitCode.TESTS_FAILED  # swap fails its floor: no baseline from it
+    assert not (pytester.path / "base.json").exists()
+    red.stdout.fnmatch_lines(["ERROR: baseline not saved to base.json: 1 gate failed (swap eps=1 on "
+                              "blob)*--advrobust-accept=blob::swap[[]eps=1[]]{count=30} (or all)."])
+    full = pytester.runpytest(*RUN, "--advrobust-save-baseline=base.json", "--advrobust-accept=all")
+    assert full.ret == pytest.ExitCode.TESTS_FAILED  # accepted into the baseline, still red
     assert set(_baseline_keys(pytester.path / "base.json")) == {
         "blob::clean", "blob::swap[eps=1]{count=30}", "blob::noise[eps=0.05]"}
 
@@ -264,7 +269,7 @@ def test_partial_runs_merge_into_the_baseline_and_say_what_did_not_run(
         eps = 0.05
         min-accuracy = 0.5
         '''))
-    stopped = pytester.runpytest(*RUN, "-x", "--advrobust-json=r.json",
+    stopped = pytester.runpytest(*RUN, "-x", "--advrobust-json=r.json", "--advrobust-accept=all",
                                  "--advrobust-markdown=s.md", "--advrobust-save-baseline=base.json")
     assert stopped.ret == pytest.ExitCode.TESTS_FAILED
     stopped.stdout.fnmatch_lines(["*other*noise*0.05*NOT RUN*", "4 gates: 2 passed, 1 failed, 1 not run"])
@@ -452,7 +457,7 @@ def test_a_surrogate_that_rejects_the_inputs_errors_the_transfer_gate_only(
         attack = "transfer"
         surrogate = "narrow"
         eps = 0.1
-        min-accuracy = 0.0
+        min-accuracy = 0.001
 
         [tool.advrobust.models.narrow]
         model = "narrowmodel:build"

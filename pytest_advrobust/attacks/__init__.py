@@ -17,12 +17,22 @@ from typing import Any, Callable, Iterator, Mapping
 from ..config import AttackOptions, Choice
 from ..errors import AdvRobustError, AttackError, user_frame
 
-__all__ = ["Attack", "AttackRegistry", "Choice"]
+__all__ = ["Attack", "AttackRegistry", "Choice", "fold_of"]
+
+
+def fold_of(positions: Any, folds: int) -> Any:
+    """The fold of each sample position in a cross-fitted attack: ``p mod folds``. The one
+    rule the fit (``state[j]`` never sees fold ``j``), the perturb function (fold ``j`` is
+    scored on ``state[j]``) and the engine's per-fold counts follow."""
+    return positions % folds
 
 #: Arguments the engine can hand an attack; an attack function names the ones it needs
-#: (``surrogates``: the loaded classifiers its ``surrogate`` option names).
+#: (``surrogates``: the loaded classifiers its ``surrogate`` option names; ``positions``: each
+#: row's position in the data stream, a tensor).
 ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state",
-                    "surrogates")
+                    "surrogates", "positions")
+#: the fit split of an attack with a ``fit`` function that declares no ``fit_samples_key``
+FIT_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,36 @@ class Attack:
     #: ``validate(options) -> message or None``: rules across options, checked at config
     #: time on the check's options plus the declared defaults
     validate: Callable[..., str | None] | str | None = None
+    #: the check key that sizes the fit split of an attack with ``fit`` (the first N
+    #: samples, never evaluated unless the attack is cross-fitted); :data:`FIT_SAMPLES` when
+    #: the attack names none
+    fit_samples_key: str | None = None
+    #: the check key naming the loss the attack ascends (for the masking diagnostics:
+    #: a zero cross-entropy gradient fails a gate only when it ascends cross-entropy)
+    loss_key: str | None = None
+    #: the check key naming the other models of the config it crafts its inputs on
+    surrogate_key: str | None = None
+    #: cross-fitted: the check key holding the number of folds k. The fit (given
+    #: ``positions``) returns ``k`` states, ``state[j]`` fitted without fold ``j`` (see
+    #: :func:`fold_of`); every sample is evaluated, the fit split too, and the perturb function
+    #: (given ``positions``) scores fold ``j`` on ``state[j]``; the engine counts each fold
+    #: (``stats["fold<j>_correct"]``, ``["fold<j>_n"]``, j from 1) and each state is saved
+    folds_key: str | None = None
+
+    def __post_init__(self) -> None:
+        # an attack that declares none of these keys but has an option of the conventional
+        # name means it (a custom attack's "fit-samples", "loss" or "surrogate" option)
+        for attribute, name in (("fit_samples_key", "fit-samples"), ("loss_key", "loss"),
+                                ("surrogate_key", "surrogate")):
+            if getattr(self, attribute) is None and name in self.options:
+                object.__setattr__(self, attribute, name)
 
     @property
     def config_options(self) -> AttackOptions:
         return AttackOptions(uses_eps=self.uses_eps, options=dict(self.options),
                              positive=frozenset(self.positive),
-                             validate=None if self.validate is None else _resolve(self.validate))
+                             validate=None if self.validate is None else _resolve(self.validate),
+                             surrogate_key=self.surrogate_key)
 
     def perturb_function(self) -> Callable[..., Any]:
         return _resolve(self.perturb)
@@ -68,6 +102,35 @@ class Attack:
 
     def describe_function(self) -> Callable[..., str] | None:
         return None if self.describe is None else _resolve(self.describe)
+
+    def fit_samples(self, options: Mapping[str, Any]) -> int:
+        """How many of the first samples the attack fits on (with ``options``, a check's)."""
+        if self.fit_samples_key is None:
+            return FIT_SAMPLES
+        return int(self.with_defaults(options).get(self.fit_samples_key, FIT_SAMPLES))
+
+    def folds(self, options: Mapping[str, Any]) -> int | None:
+        """How many folds a cross-fitted attack fits (None: not cross-fitted)."""
+        if self.folds_key is None:
+            return None
+        return int(self.with_defaults(options)[self.folds_key])
+
+    def samples_cap(self, options: Mapping[str, Any]) -> int | None:
+        """The first N samples the attack is evaluated on (None: all)."""
+        if self.samples_key is None:
+            return None
+        value = self.with_defaults(options).get(self.samples_key)
+        return None if value is None else int(value)
+
+    def loss(self, options: Mapping[str, Any]) -> str:
+        """The loss the attack ascends (``"ce"`` unless it declares a ``loss_key``)."""
+        value = self.with_defaults(options).get(self.loss_key) if self.loss_key else None
+        return value if isinstance(value, str) else "ce"
+
+    def surrogates(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The model names its ``surrogate_key`` option gives (empty when none)."""
+        value = options.get(self.surrogate_key) if self.surrogate_key else None
+        return (value,) if isinstance(value, str) else tuple(value or ())
 
     def wants(self, argument: str) -> bool:
         """Whether the perturb function takes ``argument`` (so the engine computes it)."""
@@ -93,13 +156,20 @@ class AttackRegistry:
         samples_key: str | None = None,
         positive: tuple[str, ...] = (),
         validate: Callable[..., str | None] | str | None = None,
+        fit_samples_key: str | None = None,
+        loss_key: str | None = None,
+        surrogate_key: str | None = None,
+        folds_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
 
         def register(perturb: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(Attack(name, perturb, fit, uses_eps, needs_gradient, dict(options or {}),
-                            description or (perturb.__doc__ or "").strip().split("\n")[0],
-                            describe, samples_key, tuple(positive), validate))
+            self.add(Attack(name, perturb, fit=fit, uses_eps=uses_eps, needs_gradient=needs_gradient,
+                            options=dict(options or {}),
+                            description=description or (perturb.__doc__ or "").strip().split("\n")[0],
+                            describe=describe, samples_key=samples_key, positive=tuple(positive),
+                            validate=validate, fit_samples_key=fit_samples_key, loss_key=loss_key,
+                            surrogate_key=surrogate_key, folds_key=folds_key))
             return perturb
 
         return register

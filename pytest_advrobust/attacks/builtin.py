@@ -22,31 +22,36 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
     registry.add(Attack("clean", f"{base}:clean", uses_eps=False,
                         description="accuracy on the unperturbed inputs"))
     registry.add(Attack("fgsm", f"{base}:fgsm", needs_gradient=True,
-                        options={"loss": Choice("ce", LOSSES)},
+                        options={"loss": Choice("ce", LOSSES)}, loss_key="loss",
                         description="fast gradient sign method, one L-inf step"))
     registry.add(Attack("noise", f"{base}:noise",
                         description="random {-1, +1} signs of the same L-inf size"))
-    registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
-                        fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
-                        options={"fit-samples": 256, "steps": 40, "step-size": float, "patience": 10,
-                                 "loss": Choice("ce", LOSSES)},
-                        positive=("fit-samples", "steps", "step-size"),
-                        description="one perturbation shared by all inputs, fitted on a held-out split"))
+    universal = "pytest_advrobust.attacks.universal"
+    registry.add(Attack("universal", f"{universal}:apply_universal", fit=f"{universal}:fit_universal",
+                        needs_gradient=True, describe=f"{universal}:describe_universal", folds_key="folds",
+                        options={"fit-samples": 512, "folds": 2, "targets": 10, "steps": 40,
+                                 "step-size": float, "patience": 10, "loss": Choice("ce", LOSSES)},
+                        positive=("fit-samples", "folds", "steps", "step-size"),
+                        validate="pytest_advrobust.attacks.rules:universal_options",
+                        fit_samples_key="fit-samples", loss_key="loss",
+                        description="one perturbation shared by all inputs, each sample scored on a fit "
+                                    "that never saw it"))
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
                         options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1,
                                  "loss": Choice("ce+margin", PGD_LOSSES)},
-                        positive=("steps", "step-size", "restarts"),
+                        positive=("steps", "step-size", "restarts"), loss_key="loss",
                         description="projected gradient descent, L-inf, never weaker than fgsm"))
     registry.add(Attack("apgd", "pytest_advrobust.attacks.apgd:apgd", needs_gradient=True,
                         options={"loss": Choice("ce", ("ce", "dlr")), "steps": 100, "restarts": 1,
                                  "targeted": False, "targets": 9, "random-start": True},
-                        positive=("steps", "restarts", "targets"),
+                        positive=("steps", "restarts", "targets"), loss_key="loss",
                         description="Auto-PGD (APGD-CE / APGD-DLR / APGD-T), L-inf, step size set by itself"))
     registry.add(Attack("transfer", "pytest_advrobust.attacks.transfer:transfer",
                         options={"surrogate": None, "via": "fgsm", "steps": 10, "step-size": float,
                                  "loss": Choice("ce", LOSSES), "random-start": False},
                         positive=("steps", "step-size"),
                         validate="pytest_advrobust.attacks.rules:transfer_options",
+                        surrogate_key="surrogate",
                         description="inputs crafted on surrogate models, evaluated on this one"))
     registry.add(Attack("spsa", "pytest_advrobust.attacks.spsa:spsa",
                         options={"queries": 2000, "samples": 32, "delta": 0.01, "step-size": float},

@@ -33,6 +33,7 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
     """The built-in loader: ONNX, TorchScript, ``torch.export`` or a factory + state_dict."""
     import torch
 
+    from ..archives import ReadLimit
     from ..errors import ModelLoadError
     from ..imports import import_callable
     from .torch_models import TorchClassifier, load_torch_module, static_batch
@@ -57,15 +58,17 @@ def load_classifier(spec: "ModelSpec") -> "Classifier":
     if fmt == "factory":
         factory = import_callable(spec.model, spec.root, key=spec.key("model"), error=ModelLoadError)
         module = load_torch_module(fmt, None, factory=factory, weights=spec.resolve(spec.weights)
-                                   if spec.weights else None, device=device)
+                                   if spec.weights else None, device=device,
+                                   read_limit=ReadLimit.of(spec))
         source = spec.model
     else:
         path = spec.resolve(spec.model)
-        module = load_torch_module(fmt, path, allow_pickle=spec.allow_pickle, device=device)
+        module = load_torch_module(fmt, path, allow_pickle=spec.allow_pickle, device=device,
+                                   read_limit=ReadLimit.of(spec))
         source = str(path)
     dtype = next((p.dtype for p in _parameters(module) if p.is_floating_point()), torch.float32)
     model = TorchClassifier(module, output=spec.output, device=device, dtype=dtype, source=source,
-                            **common)
+                            bpda=spec.bpda, **common)
     if fmt == "export":
         model.fixed_batch = static_batch(module)
     return model
@@ -81,7 +84,7 @@ def wrap_module(module: Any, spec: "ModelSpec") -> "Classifier":
 
     params = [p for p in _parameters(module) if p.is_floating_point()]
     return TorchClassifier(
-        module, output=spec.output, name=spec.name, input_range=spec.input_range,
+        module, output=spec.output, bpda=spec.bpda, name=spec.name, input_range=spec.input_range,
         output_kind=spec.output_kind,
         normalize=(spec.normalize.mean, spec.normalize.std) if spec.normalize else None,
         device=params[0].device if params else torch.device("cpu"),

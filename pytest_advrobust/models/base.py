@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..errors import AdvRobustError, AttackError, DataError, ModelLoadError, ScoresNotFinite, user_frame
+from .straight_through import smooth_of, with_smooth
 
 __all__ = ["LOSSES", "Classifier", "detect_output_kind", "exact_cross_entropy", "loss_per_sample",
            "model_raised", "user_frame"]
@@ -101,12 +102,31 @@ def exact_probability_loss(probabilities: torch.Tensor, y: torch.Tensor) -> torc
 
 
 def detect_output_kind(scores: torch.Tensor) -> str:
-    """``probabilities`` when every row lies in [0, 1] and sums to 1, else ``logits``."""
+    """``probabilities`` when every row lies in [0, 1] and sums to 1, else ``logits``.
+
+    "Sums to 1" allows 1e-3, or, for rounded probabilities (every value a multiple of one
+    step of at most 1/16: an INT8 softmax output), half a step per class plus one, up to
+    0.5: rounding each of 10 classes to 1/255 moves a row's sum by up to 0.02, and taking
+    such an output for logits would attack another, saturating loss."""
     s = scores.detach().double()
-    if s.numel() and s.min() >= 0 and s.max() <= 1 and torch.allclose(
-            s.sum(1), torch.ones(s.shape[0], dtype=s.dtype, device=s.device), atol=1e-3):
+    if not (s.numel() and s.min() >= 0 and s.max() <= 1):
+        return "logits"
+    step = _grid_step(s)
+    tolerance = max(1e-3, min(0.5, step * (s.shape[1] / 2 + 1))) if step <= 1 / 16 else 1e-3
+    if bool(((s.sum(1) - 1).abs() <= tolerance).all()):
         return "probabilities"
     return "logits"
+
+
+def _grid_step(values: torch.Tensor) -> float:
+    """The step every value is a whole multiple of (the smallest positive value, when it
+    divides them all), or 0."""
+    positive = values[values > 0]
+    if not positive.numel():
+        return 0.0
+    step = positive.min()
+    multiples = values / step
+    return float(step) if bool(((multiples - multiples.round()).abs() <= 1e-3).all()) else 0.0
 
 
 class Classifier:
@@ -147,6 +167,8 @@ class Classifier:
         self.fixed_batch: int | None = None
         #: True once the model has shown a single-score binary head (``[N, 1]`` or ``[N]``)
         self.binary = False
+        #: True once a gradient was taken at unrounded scores (a quantised output)
+        self.rounded_scores = False
 
     # -- what subclasses provide ----------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,8 +252,11 @@ class Classifier:
                 leaf = chunk.detach().requires_grad_(True)
                 leaves.append((leaf, real))
                 outs.append(self._chunk_scores(self._differentiable_forward, leaf, real))
+            smooths = [smooth_of(o) for o in outs]
             out = outs[0] if len(outs) == 1 or not all(isinstance(o, torch.Tensor) for o in outs) \
                 else torch.cat(outs)
+            smooth = None if any(s is None for s in smooths) else \
+                smooths[0] if len(smooths) == 1 else torch.cat(smooths)
             self._check_scores(out.detach() if isinstance(out, torch.Tensor) else out, x)
             if not out.requires_grad:
                 raise AttackError(
@@ -241,7 +266,15 @@ class Classifier:
                     "in torch tensors (the plugin itself switches gradients off where it needs "
                     "none), or gate this model with attacks that need no gradient.",
                     where=self.source)
-            total = per_sample(out).sum()
+            losses = per_sample(out)
+            if smooth is not None:
+                # rounded scores (a quantised output): the loss's value at the scores that
+                # ship, its gradient at the unrounded ones, where a probability rounded to
+                # exactly 0 (or a tie) does not zero it (straight-through, like the rounding)
+                unrounded = per_sample(smooth)
+                losses = losses.detach() + (unrounded - unrounded.detach())
+                self.rounded_scores = True
+            total = losses.sum()
             try:
                 grads = torch.autograd.grad(total, [leaf for leaf, _ in leaves], allow_unused=True)
             except AdvRobustError:
@@ -264,10 +297,18 @@ class Classifier:
         the pad rows; a score tensor with another number of rows than the chunk is refused
         before the pad is cut (cutting would hide the extra rows)."""
         out = self._run(forward, self.normalize(chunk))
+        smooth = smooth_of(out) if isinstance(out, torch.Tensor) else None
         if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] != len(chunk):
             self._check_scores(out, chunk)  # raises, naming the shape
-        out = self._as_classes(out, chunk)
-        return out[:real] if isinstance(out, torch.Tensor) and real != len(chunk) else out
+        classes = self._as_classes(out, chunk)
+        if smooth is not None and classes is not out:  # a binary head: its columns alike
+            smooth = self._binary_columns(smooth.reshape(len(chunk)), self.output_kind)
+        out = classes
+        if isinstance(out, torch.Tensor) and real != len(chunk):
+            out, smooth = out[:real], None if smooth is None else smooth[:real]
+        if smooth is not None and isinstance(out, torch.Tensor) and smooth.shape == out.shape:
+            with_smooth(out, smooth)
+        return out
 
     def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Call the model; anything it raises becomes a model error naming the exception and
@@ -288,6 +329,10 @@ class Classifier:
                          " per sample, scored as two classes)")
         if self.fixed_batch is not None:
             notes.append(f"fixed batch {self.fixed_batch} (the last chunk padded by repeating a row)")
+        if gradient and self.rounded_scores:
+            notes.append(f"rounded {'probabilities' if self.output_kind == 'probabilities' else 'scores'}"
+                         ": the loss's gradient taken at the unrounded ones (straight-through), so a "
+                         "probability rounded to 0 does not zero it")
         return notes
 
     def _chunks(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
@@ -316,7 +361,11 @@ class Classifier:
             out = out[:, 0]
         elif not (out.dim() == 1 and out.shape[0] == len(x)):
             return out
-        kind = self._binary_kind(out)
+        return self._binary_columns(out, self._binary_kind(out))
+
+    @staticmethod
+    def _binary_columns(out: torch.Tensor, kind: str) -> torch.Tensor:
+        """One score per sample as two class columns (see :meth:`_as_classes`)."""
         if kind == "probabilities":
             return torch.stack([1 - out, out], 1)
         return torch.stack([torch.zeros_like(out), out], 1)

@@ -1,15 +1,15 @@
 """ONNX models, evaluated in onnxruntime (the runtime they ship on).
 
-Gradients come from a torch twin of the graph (:mod:`.onnx_torch`), trusted only after its
-scores match onnxruntime's on the evaluation data; a graph with an operator that has no
-gradient (``ai.onnx.ml`` trees, linear classifiers) can still be scored and attacked by
-black-box attacks.
+Gradients come from a torch twin of the graph (:mod:`.onnx_torch`; for a quantised graph,
+of the graph as the session optimised it, :func:`translate_session`), trusted only after
+its scores match onnxruntime's on the evaluation data; a graph with an operator that has
+no gradient (``ai.onnx.ml`` trees) can still be scored and attacked by black-box attacks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch
 from ..errors import AttackError, ModelLoadError
 from .base import Classifier
 
-__all__ = ["OnnxClassifier", "load_onnx"]
+__all__ = ["OnnxClassifier", "Translation", "load_onnx", "runtime_graph", "translate_session"]
 
 #: how closely the torch twin must reproduce onnxruntime's scores to be trusted
 PARITY_RTOL = 1e-3
@@ -56,6 +56,10 @@ class OnnxClassifier(Classifier):
         self._twin: Any = None
         self._twin_checked = False
         self.gradient_error = None
+        #: the quantisation operators of the optimised graph the twin translates (None: it
+        #: translates the file), and the fusions that made it fall back to the file
+        self.runtime_operators: list[str] | None = None
+        self.unfused: Any = None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy())
@@ -85,13 +89,19 @@ class OnnxClassifier(Classifier):
     def notes(self, gradient: bool = False) -> list[str]:
         notes = super().notes(gradient)
         if gradient:
-            ops = self._quantised_operators()
+            ops = self.runtime_operators or self._quantised_operators()
             if ops:
                 ties = getattr(self, "tie_difference", 0.0)
                 forward = (f"forward within {ties:.3g} of onnxruntime on a few rows (rounding ties)"
                            if ties else "forward matching onnxruntime")
-                notes.append(f"quantised graph ({', '.join(ops)}): {forward}, input gradient "
-                             "straight-through (BPDA) the rounding")
+                graph = (f"quantised graph as onnxruntime runs it ({', '.join(ops)})" if self.runtime_operators
+                         else f"quantised graph ({', '.join(ops)})")
+                notes.append(f"{graph}: {forward}, input gradient straight-through (BPDA) the rounding")
+            rounded = sorted(getattr(self._twin, "rounded", ()))
+            if rounded:
+                names = [f"{op} to an integer type and back" if op.startswith("Cast") else op
+                         for op in rounded]
+                notes.append(f"input gradient straight-through (BPDA) {', '.join(names)}")
         return notes
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor,
@@ -107,11 +117,17 @@ class OnnxClassifier(Classifier):
         if not torch.allclose(twin_scores.to(shipped.dtype), shipped, rtol=PARITY_RTOL, atol=PARITY_ATOL) \
                 and not self._rounding_ties_only(twin_scores.to(shipped.dtype), shipped):
             worst = float((twin_scores.to(shipped.dtype) - shipped).abs().max())
+            unfused = ""
+            if self.unfused is not None:
+                unfused = (" onnxruntime runs this graph with fused operators the translation "
+                           f"lacks ({_operator_kinds(self.unfused)}), so the translation follows the "
+                           "file's nodes, which round differently; the session's "
+                           "graph_optimization_level at ORT_ENABLE_BASIC runs them as written.")
             self.gradient_error = (
                 f"the torch translation of this graph, used for input gradients, disagrees with "
                 f"onnxruntime by up to {worst:.3g} on the evaluation data, so its gradients cannot "
-                "be trusted. Use a black-box attack (transfer, spsa) for this model, or report "
-                "the graph to pytest-advrobust.")
+                f"be trusted.{unfused} Use a black-box attack (transfer, spsa) for this model, or "
+                "report the graph to pytest-advrobust.")
             raise AttackError(self.gradient_error, where=self.source)
         return grad, shipped
 
@@ -139,13 +155,18 @@ class OnnxClassifier(Classifier):
         return self._quantised
 
     def twin(self) -> Any:
+        """The differentiable torch translation of the graph onnxruntime runs (see
+        :func:`translate_session`)."""
         if self._twin is None:
-            from .onnx_torch import UnsupportedOperator, to_torch
+            from .onnx_torch import UnsupportedOperator
 
             try:
                 # only what the score output needs: an unused label branch (ArgMax,
                 # ArrayFeatureExtractor in scikit-learn exports) needs no translation
-                self._twin = to_torch(self.proto, [self.output_name]).to(self.device)
+                translation = translate_session(self.session_, self.proto, [self.output_name],
+                                                quantised=bool(self._quantised_operators()))
+                self._twin = translation.twin.to(self.device)
+                self.runtime_operators, self.unfused = translation.runtime_operators, translation.unfused
             except UnsupportedOperator as exc:
                 self.gradient_error = (
                     f"{exc} Attacks that work on this model: noise, transfer (from a "
@@ -153,6 +174,98 @@ class OnnxClassifier(Classifier):
                     "and strongest (runs square on such a model).")
                 raise AttackError(self.gradient_error, where=self.source) from None
         return self._twin
+
+
+class Translation(NamedTuple):
+    """What :func:`translate_session` made: the twin; the quantisation operators of the
+    optimised graph it translates (None when it translates the file); and the
+    UnsupportedOperator naming the fusions that made it fall back to the file (or None)."""
+
+    twin: Any
+    runtime_operators: list[str] | None
+    unfused: Any
+
+
+def translate_session(session: Any, proto: Any, outputs: list[str], *, quantised: bool) -> Translation:
+    """The differentiable twin of the graph ``session`` runs, for ``outputs``.
+
+    A quantised graph's rounding depends on how onnxruntime optimised it (its fused
+    QLinear* kernels round differently from the file's nodes), so its twin translates the
+    session's optimised graph (:func:`runtime_graph`); when that graph holds a fusion with
+    no translation, the file's nodes (QDQ chains computed the fused way when the session
+    fuses), and a parity failure then names the fusions. A float graph's fusions change no
+    value beyond float rounding: its file is translated as it is. Raises
+    UnsupportedOperator when the file cannot be translated either."""
+    from .onnx_torch import UnsupportedOperator, straight_through_operators, to_torch
+
+    fused, unfused = True, None
+    if quantised:
+        optimised, level = runtime_graph(session, proto)
+        fused = level >= EXTENDED
+        if optimised is not None:
+            try:
+                return Translation(to_torch(optimised, outputs, fused_requantisation=False),
+                                   straight_through_operators(optimised, outputs), None)
+            except UnsupportedOperator as exc:
+                unfused = exc
+    return Translation(to_torch(proto, outputs, fused_requantisation=fused), None, unfused)
+
+
+#: onnxruntime's optimisation level that fuses quantised chains (GraphOptimizationLevel values)
+EXTENDED = 2
+#: session configuration entries that change what onnxruntime's optimiser does to a
+#: quantised graph, copied to the session that writes the optimised graph out
+OPTIMISER_ENTRIES = ("session.disable_quant_qdq", "session.disable_double_qdq_remover",
+                     "session.enable_quant_qdq_cleanup", "session.qdqisint8allowed",
+                     "optimization.enable_gelu_approximation")
+
+
+def runtime_graph(session: Any, proto: Any) -> tuple[Any, int]:
+    """The graph ``session`` runs (``proto`` as onnxruntime optimises it at the session's
+    ``graph_optimization_level``, with its providers and optimiser settings), and that
+    level; ``(None, level)`` when it cannot be written out.
+
+    The level is capped at ORT_ENABLE_EXTENDED, where the quantised fusions (QLinearConv,
+    QGemm, QLinearAdd, QLinearSoftmax, ...) happen; the levels above it rewrite memory
+    layouts (NCHWc, NHWC), not values, into kernels of one machine's instruction set."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        options = session.get_session_options()
+        level = int(options.graph_optimization_level)
+    except Exception:  # a session-like object of a hook: assume onnxruntime's default
+        options, level = None, int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if level == 0:
+        return proto, level
+    probe = ort.SessionOptions()
+    probe.graph_optimization_level = ort.GraphOptimizationLevel(min(level, EXTENDED))
+    probe.log_severity_level = 3
+    probe.intra_op_num_threads = 1
+    for key in OPTIMISER_ENTRIES if options is not None else ():
+        try:
+            probe.add_session_config_entry(key, options.get_session_config_entry(key))
+        except Exception:  # not set on the session
+            continue
+    try:
+        providers = session.get_providers()
+    except Exception:
+        providers = ["CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory(prefix="advrobust-ort-") as folder:
+        probe.optimized_model_filepath = str(Path(folder) / "optimised.onnx")
+        try:
+            ort.InferenceSession(proto.SerializeToString(), probe, providers=providers)
+            return onnx.load(probe.optimized_model_filepath), level
+        except Exception:  # a graph over 2 GB, a provider that will not write it out
+            return None, level
+
+
+def _operator_kinds(exc: Any) -> str:
+    """``QLinearAveragePool (com.microsoft), ...`` from an UnsupportedOperator."""
+    kinds = dict.fromkeys(f"{op} ({domain})" for op, domain, _, _ in exc.problems)
+    return ", ".join(kinds)
 
 
 def load_onnx(path: Path, *, output: str | None, device: torch.device, **kwargs: Any) -> OnnxClassifier:

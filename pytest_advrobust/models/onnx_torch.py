@@ -162,12 +162,11 @@ def _problem(node: Any, opset: int, types: "dict[str, int] | None" = None) -> st
         allowed = (2, 3, 4, 5, 6) if node.op_type == "DequantizeLinear" else (2, 3, 4, 5)  # + int32 bias
         if types.get(node.input[2], 2) not in allowed:
             return "only 8- and 16-bit integer quantisation (not float8 or int4)"
-    if node.domain == "com.microsoft" and node.op_type == "QGemm":
-        attrs = _attrs(node)
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or len(node.input) < 9 \
-                or not node.input[7]:
-            return "QGemm with transA, alpha or a float output"
-        return None
+    if node.domain == "com.microsoft":
+        if node.op_type not in _CONTRIB_HANDLERS:
+            return ("an onnxruntime contrib operator (a fusion onnxruntime applies when it "
+                    "optimises the graph) with no translation")
+        return _contrib_problem(node, _attrs(node)) or None
     if node.domain not in _DEFAULT_DOMAINS:
         if node.domain == "ai.onnx.ml":
             if node.op_type in _ML_HANDLERS:
@@ -219,11 +218,16 @@ def find_untranslatable(model: "onnx.ModelProto",
     return found
 
 
-#: operators whose gradient is straight-through (BPDA): exact forward, identity backward
-STRAIGHT_THROUGH = ("QuantizeLinear", "DynamicQuantizeLinear")
-#: operators of quantised graphs (their presence is said in a gradient gate's details)
+#: operators of quantised graphs (their presence is said in a gradient gate's details):
+#: exact forward, straight-through (BPDA) backward; the com.microsoft ones are onnxruntime's
+#: fusions, which the twin meets in the graph as onnxruntime runs it
 QUANTISATION = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm")
+                "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+                "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearGlobalAveragePool",
+                "QLinearConcat")
+#: float operators without a gradient that the twin makes straight-through (identity
+#: backward): rounding, and a Cast to an integer type followed by a Cast back to float
+ROUNDING = ("Round", "Floor", "Ceil", "Sign", "Cast", "CastLike")
 
 
 def straight_through_operators(model: "onnx.ModelProto", outputs: "list[str] | None" = None) -> list[str]:
@@ -323,7 +327,8 @@ def _build_unary(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
         "Neg": torch.neg, "Abs": torch.abs, "Exp": torch.exp, "Log": torch.log,
         "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Relu": torch.relu,
         "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
-        "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round, "Sign": torch.sign,
+        "Floor": _rounding(torch.floor), "Ceil": _rounding(torch.ceil),
+        "Round": _rounding(torch.round), "Sign": _rounding(torch.sign),
         "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
         "Softplus": lambda x: torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0),
         "Softsign": lambda x: x / (1 + x.abs()),
@@ -586,11 +591,43 @@ def _build_shape(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
     return lambda x: torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
 
 
+def _rounding(op: Fn) -> Fn:
+    """A rounding operator (Round, Floor, Ceil, Sign): exact forward, the identity's
+    gradient backward (BPDA), its unrounded input kept for a quantised output's loss."""
+    from .straight_through import straight_through, with_smooth
+
+    def fn(x: "torch.Tensor") -> "torch.Tensor":
+        if not (x.is_floating_point() and x.requires_grad):
+            return op(x)
+        return with_smooth(straight_through(op(x), x), x)
+
+    return fn
+
+
+def _cast(x: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
+    """A Cast: to an integer type, the float source rides along; back to float, the
+    gradient is the source's (straight-through, BPDA), so ``Cast(uint8) -> Cast(float)``
+    quantisation does not cut the input gradient."""
+    import torch
+
+    from .straight_through import smooth_of, straight_through, with_smooth
+
+    out = x.to(dtype)
+    if out.is_floating_point():
+        source = smooth_of(x)
+        if source is not None and not x.is_floating_point():
+            return with_smooth(straight_through(out, source.to(dtype)), source.to(dtype))
+        return out
+    if x.is_floating_point() and x.requires_grad and dtype != torch.bool:
+        return with_smooth(out, x)
+    return out
+
+
 def _build_cast(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
     if node.op_type == "CastLike":
-        return lambda x, like: x.to(like.dtype)
+        return lambda x, like: _cast(x, like.dtype)
     dtype = _torch_dtype(attrs["to"])
-    return lambda x: x.to(dtype)
+    return lambda x: _cast(x, dtype)
 
 
 def _build_constant_of_shape(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
@@ -891,8 +928,12 @@ def _per_axis(t: "torch.Tensor", x: "torch.Tensor", axis: int) -> "torch.Tensor"
 
 
 def _straight_through(exact: "torch.Tensor", smooth: "torch.Tensor") -> "torch.Tensor":
-    """``exact`` in the forward pass, the gradient of ``smooth`` in the backward pass."""
-    return smooth + (exact - smooth).detach()
+    """``exact`` in the forward pass (bit for bit), the gradient of ``smooth`` in the
+    backward pass; the unrounded ``smooth`` rides along, so that a DequantizeLinear at the
+    graph's output can hand the loss its unrounded scores."""
+    from .straight_through import straight_through, with_smooth
+
+    return with_smooth(straight_through(exact, smooth), smooth)
 
 
 def _build_quantize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
@@ -919,13 +960,22 @@ def _build_dequantize(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
 
     axis = attrs.get("axis", 1)
 
-    def fn(x: torch.Tensor, scale: torch.Tensor, zero_point: Any = None) -> torch.Tensor:
+    def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: Any) -> torch.Tensor:
         scale_b = _per_axis(scale, x, axis)
         if x.is_floating_point():  # a quantised value carried as float (whole numbers)
             diff = x if zero_point is None else x - _per_axis(zero_point, x, axis).to(x.dtype)
         else:  # an integer initializer (weights, int32 bias): the difference is exact
             diff = x.long() if zero_point is None else x.long() - _per_axis(zero_point, x, axis).long()
         return diff.to(scale.dtype) * scale_b
+
+    def fn(x: torch.Tensor, scale: torch.Tensor, zero_point: Any = None) -> torch.Tensor:
+        from .straight_through import smooth_of, with_smooth
+
+        out = dequantize(x, scale, zero_point)
+        smooth = smooth_of(x)  # the unrounded value of the quantiser before, if any
+        if smooth is not None and x.is_floating_point():
+            with_smooth(out, dequantize(smooth, scale, zero_point))
+        return out
 
     return fn
 
@@ -1128,6 +1178,256 @@ def _build_qlinear(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
 
 
 # --------------------------------------------------------------------------
+# onnxruntime's quantised fusions (com.microsoft QLinear*): what the session runs
+# --------------------------------------------------------------------------
+#
+# onnxruntime's default optimisation rewrites a QDQ graph's ``DequantizeLinear -> op ->
+# QuantizeLinear`` groups into these kernels, and their rounding differs from the
+# unfused graph's (QLinearSoftmax: 254/255 where the float softmax rounds to 1.0). The
+# element-wise ones (QLinearAdd, QLinearMul, QLinearSigmoid, QLinearLeakyRelu, and
+# QLinearConcat's requantisation) are lookup tables of onnxruntime's own kernel, read
+# once per scale by running that kernel on every possible input (its arithmetic differs
+# between CPU instruction sets); QLinearSoftmax and QLinearGlobalAveragePool are
+# reductions, computed as the CPU kernel does. Backward, each is its float operator on
+# the dequantised inputs (straight-through the rounding).
+
+
+def _contrib_problem(node: Any, attrs: dict[str, Any]) -> str:
+    if node.op_type == "QGemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                                    or len(node.input) < 9 or not node.input[7]):
+        return "QGemm with transA, alpha or a float output"
+    if node.op_type == "QLinearSoftmax" and "opset" not in attrs:
+        return "QLinearSoftmax without its opset attribute"
+    return ""
+
+
+def _quantised_range(*zero_points: Any) -> tuple[int, int, Any]:
+    """``(low, high, numpy dtype)`` of the 8-bit type the zero points have (uint8 when
+    none is given, as onnxruntime assumes)."""
+    import numpy as np
+    import torch
+
+    signed = any(zp is not None and zp.dtype == torch.int8 for zp in zero_points)
+    return (-128, 127, np.int8) if signed else (0, 255, np.uint8)
+
+
+def _scalar(t: Any, default: float = 0.0) -> float:
+    """A per-tensor scale or zero point as a Python number (a float32 scale stays exact)."""
+    return default if t is None else float(t.reshape(-1)[0])
+
+
+def _dequantized(x: "torch.Tensor", scale: Any, zero_point: Any) -> "torch.Tensor":
+    """``(x - zero_point) * scale`` in float32, differentiable in a float ``x``."""
+    import torch
+
+    value = x if x.is_floating_point() else x.to(torch.float32)
+    if zero_point is not None:
+        value = value - zero_point.to(value.dtype).reshape(())
+    return value * scale.to(value.dtype).reshape(())
+
+
+def _kernel_table(op_type: str, attrs: dict[str, Any], inputs: list, varying: tuple[int, ...]) -> Any:
+    """onnxruntime's CPU kernel ``com.microsoft.op_type`` run once on ``inputs`` (numpy
+    arrays, None for an absent optional input; those at ``varying`` fed at run time, the
+    rest constants, as scales and zero points are in the graph): the exact values of a
+    lookup table."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    names = [f"in{k}" if value is not None else "" for k, value in enumerate(inputs)]
+    constants = [numpy_helper.from_array(np.asarray(value), name) for k, (value, name)
+                 in enumerate(zip(inputs, names)) if value is not None and k not in varying]
+    feeds = {names[k]: inputs[k] for k in varying}
+    element = helper.np_dtype_to_tensor_dtype(inputs[varying[0]].dtype)
+    graph = helper.make_graph(
+        [helper.make_node(op_type, names, ["out"], domain="com.microsoft", **attrs)], "probe",
+        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
+         for name, value in feeds.items()],
+        [helper.make_tensor_value_info("out", element, None)], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _table_lookup(table: "torch.Tensor", low: int, *values: "torch.Tensor") -> "torch.Tensor":
+    """``table[a]`` (or ``table[a, b]`` for two broadcast operands) for quantised values,
+    carried as floats (whole numbers) or 8-bit integers (an initializer); ``table`` is
+    indexed from the type's lowest value ``low``."""
+    import torch
+
+    flat = [(v.detach().round() if v.is_floating_point() else v).long() - low for v in values]
+    if len(flat) == 2:
+        a, b = torch.broadcast_tensors(*flat)
+        return table.reshape(-1)[a * table.shape[1] + b]
+    return table[flat[0]]
+
+
+def _build_qlinear_binary(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearAdd, QLinearMul: a 256 x 256 table of onnxruntime's kernel per scale."""
+    import numpy as np
+    import torch
+
+    op = node.op_type
+    tables: dict[tuple, Any] = {}
+
+    def fn(a: Any, sa: Any, za: Any, b: Any, sb: Any, zb: Any, sc: Any, zc: Any = None) -> Any:
+        low, high, np_type = _quantised_range(za, zb, zc)
+        key = (low, a.device, *(_scalar(t) for t in (sa, za, sb, zb, sc, zc)))
+        if key not in tables:
+            values = np.arange(low, high + 1).astype(np_type)
+            scale = [np.asarray(t.detach().cpu().numpy()) if t is not None else None
+                     for t in (sa, za, sb, zb, sc, zc)]
+            out = _kernel_table(op, {}, [np.repeat(values, 256), scale[0], scale[1], np.tile(values, 256),
+                                         scale[2], scale[3], scale[4], scale[5]], (0, 3))
+            tables[key] = torch.from_numpy(out.astype(np.float32).reshape(256, 256)).to(a.device)
+        exact = _table_lookup(tables[key], low, a, b)
+        x, y = _dequantized(a, sa, za), _dequantized(b, sb, zb)
+        value = x + y if op == "QLinearAdd" else x * y
+        zero = _scalar(zc)
+        smooth = value / sc.to(value.dtype).reshape(()) + zero
+        return _straight_through(exact.to(smooth.dtype), smooth)
+
+    return fn
+
+
+def _build_qlinear_lookup(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearSigmoid, QLinearLeakyRelu: onnxruntime's 256-entry table per scale."""
+    import numpy as np
+    import torch
+
+    op = node.op_type
+    alpha = attrs.get("alpha", 0.01)
+    tables: dict[tuple, Any] = {}
+
+    def float_op(v: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(v) if op == "QLinearSigmoid" else torch.nn.functional.leaky_relu(v, alpha)
+
+    def fn(x: Any, sx: Any, zx: Any, sy: Any, zy: Any = None) -> Any:
+        low, high, np_type = _quantised_range(zx, zy)
+        key = (low, x.device, *(_scalar(t) for t in (sx, zx, sy, zy)))
+        if key not in tables:
+            constants = [t.detach().cpu().numpy() if t is not None else None for t in (sx, zx, sy, zy)]
+            out = _kernel_table(op, {"alpha": alpha} if op == "QLinearLeakyRelu" else {},
+                                [np.arange(low, high + 1).astype(np_type), *constants], (0,))
+            tables[key] = torch.from_numpy(out.astype(np.float32)).to(x.device)
+        exact = _table_lookup(tables[key], low, x)
+        smooth = float_op(_dequantized(x, sx, zx)) / sy.to(torch.float32).reshape(()) + _scalar(zy)
+        return _straight_through(exact.to(smooth.dtype), smooth)
+
+    return fn
+
+
+def _build_qlinear_concat(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearConcat: each input requantised to the output's scale by onnxruntime's table
+    (copied as it is where its scale and zero point are the output's), then joined."""
+    import numpy as np
+    import torch
+
+    axis = attrs["axis"]
+    tables: dict[tuple, Any] = {}
+
+    def fn(sy: Any, zy: Any, *triples: Any) -> Any:
+        low, high, np_type = _quantised_range(zy, *triples[2::3])
+        exact, smooth = [], []
+        for x, sx, zx in zip(triples[0::3], triples[1::3], triples[2::3]):
+            same = _scalar(sx) == _scalar(sy) and _scalar(zx) == _scalar(zy)
+            if same:
+                exact.append(x.detach().to(torch.float32))  # an 8-bit initializer as whole numbers too
+            else:
+                key = (low, x.device, *(_scalar(t) for t in (sx, zx, sy, zy)))
+                if key not in tables:
+                    every = np.arange(low, high + 1).astype(np_type)
+                    constants = [t.detach().cpu().numpy() if t is not None else every
+                                 for t in (sy, zy, None, sx, zx)]
+                    out = _kernel_table("QLinearConcat", {"axis": 0}, constants, (2,))
+                    tables[key] = torch.from_numpy(out.astype(np.float32)).to(x.device)
+                exact.append(_table_lookup(tables[key], low, x))
+            smooth.append(_dequantized(x, sx, zx) / sy.to(torch.float32).reshape(()) + _scalar(zy))
+        return _straight_through(torch.cat(exact, axis), torch.cat(smooth, axis))
+
+    return fn
+
+
+def _build_qlinear_softmax(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearSoftmax as onnxruntime's CPU kernel computes it: per row, float32
+    ``t_i = exp((x_i - max x + shift) * x_scale)`` (computed in float64, ``shift`` keeping
+    the row sum below float32's largest value), their sum accumulated in float32 in order,
+    and ``round(t_i * floor(1 / y_scale) / sum) + y_zero_point``, saturated. The unfused
+    graph (float softmax, then QuantizeLinear) gives 1.0 where this gives 254/255 or
+    255/256: one output step on most confident rows."""
+    import numpy as np
+    import torch
+
+    node_opset = int(attrs["opset"])
+    axis = attrs.get("axis", 1 if node_opset < 13 else -1)
+
+    def fn(x: Any, sx: Any, zx: Any, sy: Any, zy: Any = None) -> Any:
+        low, high, _ = _quantised_range(zx, zy)
+        shape = x.shape
+        dim = axis % x.dim()
+        if node_opset < 13:  # the trailing dimensions from axis on form the row
+            x = x.reshape(math.prod(shape[:dim]), math.prod(shape[dim:]))
+            dim = 1
+        rows = x.movedim(dim, -1)
+        width = rows.shape[-1]
+        x_scale = _scalar(sx)
+        limit = float(np.float32(np.finfo(np.float32).max) / np.float32(width))
+        shift = max(0.0, math.log(limit) - 5.0) / x_scale
+        values = rows.detach().double()
+        exps = torch.exp((values - values.amax(-1, keepdim=True) + shift) * x_scale).float()
+        total = exps[..., 0].clone()
+        for j in range(1, width):  # float32, in order, as the kernel's loop adds
+            total = total + exps[..., j]
+        scale_out = torch.floor(torch.ones((), dtype=torch.float32) / sy.to(torch.float32).reshape(()))
+        zero = _scalar(zy)
+        exact = (torch.round(exps * scale_out.to(exps.device) / total[..., None]) + zero).clamp(low, high)
+        smooth = torch.softmax(_dequantized(rows, sx, zx), -1) * scale_out.to(rows.device) + zero
+        exact, smooth = exact.movedim(-1, dim).reshape(shape), smooth.movedim(-1, dim).reshape(shape)
+        return _straight_through(exact, smooth)
+
+    return fn
+
+
+def _build_qlinear_global_average_pool(attrs: dict[str, Any], opset: int, node: Any) -> Fn:
+    """QLinearGlobalAveragePool as onnxruntime's CPU kernel: the exact integer sum minus
+    ``x_zero_point * size``, times the float32 ``x_scale / (y_scale * size)``, rounded half
+    to even, plus the output zero point, saturated."""
+    import torch
+
+    channels_last = bool(attrs.get("channels_last", 0))
+
+    def fn(x: Any, sx: Any, zx: Any, sy: Any, zy: Any = None) -> Any:
+        low, high, _ = _quantised_range(zx, zy)
+        dims = tuple(range(1, x.dim() - 1)) if channels_last else tuple(range(2, x.dim()))
+        size = math.prod(x.shape[d] for d in dims)
+        acc = (x.detach().double() - _scalar(zx)).sum(dims, keepdim=True)  # exact: whole numbers
+        scale = sx.to(torch.float32).reshape(()) / (sy.to(torch.float32).reshape(())
+                                                   * torch.tensor(float(size), dtype=torch.float32))
+        zero = _scalar(zy)
+        exact = torch.round((acc.float() * scale.to(acc.device)).clamp(low - zero, high - zero)) + zero
+        smooth = _dequantized(x, sx, zx).mean(dims, keepdim=True) / sy.to(torch.float32).reshape(()) + zero
+        return _straight_through(exact, smooth)
+
+    return fn
+
+
+_CONTRIB_HANDLERS: dict[str, Callable[[dict[str, Any], int, Any], Fn]] = {
+    "QGemm": _build_qlinear,
+    **dict.fromkeys(["QLinearAdd", "QLinearMul"], _build_qlinear_binary),
+    **dict.fromkeys(["QLinearSigmoid", "QLinearLeakyRelu"], _build_qlinear_lookup),
+    "QLinearConcat": _build_qlinear_concat,
+    "QLinearSoftmax": _build_qlinear_softmax,
+    "QLinearGlobalAveragePool": _build_qlinear_global_average_pool,
+}
+
+
+# --------------------------------------------------------------------------
 # ai.onnx.ml: the differentiable classical-ML operators (linear models, scalers)
 # --------------------------------------------------------------------------
 
@@ -1286,10 +1586,13 @@ def _twin_class() -> type:
     """The torch.nn.Module subclass, created on first use so torch loads lazily."""
     import torch
 
+    from .straight_through import smooth_of
+
     class OnnxTorchTwin(torch.nn.Module):
         """Differentiable evaluation of an ONNX graph: a topological walk over per-node closures."""
 
-        def __init__(self, model: Any, outputs: "list[str] | None" = None) -> None:
+        def __init__(self, model: Any, outputs: "list[str] | None" = None, *,
+                     fused_requantisation: bool = True) -> None:
             from onnx import numpy_helper
 
             super().__init__()
@@ -1308,8 +1611,10 @@ def _twin_class() -> type:
             known = {init.name for init in graph.initializer}
             self.input_names = [i.name for i in graph.input if i.name not in known]
             self.output_names = list(outputs) if outputs is not None else [o.name for o in graph.output]
-            self._steps: list[tuple[Fn, list[str], list[str]]] = []
-            fused = _fused_requantisations(model, needed, opset)
+            self._steps: list[tuple[Fn, list[str], list[str], str]] = []
+            #: the rounding operators (ROUNDING) a gradient went straight through
+            self.rounded: set[str] = set()
+            fused = _fused_requantisations(model, needed, opset) if fused_requantisation else {}
             for i, node in needed:
                 attrs = _attrs(node)
                 if node.op_type == "Constant":
@@ -1317,12 +1622,12 @@ def _twin_class() -> type:
                     continue
                 if i in fused:
                     fn, inputs = fused[i]
-                    self._steps.append((fn, inputs, list(node.output)))
+                    self._steps.append((fn, inputs, list(node.output), node.op_type))
                     continue
-                handlers = _ML_HANDLERS if node.domain == "ai.onnx.ml" else _HANDLERS
-                fn = (_build_qlinear if node.op_type == "QGemm" and node.domain == "com.microsoft"
-                      else handlers[node.op_type])(attrs, opset, node)
-                self._steps.append((fn, list(node.input), list(node.output)))
+                handlers = (_ML_HANDLERS if node.domain == "ai.onnx.ml" else _CONTRIB_HANDLERS
+                            if node.domain == "com.microsoft" else _HANDLERS)
+                fn = handlers[node.op_type](attrs, opset, node)
+                self._steps.append((fn, list(node.input), list(node.output), node.op_type))
 
         def _add_constant(self, name: str, array: Any) -> None:
             buffer = f"_const{len(self._constants)}"
@@ -1334,11 +1639,14 @@ def _twin_class() -> type:
                 raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
             env: dict[str, Any] = {name: getattr(self, buf) for name, buf in self._constants}
             env.update(zip(self.input_names, inputs))
-            for fn, ins, outs in self._steps:
+            for fn, ins, outs, op_type in self._steps:
                 # Optional inputs are "" in ONNX; trailing ones are simply absent.
                 result = fn(*[env[n] if n else None for n in ins])
                 if not isinstance(result, tuple):
                     result = (result,)
+                if op_type in ROUNDING and result[0].is_floating_point() and result[0].requires_grad \
+                        and smooth_of(result[0]) is not None:
+                    self.rounded.add(op_type)
                 for name, value in zip(outs, result):
                     if name:
                         env[name] = value
@@ -1347,14 +1655,22 @@ def _twin_class() -> type:
     return OnnxTorchTwin
 
 
-def to_torch(model: "onnx.ModelProto", outputs: "list[str] | None" = None) -> "torch.nn.Module":
+def to_torch(model: "onnx.ModelProto", outputs: "list[str] | None" = None, *,
+             fused_requantisation: bool = True) -> "torch.nn.Module":
     """Translate an ONNX graph into a differentiable torch module (the gradient twin).
 
     ``forward`` takes the graph's non-initializer inputs positionally and returns a
     tuple with one tensor per graph output (per name in ``outputs``, when given: then only
     the nodes those outputs need are translated).  Initializers and Constant values are
     buffers (no grad).  Raises UnsupportedOperator naming every untranslatable node.
-    Quantisation operators are exact in the forward pass and straight-through (identity
-    gradient, BPDA) in the backward pass.
+    Quantisation and rounding operators (Round, Floor, Ceil, Sign, a Cast to an integer
+    type and back) are exact in the forward pass and straight-through (identity gradient,
+    BPDA) in the backward pass; ``.rounded`` names the rounding ones a gradient went
+    through.
+
+    ``fused_requantisation``: compute a QDQ graph's ``DequantizeLinear -> Conv / Gemm /
+    MatMul -> QuantizeLinear`` chains the way onnxruntime's fused integer kernels round
+    (right for a file that onnxruntime optimises on loading; wrong for a graph it already
+    optimised, where the chains left are the ones it runs unfused).
     """
-    return _twin_class()(model, outputs).eval()
+    return _twin_class()(model, outputs, fused_requantisation=fused_requantisation).eval()

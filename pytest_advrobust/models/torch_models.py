@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import warnings
@@ -11,8 +12,10 @@ from typing import Any, Iterator
 
 import torch
 
+from ..archives import ReadLimit, refusal
 from ..errors import ModelLoadError
 from .base import Classifier, model_raised, user_frame
+from .straight_through import describe, script_straight_through, straight_through_mode
 
 __all__ = ["TorchClassifier", "load_torch_module", "borrowed", "static_batch"]
 
@@ -21,22 +24,83 @@ class TorchClassifier(Classifier):
     """Any callable torch module (``nn.Module``, ScriptModule, exported GraphModule).
 
     ``output`` picks the score tensor when the module returns a dict (by key) or a tuple
-    or list (by index) of several tensors, as the ``output`` key does for ONNX graphs."""
+    or list (by index) of several tensors, as the ``output`` key does for ONNX graphs.
 
-    def __init__(self, module: Any, *, output: str | int | None = None, **kwargs: Any) -> None:
+    Input gradients are straight-through (BPDA) where the model rounds, casts to integers
+    or quantises: always in a TorchScript graph (rewritten) or a ``torch.export`` graph
+    (its aten calls intercepted), and in a plain module with ``bpda`` (its torch calls
+    intercepted, :func:`~.straight_through.straight_through_mode`). The forward values,
+    and so every figure, are the plain model's."""
+
+    def __init__(self, module: Any, *, output: str | int | None = None, bpda: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.module = module
         self.output = output
+        self.bpda = bpda
+        #: how gradients are taken: "script" (a rewritten graph), "intercept" (a mode that
+        #: replaces), "watch" (a mode that only counts, once), "plain"; decided on first use
+        self._gradient_kind: str | None = None
+        self._replaces = False
+        self._script_forward: Any = None
+        #: the non-differentiable operations met in gradient passes (see notes)
+        self.straight_through: collections.Counter[str] = collections.Counter()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._call(x)
 
     def _differentiable_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call(x)
+        kind = self._gradient_kind or self._choose_gradient()
+        if kind == "script":
+            return self._call(x, self._script_forward)
+        if kind == "plain":
+            return self._call(x)
+        if kind == "watch":
+            self._gradient_kind = "plain"  # looked once; the module keeps its own gradient
+            try:
+                with straight_through_mode(replace=False) as mode:
+                    out = self._call(x)
+            except Exception:  # a forward that cannot run under a mode (torch.compile, ...)
+                return self._call(x)  # is run as it is, unwatched (its own errors recur here)
+        else:
+            with straight_through_mode() as mode:
+                out = self._call(x)
+        for what, count in mode.seen.items():  # calls per forward pass, not summed over passes
+            self.straight_through[what] = max(self.straight_through[what], count)
+        return out
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def _choose_gradient(self) -> str:
+        """Decided on the first gradient pass (see the class docstring)."""
+        if isinstance(self.module, torch.jit.ScriptModule):
+            self._script_forward, seen = script_straight_through(self.module)
+            self.straight_through.update(seen)
+            kind = "script" if self._script_forward is not None else "plain"
+        elif self.bpda or isinstance(self.module, torch.fx.GraphModule):
+            kind = "intercept"
+        else:
+            kind = "watch"
+        self._replaces = kind in ("script", "intercept")
+        self._gradient_kind = kind
+        return kind
+
+    def notes(self, gradient: bool = False) -> list[str]:
+        notes = super().notes(gradient)
+        if not (gradient and self.straight_through):
+            return notes
+        what = describe(self.straight_through)
+        if self._replaces:
+            how = ("TorchScript graph" if self._gradient_kind == "script" else "torch.export graph"
+                   if isinstance(self.module, torch.fx.GraphModule) else "bpda = true")
+            notes.append(f"input gradient straight-through (BPDA) {what} ({how})")
+        else:
+            notes.append(f"the forward pass calls {what}, which has no gradient: gradient attacks "
+                         "see none through it and overstate robustness; set bpda = true for a "
+                         "straight-through (BPDA) gradient")
+        return notes
+
+    def _call(self, x: torch.Tensor, module: Any = None) -> torch.Tensor:
         try:
-            out = self.module(x)
+            out = (module if module is not None else self.module)(x)
         except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
             if "Inference tensors" in str(exc) or "in-place operation" in str(exc):  # not the batch's shape
                 raise model_raised(exc, self.source, shape=tuple(x.shape)) from None
@@ -136,21 +200,23 @@ def borrowed(module: Any) -> Iterator[None]:
 
 
 def load_torch_module(fmt: str, path: Path | None, *, factory: Any = None, weights: Path | None = None,
-                      allow_pickle: bool = False, device: torch.device) -> Any:
-    """Load a torch model in one of the supported forms; every failure is a ModelLoadError."""
+                      allow_pickle: bool = False, device: torch.device,
+                      read_limit: ReadLimit = ReadLimit()) -> Any:
+    """Load a torch model in one of the supported forms; every failure is a ModelLoadError.
+    ``read_limit``: what a model or weights archive may expand to (``max-read-bytes``)."""
     if fmt == "factory":
-        return _from_factory(factory, weights, device)
+        return _from_factory(factory, weights, device, read_limit)
     assert path is not None
     if not path.is_file():
         raise ModelLoadError("file not found. Check the model key (paths are relative to "
                              "pyproject.toml) and that the file was built before the gates run.",
                              where=str(path))
     if fmt == "export":
-        return _from_export(path, device)
-    return _from_torchscript(path, device, allow_pickle)
+        return _from_export(path, device, read_limit)
+    return _from_torchscript(path, device, allow_pickle, read_limit)
 
 
-def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> Any:
+def _from_factory(factory: Any, weights: Path | None, device: torch.device, read_limit: ReadLimit) -> Any:
     try:
         module = factory()
     except Exception as exc:  # the user's code: report it, do not crash
@@ -162,7 +228,7 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
         raise ModelLoadError(f"the model factory returned {type(module).__name__}, not a "
                              "torch.nn.Module.", where=_qualname(factory))
     if weights is not None:
-        state = load_state_dict(weights)
+        state = load_state_dict(weights, read_limit)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -174,12 +240,12 @@ def _from_factory(factory: Any, weights: Path | None, device: torch.device) -> A
     return module.to(device)
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, read_limit: ReadLimit = ReadLimit()) -> dict[str, torch.Tensor]:
     """A state_dict, never unpickling code: ``torch.load(weights_only=True)``."""
     if not path.is_file():
         raise ModelLoadError("weights file not found. Check the weights key (relative to "
                              "pyproject.toml).", where=str(path))
-    verify_archive(path, "weights")
+    verify_archive(path, "weights", read_limit)
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
             warnings.simplefilter("ignore", UserWarning)
@@ -198,12 +264,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _from_export(path: Path, device: torch.device) -> Any:
+def _from_export(path: Path, device: torch.device, read_limit: ReadLimit) -> Any:
     hint = "Re-export it with torch.export.save(torch.export.export(model, (example,)), path)."
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"is not a torch.export archive (not a zip file: truncated, or of "
                              f"another format). {hint}", where=str(path))
-    verify_archive(path, "model")
+    verify_archive(path, "model", read_limit)
     try:
         with _quiet("torch.export"):  # torch logs its own traceback before raising
             program = torch.export.load(str(path))
@@ -215,8 +281,8 @@ def _from_export(path: Path, device: torch.device) -> Any:
     return module.to(device) if device.type != "cpu" else module
 
 
-def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool) -> Any:
-    verify_archive(path, "model")
+def _from_torchscript(path: Path, device: torch.device, allow_pickle: bool, read_limit: ReadLimit) -> Any:
+    verify_archive(path, "model", read_limit)
     try:
         with warnings.catch_warnings():  # torch deprecates TorchScript; users still ship it
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -275,16 +341,22 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def verify_archive(path: Path, key: str) -> None:
-    """Check the CRC of every member of a zip archive (TorchScript, torch.save, .pt2) before
-    torch reads it: torch does not, and loads flipped bytes as garbage weights."""
+def verify_archive(path: Path, key: str, read_limit: ReadLimit = ReadLimit()) -> None:
+    """Before torch reads a zip archive (TorchScript, torch.save, .pt2): refuse one whose
+    members declare more than ``read_limit`` (torch would hold each whole; checked before
+    the CRCs, since testing a CRC decompresses the member), then check every member's CRC:
+    torch does not, and loads flipped bytes as garbage weights."""
     if not zipfile.is_zipfile(path):
         return  # a legacy (non-zip) torch.save file, or not an archive: the loader says which
+    problem = None
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
+            problem = refusal(archive.infolist(), read_limit, torch=True)
+            damaged = None if problem else archive.testzip()
     except Exception as exc:  # a damaged header or compressed stream
         damaged = f"? ({type(exc).__name__}: {_first_line(exc)[:-1]})"
+    if problem is not None:
+        raise ModelLoadError(problem, where=str(path))
     if damaged is not None:
         raise ModelLoadError(
             f"is damaged: the archive member {damaged!r} fails its CRC check (flipped bytes: a "

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "unwritable"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -41,3 +41,25 @@ def _mode_for(path: Path) -> int:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def unwritable(path: Path, folder: bool) -> str:
+    """Why ``path`` (a file, or with ``folder`` a folder) cannot be written: empty when it
+    can. The path itself, then its nearest existing parent, which must be a writable folder."""
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} exists and is not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder, not a file"
+        if not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+        if folder:
+            return ""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be created under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the folder {parent} is not writable"
+    return ""

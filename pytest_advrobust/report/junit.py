@@ -9,6 +9,7 @@ from typing import Iterable
 from xml.etree import ElementTree
 
 from ..results import AttackResult, format_eps
+from .escape import xml_text
 from .files import atomic_write_text
 from .terminal import ordered, threshold_text
 
@@ -36,6 +37,10 @@ def gate_properties(result: AttackResult) -> list[tuple[str, str]]:
     ]
     if result.error:
         properties.append(("advrobust_error", result.error))
+    if result.note:  # measured, not judged: why
+        properties.append(("advrobust_note", result.note))
+    if result.accepted:
+        properties.append(("advrobust_accepted", "true"))
     if result.shard is not None:  # partial: counted here, judged by the merge
         properties += [("advrobust_shard", f"{result.shard['index']}/{result.shard['count']}"),
                        ("advrobust_correct", str(result.correct))]
@@ -56,7 +61,7 @@ def to_junit(results: Iterable[AttackResult], config: str = "pyproject.toml") ->
     results = ordered(results)
     plain = Counter((r.model, testcase_name(r)) for r in results)
     checks = Counter((r.model, testcase_name(r), r.check) for r in results)
-    failures = sum(not r.passed for r in results)
+    failures = sum(r.status in ("failed", "error", "not run") for r in results)
     suites = ElementTree.Element("testsuites")
     suite = ElementTree.SubElement(suites, "testsuite", name="advrobust", errors="0",
                                    failures=str(failures), skipped="0", tests=str(len(results)))
@@ -67,10 +72,11 @@ def to_junit(results: Iterable[AttackResult], config: str = "pyproject.toml") ->
                                       name=testcase_name(r, indexed), time=f"{r.seconds:.3f}")
         properties = ElementTree.SubElement(case, "properties")
         for name, value in gate_properties(r):
-            ElementTree.SubElement(properties, "property", name=name, value=value)
-        if not r.passed:
-            failure = ElementTree.SubElement(case, "failure", message=r.message)
-            failure.text = r.message
+            ElementTree.SubElement(properties, "property", name=name, value=xml_text(value))
+        if r.status in ("failed", "error", "not run"):  # as pytest's own JUnit books them
+            message = xml_text(r.message or r.not_run)
+            failure = ElementTree.SubElement(case, "failure", message=message)
+            failure.text = message
     ElementTree.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
 

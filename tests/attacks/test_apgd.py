@@ -60,8 +60,10 @@ class Recorder(torch.nn.Module):
         return self.inner(x)
 
 
-def reference_apgd(net, x0, y, eps, steps, w):
-    """Algorithm 1 of Croce & Hein (2020) for one sample, float64, written out plainly."""
+def reference_apgd(net, x0, y, eps, steps, w, rules=(1, 2)):
+    """Algorithm 1 of Croce & Hein (2020) for one sample, float64, written out plainly.
+    ``rules``: the conditions that halve the step (1: the loss rose too rarely, 2: neither
+    the step nor the best loss changed); ``()`` keeps the step at ``2 * eps``."""
 
     def f_and_grad(point):
         point = point.clone().requires_grad_(True)
@@ -91,7 +93,7 @@ def reference_apgd(net, x0, y, eps, steps, w):
             condition1 = rises < 0.75 * (k + 1 - last_w)
             condition2 = eta == eta_at_last and f_max == f_max_at_last
             eta_at_last, f_max_at_last, last_w = eta, f_max, k + 1
-            if condition1 or condition2:
+            if (1 in rules and condition1) or (2 in rules and condition2):
                 eta, x, g, halvings = eta / 2, x_max, g_max, halvings + 1
     return iterates, halvings
 
@@ -117,6 +119,53 @@ def test_apgd_ce_takes_the_reference_iterates() -> None:
         for k in range(steps):
             assert torch.allclose(recorder.seen[k][i], iterates[k + 1], atol=1e-12), (i, k)
     assert total_halvings > 0  # the schedule's halving and restart-from-best were exercised
+
+
+class Notch(torch.nn.Module):
+    """1-D, two classes: class 1 only within ``width`` of ``peak``, so the cross-entropy of
+    class 0 peaks there and its gradient's sign points at the peak from either side."""
+
+    def __init__(self, peak: float, width: float) -> None:
+        super().__init__()
+        self.peak, self.width = peak, width
+
+    def forward(self, x):
+        margin = 20 * ((x[:, 0] - self.peak).abs() - self.width)
+        return torch.stack([margin, torch.zeros_like(margin)], 1)
+
+
+@pytest.mark.parametrize("steps, weaker", [(20, []), (10, [(1,)])], ids=["steps=20", "steps=10"])
+def test_halving_the_step_finds_a_narrow_region_a_fixed_step_jumps_over(steps, weaker) -> None:
+    """A fixed step of 2 eps only ever aims at a corner of the ball, so the iterates jump to
+    and fro across the 0.004-wide region where the model is fooled; the halvings (and the
+    returns to the best point) close in on it. The reference decides which sample is fooled
+    at which iterate, and shows that with a fixed step none is, and that at 10 steps the
+    second halving rule (the best loss stalled) changes which are."""
+    eps = 0.1
+    net = Notch(0.5, 0.002).double()
+    x = torch.tensor([[0.5 - r * eps] for r in np.linspace(0.1, 0.9, 17)], dtype=torch.float64)
+    y = torch.zeros(len(x), dtype=torch.long)
+    w = checkpoints(steps)
+
+    def first_fooled(rules=(1, 2)):
+        """Per sample, the reference iterate that first fools the model (None: none does)."""
+        out = []
+        for i in range(len(x)):
+            iterates, _ = reference_apgd(net, x[i], y[i], eps, steps, w, rules)
+            out.append(next((p for p in iterates if int(net(p[None]).argmax(1)) != 0), None))
+        return out
+
+    expected = first_fooled()
+    assert sum(p is not None for p in expected) >= 8
+    assert all(p is None for p in first_fooled(()))
+    for rules in weaker:  # a reference with only these halving rules fools other samples
+        assert [p is None for p in first_fooled(rules)] != [p is None for p in expected], rules
+    model = classifier(net, torch.float64)
+    adversarial = run_apgd(model, x, y, eps, steps=steps, random_start=False)
+    assert fooled(model, adversarial, y).tolist() == [p is not None for p in expected]
+    for i, point in enumerate(expected):  # each fooled sample keeps the iterate that first fooled it
+        if point is not None:
+            assert torch.allclose(adversarial[i], point, atol=1e-12), i
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def test_fgsm_hands_the_engine_the_corner_then_its_interior_point(tmp_path) -> N
     spec = session.spec()
     model = session.engine.classifier(spec)
     model.loss_gradient = lambda inputs, labels, loss="ce": (torch.ones_like(inputs), model.scores(inputs))
-    assert session.engine.result(spec, Request(spec.checks[0], 0.1)).correct == 2
+    assert session.engine.measure(spec, Request(spec.checks[0], 0.1)).correct == 2
 
 
 @pytest.mark.parametrize("eps", [0.02, 0.1, 0.3])
@@ -190,7 +190,7 @@ def test_per_channel_normalisation_on_images(tmp_path) -> None:
                            checks='[[tool.advrobust.checks]]\nattack = "fgsm"\nreport-only = true\neps = 0.03\n',
                            extra="normalize = { mean = [0.4, 0.5, 0.6], std = [0.2, 0.25, 0.3] }\n")
     spec = session.spec()
-    result = session.engine.result(spec, Request(spec.checks[0], 0.03))
+    result = session.engine.measure(spec, Request(spec.checks[0], 0.03))
     leaf = x.clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(conv((leaf - mean[:, None, None]) / std[:, None, None]), y,
                                              reduction="sum")

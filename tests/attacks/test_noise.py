@@ -61,7 +61,7 @@ def test_noise_gate_matches_its_definition(tmp_path) -> None:
     save_torchscript(LinearNet(w, b), tmp_path / "m.pt")
     session = gate_session(tmp_path, "m.pt", x, y, checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.3\n')
     spec = session.spec()
-    result = session.engine.result(spec, Request(spec.checks[0], 0.3))
+    result = session.engine.measure(spec, Request(spec.checks[0], 0.3))
     # sample i's draws come from its own stream, keyed by (seed, model, check, eps, i): ten
     # signs, then the interior point's scale
     key = sample_key(spec.seed, spec.name, spec.checks[0].index, 0.3)
@@ -74,7 +74,7 @@ def test_noise_gate_matches_its_definition(tmp_path) -> None:
     again = gate_session(tmp_path, "m.pt", x, y,
                          checks='[[tool.advrobust.checks]]\nattack = "noise"\nreport-only = true\neps = 0.3\n',
                          extra="batch-size = 7\n".replace("batch-size = 7", "seed = 0"))
-    assert again.engine.result(again.spec(), Request(again.spec().checks[0], 0.3)).correct == expected
+    assert again.engine.measure(again.spec(), Request(again.spec().checks[0], 0.3)).correct == expected
 
 
 @pytest.mark.parametrize("batch_size", [7, 150])

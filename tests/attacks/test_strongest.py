@@ -99,7 +99,7 @@ attack = "apgd"
 loss = "dlr"
 steps = 10
 eps = 0.1
-min-accuracy = 0.0
+min-accuracy = 0.001
 
 [tool.advrobust.models.forest]
 model = "forest.onnx"
@@ -107,12 +107,12 @@ model = "forest.onnx"
 attack = "strongest"
 eps = 0.2
 queries = 200
-min-accuracy = 0.0
+min-accuracy = 0.001
 [[tool.advrobust.models.forest.checks]]
 attack = "square"
 eps = 0.2
 queries = 200
-min-accuracy = 0.0
+min-accuracy = 0.001
 '''
 
 
@@ -145,6 +145,48 @@ def test_members_without_work_are_refused(digits) -> None:
         run(model, x[:8], y[:8], targets=0)
     _, stats = run(model, x[:50], y[:50], square_queries=0)  # square may be left out
     assert stats["fooled_by_square"] == 0 and stats["queries"] == 0
+
+
+class DetachedWhenFlagged(torch.nn.Module):
+    """16 features: class 1 when the mean of features 1..15 exceeds 0.5 (logits -+20 (mean -
+    0.5)); where feature 0 is above 0.5 the same logits come from ``x.detach()``, so every
+    loss's input gradient there is exactly zero while the scores still answer a search."""
+
+    def forward(self, x):
+        def logits(v):
+            d = 20 * (v[:, 1:].mean(1) - 0.5)
+            return torch.stack([-d, d], 1)
+
+        return torch.where(x[:, :1] > 0.5, logits(x.detach()), logits(x))
+
+
+def test_square_fools_the_survivors_the_gradient_members_cannot_move() -> None:
+    """All of class 0, the mean of features 1..15 at 0.5 - r * eps. Unflagged, r = 0.5: FGSM
+    (every feature + eps) fools them. Flagged, the gradient members cannot move them (a zero
+    gradient; APGD's uniform random start puts the mean 0.8 eps up with a probability of
+    (1.5^15 - 15 * 0.5^15) / 15!, about 3e-10), yet the all-(+eps) corner of the ball fools
+    those at r = 0.8, which a search on the scores reaches; at r = 1.2 no point of it does."""
+    eps = 0.1
+
+    def group(count, flag, r):
+        x = torch.full((count, 16), 0.5 - r * eps)
+        x[:, 0] = flag
+        return x
+
+    x = torch.cat([group(6, 0.0, 0.5), group(6, 1.0, 0.8), group(4, 1.0, 1.2)])
+    y = torch.zeros(len(x), dtype=torch.long)
+    model = TorchClassifier(DetachedWhenFlagged(), name="m", input_range=(0.0, 1.0))
+    corner = (x + eps).clamp(0, 1)
+    assert correct(model, x, y).all() and correct(model, corner, y).tolist() == [False] * 12 + [True] * 4
+    adversarial, stats = run(model, x, y, eps)
+    assert correct(model, adversarial, y).tolist() == [False] * 12 + [True] * 4
+    assert float((adversarial - x).abs().max()) <= eps + 1e-6
+    assert {m: stats[f"fooled_by_{m}"] for m in MEMBERS} == {"fgsm": 6, "apgd-ce": 0, "apgd-t": 0,
+                                                            "apgd-t-interior": 0, "square": 6}
+    assert stats["queries"] > 0 and stats["no_gradient_batches"] == 0
+    assert describe_strongest(stats) == ("fooled first by: fgsm 6, apgd-ce 0, apgd-t 0, "
+                                         "apgd-t-interior 0, square 6")
+    assert stats["gradient_free"] == 10  # every flagged sample: the gradient members left them all
 
 
 class Quantised(torch.nn.Module):

@@ -156,20 +156,20 @@ min-accuracy = 0.9
 [[tool.advrobust.checks]]
 attack = "fgsm"
 eps = 0.1
-min-accuracy = 0.0
+min-accuracy = 0.001
 
 [[tool.advrobust.checks]]
 attack = "pgd"
 eps = 0.1
 steps = 5
-min-accuracy = 0.0
+min-accuracy = 0.001
 
 [[tool.advrobust.checks]]
 attack = "spsa"
 eps = 0.1
 queries = 99
 samples = 8
-min-accuracy = 0.0
+min-accuracy = 0.001
 max-samples = 40
 '''
 

@@ -34,9 +34,32 @@ class DigitsCnn(torch.nn.Module):
         return self.net(x)
 
 
+class WithSoftmax(torch.nn.Module):
+    """A classifier that outputs probabilities (as many exported image models do)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), 1)
+
+
+class Scaled(torch.nn.Module):
+    """Logits times a constant: a sharper (more confident) classifier."""
+
+    def __init__(self, net: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.factor
+
+
 def build_int8_models(folder: Path) -> dict:
     """A briefly trained digits CNN, its float ONNX export and four INT8 versions of it
-    (paths under ``folder``), and the test split."""
+    (paths under ``folder``), the same with a softmax output (``float-softmax``, and
+    ``qdq-softmax``, which onnxruntime runs with a QLinearSoftmax), and the test split."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
@@ -52,6 +75,8 @@ def build_int8_models(folder: Path) -> dict:
             optimiser.step()
     net.eval()
     export_onnx(net, torch.zeros(1, 1, 8, 8), folder / "float.onnx", opset_version=17)
+    export_onnx(WithSoftmax(net).eval(), torch.zeros(1, 1, 8, 8), folder / "float-softmax.onnx",
+                opset_version=17)
 
     class Calibration(CalibrationDataReader):  # calibration on training data, as users do
         def __init__(self) -> None:
@@ -70,9 +95,13 @@ def build_int8_models(folder: Path) -> dict:
             paths[name] = folder / f"{name}.onnx"
             quantize_static(folder / "float.onnx", paths[name], Calibration(),
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
+        paths["qdq-softmax"] = folder / "qdq-softmax.onnx"
+        quantize_static(folder / "float-softmax.onnx", paths["qdq-softmax"], Calibration(),
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        quant_format=QuantFormat.QDQ)
         paths["dynamic"] = folder / "dynamic.onnx"
         quantize_dynamic(folder / "float.onnx", paths["dynamic"], weight_type=QuantType.QInt8)
-    return {"folder": folder, "paths": paths, "x": xte, "y": yte}
+    return {"folder": folder, "paths": paths, "x": xte, "y": yte, "net": net}
 
 
 @pytest.fixture(scope="module")
@@ -176,24 +205,28 @@ def test_int8_model_is_attacked_as_hard_as_the_float_model(quantised) -> None:
     accuracy close to the float model's at the same eps (no false robustness from rounding)."""
     folder, x, y = quantised["folder"], quantised["x"], quantised["y"]
     figures = {}
-    for variant in ("float", "qdq", "dynamic"):
+    for variant in ("float", "qdq", "dynamic", "float-softmax", "qdq-softmax"):
         session = gate_session(folder, f"{variant}.onnx", x, y, checks=QUANT_CHECKS,
                                extra=f'name = "{variant}"\n')
         for result in session.run_all():
             figures[(variant, result.attack, result.eps)] = result
     for key in [("fgsm", 0.05), ("fgsm", 0.1), ("pgd", 0.1)]:
-        float_result = figures[("float",) + key]
-        assert float_result.clean_accuracy > 0.9
-        # the attack bites (so "close" is not two no-ops agreeing)
-        assert float_result.accuracy < float_result.clean_accuracy - (0.1 if key[1] < 0.1 else 0.3), key
-        for variant in ("qdq", "dynamic"):
-            result = figures[(variant,) + key]
-            assert result.clean_accuracy > 0.9
-            # within 0.08: pgd's random starts move the INT8 figure by a few points (0.063 seen)
-            assert abs(result.accuracy - float_result.accuracy) <= 0.08, (variant, key, result.accuracy,
-                                                                          float_result.accuracy)
-            assert "straight-through" in result.details
+        for reference, variants in (("float", ("qdq", "dynamic")), ("float-softmax", ("qdq-softmax",))):
+            float_result = figures[(reference,) + key]
+            assert float_result.clean_accuracy > 0.9
+            # the attack bites (so "close" is not two no-ops agreeing)
+            assert float_result.accuracy < float_result.clean_accuracy - (0.1 if key[1] < 0.1 else 0.3), key
+            for variant in variants:
+                result = figures[(variant,) + key]
+                assert result.clean_accuracy > 0.9
+                # within 0.08: pgd's random starts move the INT8 figure by a few points (0.063 seen)
+                assert abs(result.accuracy - float_result.accuracy) <= 0.08, (variant, key, result.accuracy,
+                                                                              float_result.accuracy)
+                assert "straight-through" in result.details
     assert "straight-through" not in figures[("float", "fgsm", 0.1)].details
+    # QLinearSoftmax (a fusion of onnxruntime's) is translated, not a parity error
+    assert "as onnxruntime runs it (" in figures[("qdq-softmax", "pgd", 0.1)].details
+    assert "QLinearSoftmax" in figures[("qdq-softmax", "pgd", 0.1)].details
 
 
 @pytest.fixture(scope="module")
@@ -259,17 +292,136 @@ def test_int8_architectures_twin_matches_onnxruntime(int8_architectures, name, f
     assert float(leaf.grad.abs().sum()) > 0  # straight-through: the rounding does not stop it
 
 
-def test_int8_qoperator_elementwise_ops_are_all_named(int8_architectures) -> None:
-    """The QOperator format writes residual adds, pooling and SE gates as com.microsoft
-    QLinear* kernels, which are not translated: one error names every kind."""
-    from pytest_advrobust.models.onnx_torch import UnsupportedOperator
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+@pytest.mark.parametrize("name", ["efficientnet", "mobilenet_v2", "mobilenet_v3", "resnet", "vit"])
+def test_int8_architectures_as_onnxruntime_runs_them(int8_architectures, name, fmt) -> None:
+    """The twin of the graph the session runs (QLinearConv, QGemm, QLinearAdd,
+    QLinearGlobalAveragePool, QLinearSigmoid, QLinearMul, QLinearSoftmax, QLinearConcat):
+    bit for bit (the ViT's float LayerNormalization between quantisers aside, see above),
+    and with a gradient."""
+    from pytest_advrobust.models.onnx_models import translate_session
 
-    model = onnx.load(str(int8_architectures["paths"][("mobilenet_v3", "qoperator")]))
-    with pytest.raises(UnsupportedOperator) as info:
-        to_torch(model, ["y"])
-    kinds = {op for op, _, _, _ in info.value.problems}
-    assert {"QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul"} <= kinds
-    assert all(kind in str(info.value) for kind in kinds)
+    path, x = int8_architectures["paths"][(name, fmt)], int8_architectures["x"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    translation = translate_session(session, onnx.load(str(path)), ["y"], quantised=True)
+    assert translation.runtime_operators and translation.unfused is None
+    fused = {op for op in translation.runtime_operators if op.startswith("QLinear") or op == "QGemm"}
+    assert fused - {"QLinearConv", "QLinearMatMul"}, translation.runtime_operators  # a com.microsoft fusion
+    noisy = np.clip(x + np.random.default_rng(1).uniform(-0.05, 0.05, x.shape), 0, 1).astype(np.float32)
+    for inputs in (x, noisy):
+        with torch.no_grad():
+            got = translation.twin(torch.from_numpy(inputs))[0].numpy()
+        expected = session.run(["y"], {"x": inputs})[0]
+        if name == "vit" and fmt == "qdq":
+            off = ~np.isclose(got, expected, rtol=1e-3, atol=1e-4)
+            assert off.any(1).mean() <= QUANTISED_ROWS
+        else:
+            np.testing.assert_array_equal(got, expected)
+    leaf = torch.from_numpy(x[:4]).requires_grad_(True)
+    translation.twin(leaf)[0].sum().backward()
+    assert float(leaf.grad.abs().sum()) > 0
+
+
+def test_qoperator_fusions_before_any_optimisation(int8_architectures) -> None:
+    """A QOperator-format file holds the QLinear* operators itself: its own nodes translate."""
+    path, x = int8_architectures["paths"][("mobilenet_v3", "qoperator")], int8_architectures["x"]
+    model = onnx.load(str(path))
+    assert {"QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul"} <= {n.op_type for n in model.graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        got = to_torch(model, ["y"])(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_array_equal(got, session.run(["y"], {"x": x})[0])
+
+
+def test_qlinear_softmax_output_is_reproduced_bit_for_bit(quantised) -> None:
+    """The issue's case: onnxruntime runs a QDQ softmax output as com.microsoft
+    QLinearSoftmax, which rounds confident rows to 254/255 where the file's own nodes give
+    1.0. The twin of the graph the session runs matches it exactly; the twin of the file
+    differs by one output step on most rows, and matches exactly a session optimised only
+    at the basic level (which does not fuse)."""
+    from pytest_advrobust.models.onnx_models import runtime_graph, translate_session
+
+    path = quantised["paths"]["qdq-softmax"]
+    proto = onnx.load(str(path))
+    x = quantised["x"]
+    inputs = [x, np.clip(x + np.random.default_rng(0).uniform(-0.1, 0.1, x.shape), 0, 1).astype(np.float32)]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    optimised, level = runtime_graph(session, proto)
+    assert level == int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)  # onnxruntime's default
+    assert "QLinearSoftmax" in {n.op_type for n in optimised.graph.node}
+    twin = translate_session(session, proto, ["y"], quantised=True).twin
+    file_twin = to_torch(proto, ["y"])
+    step = float(next(numpy_helper.to_array(i) for i in proto.graph.initializer if i.name == "y_scale"))
+    for batch in inputs:
+        expected = session.run(["y"], {"x": batch})[0]
+        with torch.no_grad():
+            np.testing.assert_array_equal(twin(torch.from_numpy(batch))[0].numpy(), expected)
+            unfused = file_twin(torch.from_numpy(batch))[0].numpy()
+        assert np.abs(unfused - expected).max() == pytest.approx(step, rel=1e-4)  # one output step
+        assert (np.abs(unfused - expected) > 0).any(1).mean() > 0.5
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    basic = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    translation = translate_session(basic, proto, ["y"], quantised=True)
+    assert "QLinearSoftmax" not in translation.runtime_operators
+    with torch.no_grad():
+        got = translation.twin(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_array_equal(got, basic.run(["y"], {"x": x})[0])
+
+
+def test_rounded_probabilities_keep_their_gradient(quantised, tmp_path) -> None:
+    """QLinearSoftmax gives a confident sample other-class probabilities of exactly 0;
+    ``-log p_y`` taken at those rounded probabilities has no gradient left for most
+    samples of a sharp classifier (its float64 loss floor survives, but the float32
+    backward through the softmax underflows). The plugin takes the loss's gradient at the
+    unrounded probabilities instead, and says so: then only the samples whose gradient
+    underflows in the float model too (float32 cannot carry ``exp(-100)``) are left, which
+    the masking diagnostics report."""
+    import warnings
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from pytest_advrobust.models.base import exact_probability_loss
+
+    x, y = quantised["x"], quantised["y"]
+    train = digits_split()[0].reshape(-1, 1, 8, 8)
+    export_onnx(WithSoftmax(Scaled(quantised["net"], 5)).eval(), torch.zeros(1, 1, 8, 8),
+                tmp_path / "sharp-float.onnx", opset_version=17)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": train[i:i + 64]} for i in range(0, 320, 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(tmp_path / "sharp-float.onnx", tmp_path / "sharp.onnx", Calibration(),
+                        quant_format=QuantFormat.QDQ)
+    labels, n = torch.from_numpy(y), len(y)
+
+    def zero_rows(grad: torch.Tensor) -> int:
+        return int((grad.reshape(n, -1).abs().sum(1) == 0).sum())
+
+    float_session = gate_session(tmp_path, "sharp-float.onnx", x, y)
+    float_model = float_session.engine.classifier(float_session.spec())
+    with float_model.session():
+        zero_in_float = zero_rows(float_model.loss_gradient(torch.from_numpy(x), labels)[0])
+    session = gate_session(tmp_path, "sharp.onnx", x, y)
+    model = session.engine.classifier(session.spec())
+    with model.session():
+        grad, scores = model.loss_gradient(torch.from_numpy(x), labels)
+        leaf = torch.from_numpy(x).requires_grad_(True)
+        exact_probability_loss(model.twin()(leaf)[0], labels).sum().backward()
+    assert model.output_kind == float_model.output_kind == "probabilities"
+    rounded_to_zero = scores.double().scatter(1, labels[:, None], 0).sum(1) == 0
+    assert rounded_to_zero.float().mean() > 0.8
+    zero_at_rounded, zero_here = zero_rows(leaf.grad), zero_rows(grad)
+    assert zero_at_rounded > 0.5 * n
+    assert zero_here <= zero_in_float + 0.02 * n, (zero_here, zero_in_float)
+    assert zero_at_rounded >= zero_here + 0.3 * n, (zero_at_rounded, zero_here)
+    assert any("rounded probabilities" in note for note in model.notes(gradient=True))
 
 
 def test_int8_vit_is_attacked_through_its_twin(int8_architectures, tmp_path) -> None:
@@ -297,4 +449,28 @@ def test_a_wrong_twin_of_a_quantised_graph_is_still_refused(quantised) -> None:
     real = model.twin()
     model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
     with pytest.raises(AttackError, match="disagrees with onnxruntime"):
+        session.probe().fgsm(eps=0.1)
+
+
+def test_a_fusion_without_translation_falls_back_to_the_file_and_is_named(quantised) -> None:
+    """onnxruntime runs a dynamically quantised graph with com.microsoft
+    DynamicQuantizeMatMul, which the twin lacks: it translates the file's nodes instead
+    (exact here), and should they ever disagree with onnxruntime, the error names the
+    fusion and the setting that avoids it."""
+    from pytest_advrobust.errors import AttackError
+
+    folder, x, y = quantised["folder"], quantised["x"], quantised["y"]
+    session = gate_session(folder, "dynamic.onnx", x, y)
+    model = session.engine.classifier(session.spec())
+    with model.session():
+        model.twin()
+    assert model.runtime_operators is None
+    assert "DynamicQuantizeMatMul" in {op for op, _, _, _ in model.unfused.problems}
+    real = model.twin()
+    with torch.no_grad():
+        got = real(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_array_equal(got, model.scores(torch.from_numpy(x)).numpy())
+    model._twin = lambda inputs: (real(inputs)[0] * 1.05,)
+    with pytest.raises(AttackError, match=r"fused operators the translation lacks \(DynamicQuantizeMatMul "
+                                          r"\(com.microsoft\).*ORT_ENABLE_BASIC"):
         session.probe().fgsm(eps=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pytest_advrobust.report.baseline import Comparison
 from pytest_advrobust.report.markdown import append_markdown, to_markdown
+from pytest_advrobust.report.pipeline import RunRecord
 from pytest_advrobust.report.terminal import format_table, headers, summary_rows
 from pytest_advrobust.results import AttackResult
 
@@ -31,7 +32,7 @@ def test_compact_and_verbose_columns() -> None:
 
 
 def test_markdown_has_verdict_table_and_failures(tmp_path) -> None:
-    text = to_markdown(_results())
+    text = to_markdown(RunRecord(_results()))
     lines = text.splitlines()
     assert lines[0] == "### :x: advrobust: 2 gates: 1 passed, 1 failed"
     assert lines[2].startswith("| model | attack | eps | accuracy | 95% CI |")
