@@ -106,6 +106,7 @@ def test_no_section_means_no_gates(tmp_path) -> None:
         load_config(tmp_path / "pyproject.toml", ATTACKS)
 
 
+@pytest.mark.e2e
 def test_config_reading_imports_no_torch() -> None:
     import subprocess
 

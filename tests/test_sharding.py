@@ -268,6 +268,7 @@ def merged(config: Path, parts: list) -> list:
     return merge_shards(parts, open_session(config, conftest=False), config_fingerprint(config))
 
 
+@pytest.mark.e2e
 def test_merge_command_runs_without_torch(tmp_path) -> None:
     """``python -m pytest_advrobust merge`` needs no torch; bad input exits 2 with a message."""
     (tmp_path / "bad.json").write_text("{not json")
@@ -324,6 +325,7 @@ def test_merged_statistics_add_up_and_keep_the_smallest_counterexample() -> None
     assert _merge_stats([{"queries": 100}, {"queries": 50}]) == {"queries": 150}
 
 
+@pytest.mark.e2e
 def test_example_project_three_shards_merge_to_the_unsharded_counts(tmp_path) -> None:
     """The example project as shipped (torch MLP, its ONNX export, a scikit-learn export
     attacked by transfer and spsa): 3 shards merged are the unsharded results, exactly."""
