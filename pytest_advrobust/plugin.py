@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the engine side loads only in a project that configures gat
 __all__ = ["GateItem", "GateFailed"]
 
 SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
+#: the thread count this process chose, and the cores an xdist controller measured
+THREADS_KEY = pytest.StashKey[Any]()
+CORES_KEY = pytest.StashKey[Any]()
 
 
 class GateFailed(Exception):
@@ -84,8 +87,10 @@ def _add_run_options(group: Any) -> None:
     group.addoption("--advrobust-threads", metavar="N", default=None,
                     help="threads for torch and onnxruntime in each pytest process (each xdist "
                          "worker); 0 keeps the libraries' defaults. Default: "
-                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else cores // workers "
-                         "on an xdist worker, else the libraries' defaults.")
+                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else the cores this "
+                         "run may use (CPU affinity, capped by a cgroup quota such as docker "
+                         "--cpus, less the cores other processes keep busy at the start; at "
+                         "least 1), divided among xdist workers. The header says which.")
     group.addoption("--advrobust-progress", choices=("auto", "on", "off"), default="auto",
                     help="progress of the gates' passes (model, gates, batch k/n): auto = one "
                          "live line on a terminal, nothing in a CI log; on = plain lines where "
@@ -94,25 +99,64 @@ def _add_run_options(group: Any) -> None:
 
 
 def _share_threads(config: pytest.Config, *, gated: bool) -> None:
-    """Give this process its thread count (an xdist worker: its share of the cores), before
-    any gate starts torch; see :mod:`pytest_advrobust.threads`. A project without gates is
-    left alone unless the user asked for a count."""
+    """Give this process its thread count before any gate starts torch: the cores it may
+    really use (an xdist worker: its share of what the controller measured); see
+    :mod:`pytest_advrobust.threads`. A project without gates is left alone unless the user
+    asked for a count. An xdist controller runs no gate: it measures the cores once, hands
+    the figure to its workers (:func:`pytest_configure_node`) and keeps its own threads, so
+    that its workers inherit nothing they would read as the user's setting."""
     from . import threads
 
     explicit = config.getoption("advrobust_threads") is not None or os.environ.get(threads.ENV, "").strip()
     if not (gated or explicit):
         return
     workerinput = getattr(config, "workerinput", None)
-    workers = None
+    workers = _starts_workers(config)
     if workerinput is not None:
         workers = int(workerinput.get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        shipped = workerinput.get("advrobust_cores")
+
+        def cores() -> Any:  # measured once, by the controller, before the workers started
+            return threads.Cores(*shipped) if shipped else threads.usable_cores(sample=False)
+    else:
+        def cores() -> Any:
+            config.stash[CORES_KEY] = threads.usable_cores()
+            return config.stash[CORES_KEY]
     try:
         choice = threads.choose(config.getoption("advrobust_threads"), os.environ, workers=workers,
-                                cores=threads.available_cores())
+                                cores=cores)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+    config.stash[THREADS_KEY] = choice
+    if workerinput is None and workers and CORES_KEY in config.stash:
+        return  # the default, chosen for the workers: they apply it
     if choice.threads is not None:
         threads.apply(choice.threads)
+
+
+def _starts_workers(config: pytest.Config) -> int | None:
+    """How many pytest-xdist workers this process (their controller) starts, or None."""
+    if hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no":
+        return None
+    return len(getattr(config.option, "tx", None) or []) or None  # -n N (capped by --maxprocesses)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (on the controller): each worker receives the cores the controller measured."""
+    cores = node.config.stash.get(CORES_KEY, None)
+    if cores is not None:
+        node.workerinput["advrobust_cores"] = list(cores)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """How many threads the gates run with, and why (only where the plugin chose)."""
+    choice = config.stash.get(THREADS_KEY, None)
+    if choice is None:
+        return None
+    count = "the libraries' default" if choice.threads is None else str(choice.threads)
+    where = " in each xdist worker" if _starts_workers(config) else ""
+    return f"advrobust: threads{where}: {count} ({choice.why})"
 
 
 def _register_xdist_group(config: pytest.Config) -> None:
