@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 
 from .errors import AdvRobustError, ConfigError
-from .progress import Progress
+from .progress import LOG_INTERVAL, MODES, Progress
 
 if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
     from .config import ModelSpec
@@ -91,11 +91,13 @@ def _add_run_options(group: Any) -> None:
                          "run may use (CPU affinity, capped by a cgroup quota such as docker "
                          "--cpus, less the cores other processes keep busy at the start; at "
                          "least 1), divided among xdist workers. The header says which.")
-    group.addoption("--advrobust-progress", choices=("auto", "on", "off"), default="auto",
+    group.addoption("--advrobust-progress", choices=MODES, default="auto",
                     help="progress of the gates' passes (model, gates, batch k/n): auto = one "
-                         "live line on a terminal, nothing in a CI log; on = plain lines where "
-                         "the output is not a terminal; off. The pytest_advrobust logger always "
-                         "has it (--log-cli-level=INFO).")
+                         "live line on a terminal; in a CI log a line when each model's pass "
+                         f"starts and ends and at most one every {LOG_INTERVAL:g} s between (xdist "
+                         "workers write theirs to stderr); on = a line for every batch where the "
+                         "output is not a terminal; off. The pytest_advrobust logger always has it "
+                         "(--log-cli-level=INFO).")
 
 
 def _share_threads(config: pytest.Config, *, gated: bool) -> None:
@@ -360,6 +362,11 @@ class RobustnessPlugin:
         measurement = getattr(item, "measurement", None)
         if isinstance(item, GateItem) and call.when == "call" and measurement is not None:
             report.advrobust = json.dumps(measurement)
+            if measurement.get("seconds"):
+                # the gate's share of its model's pass, not the time of the item that ran the
+                # pass for every gate (that one would carry it all, the others 0 s): JUnit's
+                # time and --durations then say what each gate costs
+                report.duration = float(measurement["seconds"])
         return report
 
     @pytest.hookimpl(tryfirst=True)
@@ -542,6 +549,20 @@ class RobustnessPlugin:
         return any(self.config.getoption(name) for name in FILE_OPTIONS + ("advrobust_plots",))
 
     # -- tests that run gates ---------------------------------------------------------------
+    def model_pass(self, item: "GateItem", pending: list[Request]) -> Any:
+        """The progress of the pass ``item`` starts over its model's data (its start and end
+        in a CI log), or nothing when an earlier pass already measured it."""
+        from contextlib import nullcontext
+
+        from .engine import _gate_names
+
+        done = {m.key for m in self.session.engine.measurements}
+        if item.key in done:
+            return nullcontext()
+        todo = [item.request] + [r for r in pending if r.key != item.request.key
+                                 and describe_gate(self.session, item.spec, r)["key"] not in done]
+        return self.progress.model_pass(item.spec.name, _gate_names(todo), len(todo))
+
     def pending(self, item: "GateItem") -> list[Request]:
         """The model's other selected gates, computed in the same pass over the data (on an
         xdist worker only the same check's, since other gates may run elsewhere, plus clean
@@ -736,8 +757,10 @@ class GateItem(pytest.Item):
         plugin = self.config.stash[SESSION_KEY]
         plugin.current = self.name
         session = plugin.session
+        pending = plugin.pending(self)
         try:
-            measurement = session.engine.measure(self.spec, self.request, batch_with=plugin.pending(self))
+            with plugin.model_pass(self, pending):
+                measurement = session.engine.measure(self.spec, self.request, batch_with=pending)
         except Exception as exc:  # a user's mistake (or a bug): still an error entry in every report
             self._record(session.engine.record_error(self.spec, self.request, exc))
             raise

@@ -190,16 +190,18 @@ def test_the_linearity_plot_reuses_the_runs_classifiers(pytester: pytest.Pyteste
         assert loads == {"loads-controller.txt": ["blob"]}
 
 
-def test_progress_is_quiet_in_a_log_unless_asked(pytester: pytest.Pytester, blobs) -> None:
+def test_progress_in_a_log_is_per_pass_unless_every_batch_is_asked_for(pytester: pytest.Pytester, blobs) -> None:
     x, y = blobs
     write_project(pytester.path, x, y, CHECKS)
     quiet = pytester.runpytest("-p", "no:cacheprovider")  # not a terminal: a CI log
     quiet.assert_outcomes(passed=3)
-    assert "batch 1/4" not in quiet.stdout.str()
+    assert "batch 1/4" not in quiet.stdout.str() and "blob: pass started" in quiet.stdout.str()
     asked = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-progress=on")
     asked.assert_outcomes(passed=3)
-    asked.stdout.fnmatch_lines(["advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.01/0.05",
-                                "advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05"])
+    asked.stdout.fnmatch_lines(["advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.01/0.05 "
+                                "[[]* s into the pass[]]",
+                                "advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05 "
+                                "[[]* s into the pass[]]"])
 
 
 def test_progress_is_one_live_line_on_a_terminal(pytester: pytest.Pytester, blobs,
