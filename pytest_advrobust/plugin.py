@@ -14,6 +14,7 @@ import pytest
 
 from .errors import AdvRobustError, ConfigError
 from .progress import LOG_INTERVAL, MODES, Progress
+from .report.examples import COUNT as EXAMPLES_SHOWN
 
 if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
     from .config import ModelSpec
@@ -61,8 +62,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "write them, or all) into --advrobust-save-baseline: a red run saves "
                          "no baseline otherwise. The run still fails; the summary lists them.")
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
-                    help="write PNG plots (robustness curves, universal perturbations, "
-                         "linearity); needs pip install pytest-advrobust[plots].")
+                    help="write PNG plots (robustness curves with their thresholds, universal "
+                         "perturbations, linearity); the Markdown summary links them. Needs pip "
+                         "install pytest-advrobust[plots].")
+    group.addoption("--advrobust-examples", metavar="DIR", default=None,
+                    help=f"for image inputs, draw each gate's first {EXAMPLES_SHOWN} flipped "
+                         "samples (right when clean, wrong under attack) as a PNG grid: clean, "
+                         "attacked, perturbation, with labels and predictions. Needs pip install "
+                         "pytest-advrobust[plots].")
     group.addoption("--advrobust-shard", metavar="K/N", default=None,
                     help="measure every gate on shard K of N of each model's evaluation data "
                          "(batch-aligned); results are partial, gated once the shards' JSON "
@@ -214,7 +221,7 @@ def _given_config(option: str) -> Path:
 
 #: report options that name a file, and the one that names a folder
 FILE_OPTIONS = ("advrobust_json", "advrobust_markdown", "advrobust_save_baseline")
-FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts")
+FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts", "advrobust_examples")
 
 
 def _check_report_paths(config: pytest.Config) -> None:
@@ -249,8 +256,9 @@ class RobustnessPlugin:
         self.shard = _shard_option(config)
         self.baseline = _load_baseline(config)
         self.accept = _accept_option(config)
-        if config.getoption("advrobust_plots"):
-            _require_matplotlib()
+        for option in ("advrobust_plots", "advrobust_examples"):
+            if config.getoption(option):
+                _require_matplotlib(f"--{option.replace('_', '-')}")
         self.path = path
         self.current = ""  # the gate running now
         self.progress = Progress(config)  # the live line / log lines of long passes
@@ -301,10 +309,12 @@ class RobustnessPlugin:
 
         register_builtins(self.config.pluginmanager)
         artifacts = self.config.getoption("advrobust_artifacts")
+        examples = self.config.getoption("advrobust_examples")
         session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                     artifacts=Path(artifacts).resolve() if artifacts else None,
                                     baseline=self.baseline, progress=self.progress,
-                                    accept=self.accept)
+                                    accept=self.accept,
+                                    examples=Path(examples).resolve() if examples else None)
         session.engine.shard = self.shard
         return session
 
@@ -665,11 +675,11 @@ def _load_baseline(config: pytest.Config) -> Any:
         raise pytest.UsageError(f"pytest-advrobust --advrobust-baseline: {exc}") from None
 
 
-def _require_matplotlib() -> None:
+def _require_matplotlib(option: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise pytest.UsageError("pytest-advrobust: --advrobust-plots needs matplotlib, which is "
+        raise pytest.UsageError(f"pytest-advrobust: {option} needs matplotlib, which is "
                                 "not installed. Install the extra: pip install pytest-advrobust[plots]")
 
 
