@@ -93,7 +93,8 @@ def attack(model: Any, x: Any, y: Any, name: str, eps: float | None = None, *,
     engine = Engine(session.registry, load_model=lambda s: _classifier(model, s),
                     load_data=lambda s: (x, y))
     measurement = engine.measure(spec, Request(check, check.eps[0]))
-    save_fitted(measurement, spec, Path(artifacts).resolve() if artifacts else Path.cwd() / ".advrobust")
+    save_fitted(measurement, spec, Path(artifacts).resolve() if artifacts else Path.cwd() / ".advrobust",
+                folds=session.cross_fitted(name))
     result = judge.result(measurement)
     result_sink(manager.hook)(result)
     return result

@@ -216,8 +216,11 @@ class GateRun:
     stats: dict[str, Any] = field(default_factory=dict)
     #: what its ``fit`` returned (a universal perturbation), handed out with the measurement
     state: Any = None
-    #: samples [0, fit_size) are its fit split, never evaluated (0: the attack fits nothing)
+    #: samples [0, fit_size) are its fit split (0: the attack fits nothing), never evaluated
+    #: unless the attack is cross-fitted (``folds``)
     fit_size: int = 0
+    #: a cross-fitted attack's number of folds (None: not cross-fitted; see ``Attack.folds_key``)
+    folds: int | None = None
     #: it is evaluated on samples [0, cap) only (None: all)
     cap: int | None = None
     #: correctly classified samples whose cross-entropy input gradient is exactly zero
@@ -240,6 +243,11 @@ class GateRun:
     @property
     def eps(self) -> float:
         return self.request.eps
+
+    @property
+    def skip(self) -> int:
+        """The first samples it does not evaluate: its fit split, unless cross-fitted."""
+        return 0 if self.folds else self.fit_size
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,7 @@ class ModelPass:
         for r in todo:
             attack = engine.registry[r.check.attack]
             gate = GateRun(r, attack, stream=sample_key(spec.seed, spec.name, r.check.index, r.eps),
-                           cap=attack.samples_cap(r.check.options),
+                           cap=attack.samples_cap(r.check.options), folds=attack.folds(r.check.options),
                            zero_gradient=0 if attack.needs_gradient else None)
             if attack.needs_gradient and self.model.gradient_error:
                 gate.error = _no_gradient(spec, r, self.model)
@@ -329,7 +337,9 @@ class ModelPass:
             model.scores(batches[0].x)
         _check_labels(fit_y, model.num_classes, self.data, 0)
         for gate in fitting:
-            if len(fit_y) <= gate.fit_size:
+            if len(fit_y) <= gate.fit_size and gate.folds:
+                gate.fit_size = len(fit_y)  # cross-fitted: every sample is fitted and scored
+            elif len(fit_y) <= gate.fit_size:
                 key = gate.attack.fit_samples_key
                 gate.error = DataError(
                     f"{gate.check.attack} fits its perturbation on the first "
@@ -345,7 +355,7 @@ class ModelPass:
             available = {
                 "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(gate),
-                "batch_size": lambda: spec.batch_size,
+                "batch_size": lambda: spec.batch_size, "positions": lambda: torch.arange(n),
                 "progress": lambda r=r: lambda text: self.engine._report_progress(
                     spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}: {text}"),
             }
@@ -397,12 +407,12 @@ class ModelPass:
     def selection(self, gate: GateRun, batch: Any) -> "torch.Tensor | None":
         """Which samples of ``batch`` ``gate`` evaluates: None for all, else a mask (past
         its fit split, within its samples cap), possibly empty."""
-        if not gate.fit_size and gate.cap is None:
+        if not gate.skip and gate.cap is None:
             return None
         import torch
 
         index = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
-        return (index >= gate.fit_size) & (index < (gate.cap if gate.cap is not None else index[-1] + 1))
+        return (index >= gate.skip) & (index < (gate.cap if gate.cap is not None else index[-1] + 1))
 
     def attack(self, gate: GateRun, batch: Any, shared: Shared) -> None:
         """``gate`` on one batch: attack the selected samples and count them."""
@@ -418,6 +428,8 @@ class ModelPass:
         gate.correct += int(adv_ok.sum())
         gate.clean_correct += int(ok.sum())
         gate.n += int(ok.numel())
+        if gate.folds:
+            self._count_folds(gate, adv_ok, _positions(batch, keep))
         _count_classes(gate.per_class, batch.y if keep is None else batch.y[keep], ok, adv_ok)
         self._count_zero_gradients(gate, keep, shared)
 
@@ -469,6 +481,17 @@ class ModelPass:
             record["fit"] = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
         return record
 
+    def _count_folds(self, gate: GateRun, adv_ok: "torch.Tensor", positions: "torch.Tensor") -> None:
+        """A cross-fitted gate's figure per fold (``stats["fold<j>_correct"]``, ``["fold<j>_n"]``,
+        j from 1), which the shard merge sums like the other counts."""
+        from .attacks import fold_of
+
+        fold = fold_of(positions.to(adv_ok.device), gate.folds)
+        for j in range(gate.folds):
+            mine = fold == j
+            gate.stats[f"fold{j + 1}_correct"] = gate.stats.get(f"fold{j + 1}_correct", 0) + int(adv_ok[mine].sum())
+            gate.stats[f"fold{j + 1}_n"] = gate.stats.get(f"fold{j + 1}_n", 0) + int(mine.sum())
+
     def _count_zero_gradients(self, gate: GateRun, keep: "torch.Tensor | None", shared: Shared) -> None:
         """Masking diagnostic, free: of ``gate``'s correctly classified samples in this
         batch, how many have an input gradient (the shared cross-entropy one) of exactly 0."""
@@ -494,6 +517,7 @@ class ModelPass:
             "rng": lambda: self.rng(gate, batch, keep), "grad": lambda: grad, "scores": lambda: scores,
             "stats": lambda: gate.stats, "state": lambda: gate.state,
             "surrogates": lambda: self.engine._surrogates(self.spec, gate, model),
+            "positions": lambda: _positions(batch, keep),
         }
         adversarial = call_attack(attack.perturb_function(), available,
                                   attack.with_defaults(r.check.options))
@@ -516,9 +540,7 @@ class ModelPass:
 
         clean = scores.argmax(1).to(y.device)
         flipped = torch.nonzero((clean == y) & (predicted != y)).flatten()
-        positions = torch.arange(batch.offset, batch.offset + len(batch.y), device=y.device)
-        if keep is not None:
-            positions = positions[keep.to(y.device)]
+        positions = _positions(batch, keep)
         for row in flipped[: self.engine.examples - len(gate.examples)].tolist():
             gate.examples.append({"index": int(positions[row]), "label": int(y[row]),
                                   "clean": int(clean[row]), "adversarial": int(predicted[row]),
@@ -544,6 +566,14 @@ class ModelPass:
         return AttackError(f"{r.check.attack}{eps} raised {type(exc).__name__}: {exc} "
                            f"(at {_raised_at(exc)}). Only this gate is affected; if the attack is "
                            "your own, fix it there, else please report it.", where=self.spec.name)
+
+
+def _positions(batch: Any, keep: "torch.Tensor | None") -> "torch.Tensor":
+    """Each kept row's position in the data stream (whatever the batch size or shard)."""
+    import torch
+
+    positions = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
+    return positions if keep is None else positions[keep.to(positions.device)]
 
 
 def _raised_at(exc: BaseException) -> str:

@@ -344,7 +344,9 @@ def check_together(shards: Sequence[ShardReport], session: "RobustnessSession",
         for shard in shards:
             _check_gate(key, spec, request, attack, reference, shard.measurements[key], first, shard)
         samples = reference.shard["samples"]
-        fit = attack.fit_samples(request.check.options) if attack.fit is not None else 0
+        # the first samples a gate does not evaluate: its fit split, unless it is cross-fitted
+        fit = (attack.fit_samples(request.check.options)
+               if attack.fit is not None and attack.folds_key is None else 0)
         cap = attack.samples_cap(request.check.options)
         limit = samples if cap is None else min(cap, samples)
         for shard in shards:

@@ -84,10 +84,11 @@ def result_sink(hook: Any) -> Callable[[AttackResult], None]:
     return sink
 
 
-def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path) -> None:
+def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path, *, folds: bool = False) -> None:
     """A fitted perturbation is saved so a person can look at it (``.npy``, and a PNG),
     under ``folder/ATTACK/``; the files go into ``artifacts``, or, when they cannot be
-    written, the reason into the details (the gate's figures stand)."""
+    written, the reason into the details (the gate's figures stand). ``folds``: the state of
+    a cross-fitted attack, one perturbation per fold."""
     state = measurement.state
     if not hasattr(state, "detach") or any(a.endswith(".npy") for a in measurement.artifacts):
         return
@@ -95,10 +96,15 @@ def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path) -> None
     from .results import format_eps
 
     attack, eps = measurement.attack, measurement.eps
+    stem = gate_stem(measurement, spec)
+    title = f"{attack} perturbation, eps={format_eps(eps or 0.0)}, {spec.name}"
+    array = state.detach().cpu().numpy()
+    # a cross-fitted state holds one perturbation per fold: one file each
+    parts = ([(f"{stem}-fold{j + 1}", fold, f"{title}, fold {j + 1}") for j, fold in enumerate(array)]
+             if folds else [(stem, array, title)])
     try:
-        paths = save_perturbation(state.detach().cpu().numpy(), folder / attack,
-                                  gate_stem(measurement, spec),
-                                  title=f"{attack} perturbation, eps={format_eps(eps or 0.0)}, {spec.name}")
+        paths = [path for name, delta, words in parts
+                 for path in save_perturbation(delta, folder / attack, name, title=words)]
     except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
         _note(measurement, f"fitted perturbation not saved ({type(exc).__name__}: {exc})")
         return
@@ -200,10 +206,14 @@ class RobustnessSession:
     def _measured(self, measurement: Measurement) -> None:
         """A gate was measured: save what it fitted (and its examples), judge it, tell the
         result hooks."""
-        save_fitted(measurement, self.spec(measurement.model), self.artifacts)
+        save_fitted(measurement, self.spec(measurement.model), self.artifacts,
+                    folds=self.cross_fitted(measurement.attack))
         if self.examples is not None:
             save_examples(measurement, self.spec(measurement.model), self.examples)
         self._sink(self.judge.result(measurement))
+
+    def cross_fitted(self, attack: str) -> bool:
+        return attack in self.registry and self.registry[attack].folds_key is not None
 
     def lookup(self, model: str, index: int) -> tuple[ModelSpec, CheckSpec]:
         """A gate's model and check, by model name and check index (the config's checks,
@@ -336,7 +346,7 @@ class Probe:
         check, value = self._session.adhoc_check(name, options, self.spec, eps)
         session = self._session
         measurement = session.engine.measure(self.spec, Request(check, value), gate=False)
-        save_fitted(measurement, self.spec, session.artifacts)
+        save_fitted(measurement, self.spec, session.artifacts, folds=session.cross_fitted(name))
         return session.judge.result(measurement)
 
     def clean(self) -> AttackResult:

@@ -3,6 +3,8 @@ figures computed here by hand on a linear model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -68,16 +70,18 @@ def _gate(run, attack):
     return next(g for g in run.gates.values() if g.check.attack == attack)
 
 
-def test_selection_skips_the_fit_split_of_a_fitted_gate_only(linear_pass) -> None:
+def test_selection_skips_the_fit_split_of_a_fitted_gate_unless_it_is_cross_fitted(linear_pass) -> None:
     run, *_ = linear_pass
     run.fit()
     universal, fgsm = _gate(run, "universal"), _gate(run, "fgsm")
     first = next(run.batches())
     assert run.selection(fgsm, first) is None
+    assert run.selection(universal, first) is None  # cross-fitted: every sample, fit split too
+    assert universal.fit_size == 40 and fgsm.fit_size == 0 and universal.folds == 2
+    assert universal.state.shape == (2, 8) and universal.state.abs().max() <= 0.1 + 1e-7
+    universal.folds = None  # a plain fitted attack: scored past its fit split only
     keep = run.selection(universal, first)
     assert keep.cpu().tolist() == [i >= 40 for i in range(64)]
-    assert universal.fit_size == 40 and fgsm.fit_size == 0
-    assert universal.state is not None and universal.state.abs().max() <= 0.1 + 1e-7
 
 
 def test_attack_step_counts_one_batch_like_a_hand_computed_fgsm(linear_pass) -> None:
@@ -130,7 +134,10 @@ def test_outcomes_turn_counts_into_measurements_and_errors(linear_pass) -> None:
     assert set(outcomes) == set(run.gates)
     by_attack = {run.gates[k].attack.name: v for k, v in outcomes.items()}
     assert all(isinstance(m, Measurement) for m in by_attack.values())
-    assert by_attack["clean"].n == len(y) and by_attack["universal"].n == len(y) - 40
+    assert by_attack["clean"].n == len(y) and by_attack["universal"].n == len(y)
+    folds = by_attack["universal"].stats
+    assert folds["fold1_n"] + folds["fold2_n"] == len(y)
+    assert folds["fold1_correct"] + folds["fold2_correct"] == by_attack["universal"].correct
     assert by_attack["fgsm"].correct <= by_attack["clean"].correct
     # the engine measures only: no thresholds, no verdict, no files; the fitted delta is
     # handed out for the reports to save
@@ -152,7 +159,7 @@ def test_a_perturbation_that_cannot_be_saved_leaves_the_gate_standing(tmp_path, 
     monkeypatch.setattr(artifacts, "save_perturbation", broken)
     results = {r.attack: r for r in session.run_all()}
     universal = results["universal"]
-    assert universal.n == len(y) - 40 and universal.artifacts == [] and universal.measured
+    assert universal.n == len(y) and universal.artifacts == [] and universal.measured
     assert "fitted perturbation not saved (OSError: disk full)" in universal.details
     assert results["noise"].artifacts == []
 
@@ -163,7 +170,9 @@ def test_a_saved_perturbation_is_the_fitted_one(tmp_path, blobs) -> None:
     save_torchscript(LinearNet(rng.normal(size=(4, 8)), rng.normal(size=4) * 0.1), tmp_path / "lin.pt")
     session = gate_session(tmp_path, "lin.pt", x, y, checks=CHECKS)
     results = {r.attack: r for r in session.run_all()}
-    saved = [a for a in results["universal"].artifacts if a.endswith(".npy")]
-    assert saved and saved[0].startswith(str(tmp_path / ".advrobust" / "universal"))
+    saved = sorted(a for a in results["universal"].artifacts if a.endswith(".npy"))
+    assert [Path(a).name for a in saved] == ["lin-universal-eps0.1-fold1.npy", "lin-universal-eps0.1-fold2.npy"]
+    assert all(a.startswith(str(tmp_path / ".advrobust" / "universal")) for a in saved)
     fitted = session.engine.measure(session.spec(), session.requests(session.spec())[3]).state
-    np.testing.assert_array_equal(np.load(saved[0]), fitted.detach().cpu().numpy())
+    for fold, path in enumerate(saved):  # the deltas the verdict used, one per fold
+        np.testing.assert_array_equal(np.load(path), fitted[fold].detach().cpu().numpy())

@@ -56,7 +56,7 @@ def test_example_gates_pass_and_show_the_seed(example: Path, gate_run) -> None:
     assert results["mlp-onnx::fgsm[eps=0.1]"]["correct"] == fgsm["correct"]
     assert results["mlp-torch::pgd[eps=0.05]{steps=20}"]["accuracy"] <= \
         results["mlp-torch::fgsm[eps=0.05]"]["accuracy"]
-    assert list((example / ".advrobust" / "universal").glob("mlp-torch-universal-eps0.1.npy"))
+    assert list((example / ".advrobust" / "universal").glob("mlp-torch-universal-eps0.1-fold1.npy"))
 
 
 def test_uncommented_check_fails_with_the_documented_message(example: Path) -> None:

@@ -362,8 +362,8 @@ def test_two_fitted_checks_at_one_eps_keep_both_perturbations(tmp_path, task) ->
                      f'steps = {steps}\n' for steps in (1, 3))
     results = gate_session(tmp_path, "m.pt", x, y, checks=checks).run_all()
     saved = sorted(p.name for p in (tmp_path / ".advrobust" / "universal").glob("*.npy"))
-    assert saved == ["m-universal-eps0.1-check0.npy", "m-universal-eps0.1-check1.npy"]
-    assert [r.artifacts[0].endswith(f"-check{i}.npy") for i, r in enumerate(results)] == [True, True]
+    assert saved == [f"m-universal-eps0.1-check{i}-fold{j}.npy" for i in (0, 1) for j in (1, 2)]
+    assert [r.artifacts[0].endswith(f"-check{i}-fold1.npy") for i, r in enumerate(results)] == [True, True]
 
 
 # -- files that are not UTF-8, baselines with wrong-typed fields ----------------------------

@@ -102,7 +102,8 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
     assert len(baseline["results"]) == 7
 
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["blob-linearity.png", "blob-robustness.png", "blob-universal-eps0.2.png"]
+    assert pngs == ["blob-linearity.png", "blob-robustness.png", "blob-universal-eps0.2-fold1.png",
+                    "blob-universal-eps0.2-fold2.png"]
     for name in pngs:
         image = imread(out / "plots" / name)
         assert image.shape[0] >= 150 and image.shape[1] >= 300, (name, image.shape)

@@ -16,12 +16,20 @@ from typing import Any, Callable, Iterator, Mapping
 from ..config import AttackOptions, Choice
 from ..errors import AdvRobustError, AttackError, user_frame
 
-__all__ = ["Attack", "AttackRegistry", "Choice"]
+__all__ = ["Attack", "AttackRegistry", "Choice", "fold_of"]
+
+
+def fold_of(positions: Any, folds: int) -> Any:
+    """The fold of each sample position in a cross-fitted attack: ``p mod folds``. The one
+    rule the fit (``state[j]`` never sees fold ``j``), the perturb function (fold ``j`` is
+    scored on ``state[j]``) and the engine's per-fold counts follow."""
+    return positions % folds
 
 #: Arguments the engine can hand an attack; an attack function names the ones it needs
-#: (``surrogates``: the loaded classifiers its ``surrogate`` option names).
+#: (``surrogates``: the loaded classifiers its ``surrogate`` option names; ``positions``: each
+#: row's position in the data stream, a tensor).
 ENGINE_ARGUMENTS = ("model", "x", "y", "eps", "rng", "grad", "scores", "stats", "state",
-                    "surrogates")
+                    "surrogates", "positions")
 #: the fit split of an attack with a ``fit`` function that declares no ``fit_samples_key``
 FIT_SAMPLES = 256
 
@@ -48,13 +56,20 @@ class Attack:
     #: time on the check's options plus the declared defaults
     validate: Callable[..., str | None] | str | None = None
     #: the check key that sizes the fit split of an attack with ``fit`` (the first N
-    #: samples, never evaluated); :data:`FIT_SAMPLES` when the attack names none
+    #: samples, never evaluated unless the attack is cross-fitted); :data:`FIT_SAMPLES` when
+    #: the attack names none
     fit_samples_key: str | None = None
     #: the check key naming the loss the attack ascends (for the masking diagnostics:
     #: a zero cross-entropy gradient fails a gate only when it ascends cross-entropy)
     loss_key: str | None = None
     #: the check key naming the other models of the config it crafts its inputs on
     surrogate_key: str | None = None
+    #: cross-fitted: the check key holding the number of folds k. The fit (given
+    #: ``positions``) returns ``k`` states, ``state[j]`` fitted without fold ``j`` (see
+    #: :func:`fold_of`); every sample is evaluated, the fit split too, and the perturb function
+    #: (given ``positions``) scores fold ``j`` on ``state[j]``; the engine counts each fold
+    #: (``stats["fold<j>_correct"]``, ``["fold<j>_n"]``, j from 1) and each state is saved
+    folds_key: str | None = None
 
     def __post_init__(self) -> None:
         # an attack that declares none of these keys but has an option of the conventional
@@ -92,6 +107,12 @@ class Attack:
         if self.fit_samples_key is None:
             return FIT_SAMPLES
         return int(self.with_defaults(options).get(self.fit_samples_key, FIT_SAMPLES))
+
+    def folds(self, options: Mapping[str, Any]) -> int | None:
+        """How many folds a cross-fitted attack fits (None: not cross-fitted)."""
+        if self.folds_key is None:
+            return None
+        return int(self.with_defaults(options)[self.folds_key])
 
     def samples_cap(self, options: Mapping[str, Any]) -> int | None:
         """The first N samples the attack is evaluated on (None: all)."""
@@ -137,6 +158,7 @@ class AttackRegistry:
         fit_samples_key: str | None = None,
         loss_key: str | None = None,
         surrogate_key: str | None = None,
+        folds_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``perturb`` under ``name`` (a name already taken is kept)."""
 
@@ -146,7 +168,7 @@ class AttackRegistry:
                             description=description or (perturb.__doc__ or "").strip().split("\n")[0],
                             describe=describe, samples_key=samples_key, positive=tuple(positive),
                             validate=validate, fit_samples_key=fit_samples_key, loss_key=loss_key,
-                            surrogate_key=surrogate_key))
+                            surrogate_key=surrogate_key, folds_key=folds_key))
             return perturb
 
         return register

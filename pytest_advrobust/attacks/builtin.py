@@ -26,13 +26,16 @@ def pytest_advrobust_add_attacks(registry: AttackRegistry) -> None:
                         description="fast gradient sign method, one L-inf step"))
     registry.add(Attack("noise", f"{base}:noise",
                         description="random {-1, +1} signs of the same L-inf size"))
-    registry.add(Attack("universal", "pytest_advrobust.attacks.universal:apply_universal",
-                        fit="pytest_advrobust.attacks.universal:fit_universal", needs_gradient=True,
-                        options={"fit-samples": 256, "steps": 40, "step-size": float, "patience": 10,
-                                 "loss": Choice("ce", LOSSES)},
-                        positive=("fit-samples", "steps", "step-size"),
+    universal = "pytest_advrobust.attacks.universal"
+    registry.add(Attack("universal", f"{universal}:apply_universal", fit=f"{universal}:fit_universal",
+                        needs_gradient=True, describe=f"{universal}:describe_universal", folds_key="folds",
+                        options={"fit-samples": 512, "folds": 2, "targets": 10, "steps": 40,
+                                 "step-size": float, "patience": 10, "loss": Choice("ce", LOSSES)},
+                        positive=("fit-samples", "folds", "steps", "step-size"),
+                        validate="pytest_advrobust.attacks.rules:universal_options",
                         fit_samples_key="fit-samples", loss_key="loss",
-                        description="one perturbation shared by all inputs, fitted on a held-out split"))
+                        description="one perturbation shared by all inputs, each sample scored on a fit "
+                                    "that never saw it"))
     registry.add(Attack("pgd", "pytest_advrobust.attacks.pgd:pgd", needs_gradient=True,
                         options={"steps": 10, "step-size": float, "random-start": True, "restarts": 1,
                                  "loss": Choice("ce+margin", PGD_LOSSES)},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["spsa_options", "transfer_options"]
+__all__ = ["spsa_options", "transfer_options", "universal_options"]
 
 #: how a transfer attack crafts its inputs on the surrogates
 TRANSFER_VIA = ("fgsm", "pgd")
@@ -30,4 +30,14 @@ def transfer_options(options: dict[str, Any]) -> str | None:
     if via not in TRANSFER_VIA:
         return (f"via = {via!r} is not one of {', '.join(map(repr, TRANSFER_VIA))} (how the "
                 "surrogates are attacked).")
+    return None
+
+
+def universal_options(options: dict[str, Any]) -> str | None:
+    """Cross-fitting needs two folds at least: with one, the only ``delta`` would be fitted on
+    the samples it scores."""
+    folds = options.get("folds", 2)
+    if folds < 2:
+        return (f"universal with folds = {folds}: every sample is scored on a delta fitted "
+                "without its fold, which takes 2 folds at least. Set folds = 2 or more.")
     return None
