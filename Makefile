@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(strip $(TORCH_INDEX)),)
 
-.PHONY: setup example test bench dist clean
+.PHONY: setup example test test-unit bench dist clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,14 @@ example: setup
 	cd example_project && ../$(BIN)/python -m digits_demo.train
 	cd example_project && ../$(BIN)/python -m pytest -p no:cacheprovider
 
-# The project's own tests.
+# The project's own tests: all of them (unit and end-to-end).
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 tests
+
+# The fast loop: unit tests only, without those marked e2e (they drive pytest through
+# pytester or start a subprocess; tests/conftest.py marks and guards them).
+test-unit: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 -m "not e2e" tests
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py

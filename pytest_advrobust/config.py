@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .archives import DEFAULT_MAX_READ_BYTES
 from .errors import ConfigError
@@ -390,7 +390,7 @@ class _Reader:
             try:
                 check = self.check(table, f"{where} checks[{index}]", bounds, index)
             except ConfigError as exc:
-                errors.append(exc)
+                errors.extend(getattr(exc, "errors", [exc]))
                 continue
             for eps in check.eps:
                 signature = (check.attack, eps, tuple(sorted(check.options.items(), key=str)))
@@ -404,47 +404,53 @@ class _Reader:
         return tuple(out)
 
     def check(self, table: dict, where: str, bounds: tuple[float, float], index: int) -> CheckSpec:
-        attack = self.string(table, "attack", where, required=True)
-        if attack not in self.attacks:
-            raise self.fail(f"{where} attack", f"unknown attack {attack!r}.{_did_you_mean(attack, self.attacks)} "
-                            f"Known attacks: {', '.join(sorted(self.attacks))}.")
-        info = self.attacks[attack]
-        self.unknown_keys(table, CHECK_KEYS | set(info.options), where,
-                          extra=f" (attack {attack!r} accepts: "
-                                f"{', '.join(sorted(CHECK_KEYS | set(info.options)))})")
-        if info.uses_eps:
-            eps = self.eps(table, where, bounds)
-        else:
-            if "eps" in table:
-                raise self.fail(f"{where} eps", f"attack {attack!r} takes no eps. Remove it.")
-            eps = (0.0,)
-        options = {}
-        for key, default in info.options.items():
-            if key in table:
-                options[key] = self.option(table[key], default, f"{where} {key}")
-                if key in info.positive and isinstance(options[key], (int, float)) \
-                        and not isinstance(options[key], bool) and options[key] <= 0:
-                    raise self.fail(f"{where} {key}", f"must be > 0, not {table[key]!r}: with "
-                                    f"{key} = {table[key]!r} attack {attack!r} would not run as "
-                                    "configured (and could report another attack's figure). "
-                                    "Remove the key for its default or give a positive value.")
-        if info.validate is not None:
-            declared = {k: v for k, v in info.options.items()
-                        if v is not None and not isinstance(v, type)}
-            problem = info.validate({**declared, **options})
-            if problem:
-                raise self.fail(where, problem)
-        thresholds = {key: self.fraction(table, key, where)
+        """One ``[[...checks]]`` table. Every mistake in it is reported together: an unknown
+        attack does not hide a misspelt key or a bad threshold of the same check."""
+        errors: list[ConfigError] = []
+
+        def read(how: Callable[[], Any], default: Any = None) -> Any:
+            try:
+                return how()
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", [exc]))
+                return default
+
+        attack = read(lambda: self.string(table, "attack", where, required=True))
+        info = self.attacks.get(attack) if attack is not None else None
+        if attack is not None and info is None:
+            errors.append(self.fail(f"{where} attack", f"unknown attack {attack!r}."
+                                    f"{_did_you_mean(attack, self.attacks)} Known attacks: "
+                                    f"{', '.join(sorted(self.attacks))}."))
+        if info is not None:
+            allowed = CHECK_KEYS | set(info.options)
+            self.known(table, allowed, where, errors, first=f" (attack {attack!r} accepts: "
+                                                         f"{', '.join(sorted(allowed))})")
+        else:  # which attack was meant is unknown: only keys that no attack takes are wrong
+            self.known(table, CHECK_KEYS.union(*(o.options for o in self.attacks.values())),
+                       where, errors)
+        eps: tuple[float, ...] = (0.0,)
+        if info is None or info.uses_eps:
+            if "eps" in table or info is not None:
+                eps = read(lambda: self.eps(table, where, bounds), (0.0,))
+        elif "eps" in table:
+            errors.append(self.fail(f"{where} eps", f"attack {attack!r} takes no eps. Remove it."))
+        options = self.check_options(table, where, attack, info, errors) if info is not None else {}
+        thresholds = {key: read(lambda key=key: self.fraction(table, key, where))
                       for key in ("min-accuracy", "max-drop", "max-regression")}
-        report_only = self.boolean(table, "report-only", where, False)
-        if report_only and any(value is not None for value in thresholds.values()):
-            given = ", ".join(key for key, value in thresholds.items() if value is not None)
-            raise self.fail(f"{where} report-only", f"is true but the check also sets {given}; a "
-                            "report-only check is measured, never judged. Remove one or the other.")
-        if not report_only and thresholds["min-accuracy"] is None and thresholds["max-drop"] is None:
-            raise self.fail(where, f"{attack} has no threshold, so it could never fail. Add "
-                            "min-accuracy (a floor) and/or max-drop (the largest fall from clean "
-                            "accuracy), or report-only = true to measure it without a verdict.")
+        report_only = read(lambda: self.boolean(table, "report-only", where, False), False)
+        allow_masking = read(lambda: self.boolean(table, "allow-masking", where, False), False)
+        if report_only and any(key in table for key in thresholds):
+            given = ", ".join(key for key in thresholds if key in table)
+            errors.append(self.fail(f"{where} report-only", f"is true but the check also sets "
+                                    f"{given}; a report-only check is measured, never judged. "
+                                    "Remove one or the other."))
+        if not report_only and "min-accuracy" not in table and "max-drop" not in table:
+            errors.append(self.fail(where, f"{attack or 'the check'} has no threshold, so it could "
+                                    "never fail. Add min-accuracy (a floor) and/or max-drop (the "
+                                    "largest fall from clean accuracy), or report-only = true to "
+                                    "measure it without a verdict."))
+        if errors:
+            raise self.several(errors)
         return CheckSpec(
             attack=attack,
             eps=eps,
@@ -454,8 +460,36 @@ class _Reader:
             options=options,
             index=index,
             report_only=report_only,
-            allow_masking=self.boolean(table, "allow-masking", where, False),
+            allow_masking=allow_masking,
         )
+
+    def check_options(self, table: dict, where: str, attack: str, info: AttackOptions,
+                      errors: list[ConfigError]) -> dict[str, Any]:
+        """A check's attack options, typed; each bad one adds its error to ``errors``. The
+        attack's own ``validate`` sees them only when each is valid alone."""
+        options: dict[str, Any] = {}
+        before = len(errors)
+        for key, default in info.options.items():
+            if key not in table:
+                continue
+            try:
+                options[key] = self.option(table[key], default, f"{where} {key}")
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
+            if key in info.positive and isinstance(options[key], (int, float)) \
+                    and not isinstance(options[key], bool) and options[key] <= 0:
+                errors.append(self.fail(f"{where} {key}", f"must be > 0, not {table[key]!r}: with "
+                                        f"{key} = {table[key]!r} attack {attack!r} would not run as "
+                                        "configured (and could report another attack's figure). "
+                                        "Remove the key for its default or give a positive value."))
+        if info.validate is not None and len(errors) == before:
+            declared = {k: v for k, v in info.options.items()
+                        if v is not None and not isinstance(v, type)}
+            problem = info.validate({**declared, **options})
+            if problem:
+                errors.append(self.fail(where, problem))
+        return options
 
     # -- across models --------------------------------------------------------------------
     def surrogates(self, models: Sequence[ModelSpec], others: Sequence[ModelSpec]) -> None:
@@ -508,15 +542,17 @@ class _Reader:
                         f"or '[', at most 100 characters). {fix}.")
 
     # -- typed readers --------------------------------------------------------------------
-    def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError]) -> dict:
+    def known(self, table: dict, allowed: set[str], where: str, errors: list[ConfigError],
+              first: str = "") -> dict:
         """``table`` without its unknown keys, each of which adds an error to ``errors`` (so
-        the rest of the table is still read and its mistakes reported in the same run)."""
+        the rest of the table is still read and its mistakes reported in the same run);
+        ``first``: how the first error lists the allowed keys (default: all of them)."""
         listed = False
         for key in table:
             if key not in allowed:
                 try:  # the allowed keys are listed once per table, not once per mistake
                     self.unknown_keys({key: None}, allowed, where,
-                                      extra=" (allowed keys: as above)" if listed else "")
+                                      extra=" (allowed keys: as above)" if listed else first)
                 except ConfigError as exc:
                     errors.append(exc)
                 listed = True
@@ -679,8 +715,11 @@ def float_resolution(bounds: tuple[float, float]) -> float:
 
 
 def _default_name(ref: str) -> str:
+    """A model's name when the config gives none: a file's stem (``models/digits.onnx`` ->
+    ``digits``), a factory's module, last component (``digits_demo.mlp:build`` -> ``mlp``):
+    factories are mostly called ``build`` or ``make``, their modules say what they make."""
     if model_format(ref) == "factory":
-        return _suggest_name(ref.rsplit(":", 1)[1].rsplit(".", 1)[-1])
+        return _suggest_name(ref.rsplit(":", 1)[0].rsplit(".", 1)[-1])
     return _suggest_name(Path(ref).stem)
 
 

@@ -46,6 +46,27 @@ class Batch:
     offset: int
 
 
+def out_of_range(smallest: float, largest: float, low: float, high: float, offset: int, *,
+                 whole: bool = False) -> str:
+    """Why data outside input-range is refused, and the fix that keeps eps meaning what the
+    user meant: 8-bit pixel values (``whole`` numbers up to 255) against input-range [0, 1]
+    are divided by 255 in the loader; widening input-range instead would keep eps in grey
+    levels, so the configured eps would move almost nothing."""
+    where = (f"inputs range over [{smallest:.4g}, {largest:.4g}] (batch starting at sample "
+             f"{offset}) but input-range is [{low:g}, {high:g}].")
+    if whole and low >= 0 and high <= 1 and smallest >= low and 1 < largest <= 255:
+        return (f"{where} The data looks like 8-bit pixel values (0-255): divide by 255 in the "
+                "loader (x.astype('float32') / 255) and keep input-range; eps then stays a share "
+                "of the pixel range (eps = 0.1 is 25.5 of 255 grey levels). Setting input-range "
+                "= [0, 255] instead would make eps = 0.1 a tenth of one grey level, which moves "
+                "no prediction (the gates would then report gradient masking or pass for no "
+                "reason); with that range, eps must be given in grey levels (0.1 -> 25.5).")
+    return (f"{where} eps and clipping act in input-range units, so they must match the data: "
+            "scale the data into input-range in the loader, or set input-range to the data's "
+            "range and give eps in those units too (eps is a distance in input-range units); "
+            "or feed raw (unnormalised) data and use normalize.")
+
+
 class Census:
     """What a pass saw of the whole data stream, its other shards' samples included: how
     many samples, a digest of every label in order, and with ``parts`` = N shards a digest
@@ -157,12 +178,8 @@ class EvalData:
                                 f"sample {offset}). Clean the data before gating on it.",
                                 where=self.where)
             if smallest < low - tolerance or largest > high + tolerance:
-                raise DataError(
-                    f"inputs range over [{smallest:.4g}, {largest:.4g}] (batch starting "
-                    f"at sample {offset}) but input-range is [{low:g}, {high:g}]. eps and clipping "
-                    "act in these units, so they must match the data: set input-range to the "
-                    "data's range, or feed raw (unnormalised) data and use normalize.",
-                    where=self.where)
+                raise DataError(out_of_range(smallest, largest, low, high, offset,
+                                             whole=bool(torch.equal(x, x.round()))), where=self.where)
             if y.min() < 0:
                 raise DataError(f"labels must be class indices >= 0; found {int(y.min())}.",
                                 where=self.where)

@@ -61,6 +61,8 @@ class Engine:
         #: ``(k, n)``: gates are measured on shard k of n of every model's evaluation data
         #: and come out partial (no verdict); hand-written probes still see all the data
         self.shard = shard
+        #: how many flipped samples each gate hands out in its measurement (``--advrobust-examples``)
+        self.examples = 0
         self._specs = specs  # name -> ModelSpec, for attacks that use other models (transfer)
         self._load_model = load_model
         self._load_data = load_data
@@ -225,6 +227,10 @@ class GateRun:
     #: (None: not counted, for an attack that needs no gradient)
     zero_gradient: int | None = None
     error: AdvRobustError | None = None
+    #: per true label: [samples, clean correct, correct under attack]
+    per_class: dict[int, list[int]] = field(default_factory=dict)
+    #: the first flipped samples (right when clean, wrong under attack), when asked for
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, float]:
@@ -425,6 +431,7 @@ class ModelPass:
         gate.n += int(ok.numel())
         if gate.folds:
             self._count_folds(gate, adv_ok, _positions(batch, keep))
+        _count_classes(gate.per_class, batch.y if keep is None else batch.y[keep], ok, adv_ok)
         self._count_zero_gradients(gate, keep, shared)
 
     def outcomes(self) -> dict[tuple[int, float], Any]:
@@ -454,6 +461,9 @@ class ModelPass:
                 model_notes=_model_notes(self.model, attack.needs_gradient),
                 zero_gradient=gate.zero_gradient, state=gate.state,
                 shard=None if self.shard is None else self._shard_record(gate),
+                per_class=[{"label": label, "n": n, "clean_correct": clean, "correct": correct}
+                           for label, (n, clean, correct) in sorted(gate.per_class.items())],
+                examples=_stacked(gate.examples),
             )
         return outcomes
 
@@ -516,17 +526,37 @@ class ModelPass:
             return clean_ok
         # a tuple holds candidates: a sample is right only if right on each, and a later one
         # is scored only on the samples the earlier ones left standing (fgsm: the corner, then
-        # its interior point)
-        ok = None
+        # its interior point); ``shown`` keeps, per sample, the point that fooled it (or the last)
+        shown = predicted = None
         for candidate in adversarial if isinstance(adversarial, tuple) and adversarial else (adversarial,):
             points = _project(candidate, x, r.eps if attack.uses_eps else None, model.input_range,
                               self.spec, r)
-            if ok is None:
-                ok = model.scores(points).argmax(1).to(y.device) == y
-            elif ok.any():
-                rows = ok.nonzero().squeeze(1)
-                ok[rows] = model.scores(points[rows.to(points.device)]).argmax(1).to(y.device) == y[rows]
-        return ok
+            if predicted is None:
+                shown, predicted = points, model.scores(points).argmax(1).to(y.device)
+                continue
+            rows = (predicted == y).nonzero().squeeze(1)
+            if len(rows):
+                predicted[rows] = model.scores(points[rows.to(points.device)]).argmax(1).to(y.device)
+                shown[rows.to(shown.device)] = points[rows.to(points.device)]
+        if len(gate.examples) < self.engine.examples:
+            self._keep_examples(gate, batch, keep, x, shown, y, scores, predicted)
+        return predicted == y
+
+    def _keep_examples(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None", x: "torch.Tensor",
+                       adversarial: "torch.Tensor", y: "torch.Tensor", scores: "torch.Tensor",
+                       predicted: "torch.Tensor") -> None:
+        """Keep the batch's flipped samples (right when clean, wrong under attack), in data
+        order, until the gate holds :attr:`Engine.examples` of them: handed out with its
+        measurement for the report side to draw (the engine writes no file)."""
+        import torch
+
+        clean = scores.argmax(1).to(y.device)
+        flipped = torch.nonzero((clean == y) & (predicted != y)).flatten()
+        positions = _positions(batch, keep)
+        for row in flipped[: self.engine.examples - len(gate.examples)].tolist():
+            gate.examples.append({"index": int(positions[row]), "label": int(y[row]),
+                                  "clean": int(clean[row]), "adversarial": int(predicted[row]),
+                                  "x": x[row].detach().cpu(), "adv": adversarial[row].detach().cpu()})
 
     def _attack_error(self, gate: GateRun, exc: BaseException) -> AdvRobustError:
         """What one gate's failure says: "no usable gradient" when that is the cause, NaN
@@ -564,6 +594,36 @@ def _raised_at(exc: BaseException) -> str:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "unknown"
+
+
+def _count_classes(counts: dict[int, list[int]], y: "torch.Tensor", clean_ok: "torch.Tensor",
+                   adv_ok: "torch.Tensor") -> None:
+    """Add a batch to the per-label counts ``[samples, clean correct, correct under attack]``."""
+    import torch
+
+    if not len(y):
+        return
+    size = int(y.max()) + 1
+    tallies = torch.stack([torch.bincount(y, minlength=size),
+                           torch.bincount(y[clean_ok.to(y.device)], minlength=size),
+                           torch.bincount(y[adv_ok.to(y.device)], minlength=size)])
+    for label, (n, clean, correct) in enumerate(tallies.T.tolist()):
+        if n:
+            row = counts.setdefault(label, [0, 0, 0])
+            row[0], row[1], row[2] = row[0] + n, row[1] + clean, row[2] + correct
+
+
+def _stacked(examples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The kept examples as one record: sample indices, labels and predictions (lists) and
+    the clean and attacked inputs (stacked tensors); None when there are none."""
+    if not examples:
+        return None
+    import torch
+
+    out: dict[str, Any] = {key: [e[key] for e in examples] for key in ("index", "label", "clean", "adversarial")}
+    out["x"] = torch.stack([e["x"] for e in examples])
+    out["adv"] = torch.stack([e["adv"] for e in examples])
+    return out
 
 
 def _gate_names(gates: Sequence[Request]) -> str:

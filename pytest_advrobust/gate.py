@@ -56,7 +56,8 @@ class Judge:
             check=m.check, options=dict(m.options), stats=dict(m.stats),
             artifacts=list(m.artifacts), fingerprint=dict(m.fingerprint), seconds=m.seconds,
             details="; ".join(filter(None, [m.details, *m.model_notes])),
-            report_only=check.report_only, shard=m.shard)
+            report_only=check.report_only, shard=m.shard,
+            per_class=[dict(row) for row in m.per_class])
         if m.error:
             result.passed, result.error, result.message = False, m.error, m.error
         elif m.shard is not None:  # one shard's counts: judged once the shards are merged

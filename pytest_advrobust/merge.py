@@ -117,6 +117,10 @@ _ENTRY = {
     "artifacts": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
                   "a list of file names"),
     "shard": (lambda v: isinstance(v, dict), "an object"),
+    "per_class": (lambda v: isinstance(v, list) and all(
+        isinstance(row, dict) and set(row) == {"label", "n", "clean_correct", "correct"}
+        and all(_whole(x) for x in row.values()) for row in v),
+        "a list of {label, n, clean_correct, correct} objects of whole numbers"),
 }
 #: a shard result's ``shard`` record
 _RECORD = {
@@ -243,6 +247,14 @@ def _measurement(entry: dict[str, Any], key: str, where: str, index: int, count:
     if zero is not None and zero > entry["clean_correct"]:
         raise MergeError(f"gate {key!r}: {zero} zero gradients among {entry['clean_correct']} "
                          "correctly classified samples; the file was edited or damaged.", where=where)
+    rows = entry["per_class"]
+    if len({row["label"] for row in rows}) != len(rows) or any(
+            row["correct"] > row["n"] or row["clean_correct"] > row["n"] for row in rows) or \
+            [sum(row[f] for row in rows) for f in ("n", "clean_correct", "correct")] != \
+            [entry["n"], entry["clean_correct"], entry["correct"]]:
+        raise MergeError(f"gate {key!r}: its per-class counts do not add up to its counts (n, "
+                         "clean_correct, correct) or repeat a label; the file was edited or damaged.",
+                         where=where)
     expected = gate_key(entry["model"], entry["attack"], entry["eps"], entry["options"])
     if expected != key:
         raise MergeError(f"gate {key!r}: its key does not match its model, attack, eps and options "
@@ -253,7 +265,8 @@ def _measurement(entry: dict[str, Any], key: str, where: str, index: int, count:
                        stats=dict(entry["stats"]), details=entry["details"],
                        fingerprint=dict(entry["fingerprint"]), zero_gradient=zero,
                        model_notes=[str(n) for n in record.get("notes") or []],
-                       shard=dict(record), artifacts=list(entry["artifacts"]))
+                       shard=dict(record), artifacts=list(entry["artifacts"]),
+                       per_class=[dict(row) for row in rows])
 
 
 # -- fitting together ----------------------------------------------------------------------
@@ -410,8 +423,21 @@ def merge_measurements(shards: Sequence[ShardReport]) -> list[Measurement]:
             stats=_merge_stats([p.stats for p in parts]), model_notes=list(first.model_notes),
             fingerprint=fingerprint,
             zero_gradient=None if any(z is None for z in zeros) else sum(zeros),
-            artifacts=list(dict.fromkeys(a for p in parts for a in p.artifacts))))
+            artifacts=list(dict.fromkeys(a for p in parts for a in p.artifacts)),
+            per_class=_merge_classes([p.per_class for p in parts])))
     return merged
+
+
+def _merge_classes(parts: Sequence[list[dict[str, int]]]) -> list[dict[str, int]]:
+    """The shards' per-class counts, summed label by label (in label order)."""
+    sums: dict[int, dict[str, int]] = {}
+    for rows in parts:
+        for row in rows:
+            total = sums.setdefault(row["label"], {"label": row["label"], "n": 0, "clean_correct": 0,
+                                                   "correct": 0})
+            for name in ("n", "clean_correct", "correct"):
+                total[name] += row[name]
+    return [sums[label] for label in sorted(sums)]
 
 
 def _merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 
 from .errors import AdvRobustError, ConfigError
-from .progress import Progress
+from .progress import LOG_INTERVAL, MODES, Progress
+from .report.examples import COUNT as EXAMPLES_SHOWN
 
 if TYPE_CHECKING:  # the engine side loads only in a project that configures gates
     from .config import ModelSpec
@@ -24,6 +25,9 @@ if TYPE_CHECKING:  # the engine side loads only in a project that configures gat
 __all__ = ["GateItem", "GateFailed"]
 
 SESSION_KEY = pytest.StashKey["RobustnessPlugin"]()
+#: the thread count this process chose, and the cores an xdist controller measured
+THREADS_KEY = pytest.StashKey[Any]()
+CORES_KEY = pytest.StashKey[Any]()
 
 
 class GateFailed(Exception):
@@ -58,8 +62,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "write them, or all) into --advrobust-save-baseline: a red run saves "
                          "no baseline otherwise. The run still fails; the summary lists them.")
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
-                    help="write PNG plots (robustness curves, universal perturbations, "
-                         "linearity); needs pip install pytest-advrobust[plots].")
+                    help="write PNG plots (robustness curves with their thresholds, universal "
+                         "perturbations, linearity); the Markdown summary links them. Needs pip "
+                         "install pytest-advrobust[plots].")
+    group.addoption("--advrobust-examples", metavar="DIR", default=None,
+                    help=f"for image inputs, draw each gate's first {EXAMPLES_SHOWN} flipped "
+                         "samples (right when clean, wrong under attack) as a PNG grid: clean, "
+                         "attacked, perturbation, with labels and predictions. Needs pip install "
+                         "pytest-advrobust[plots].")
     group.addoption("--advrobust-shard", metavar="K/N", default=None,
                     help="measure every gate on shard K of N of each model's evaluation data "
                          "(batch-aligned); results are partial, gated once the shards' JSON "
@@ -84,35 +94,78 @@ def _add_run_options(group: Any) -> None:
     group.addoption("--advrobust-threads", metavar="N", default=None,
                     help="threads for torch and onnxruntime in each pytest process (each xdist "
                          "worker); 0 keeps the libraries' defaults. Default: "
-                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else cores // workers "
-                         "on an xdist worker, else the libraries' defaults.")
-    group.addoption("--advrobust-progress", choices=("auto", "on", "off"), default="auto",
+                         "$PYTEST_ADVROBUST_THREADS, else $OMP_NUM_THREADS, else the cores this "
+                         "run may use (CPU affinity, capped by a cgroup quota such as docker "
+                         "--cpus, less the cores other processes keep busy at the start; at "
+                         "least 1), divided among xdist workers. The header says which.")
+    group.addoption("--advrobust-progress", choices=MODES, default="auto",
                     help="progress of the gates' passes (model, gates, batch k/n): auto = one "
-                         "live line on a terminal, nothing in a CI log; on = plain lines where "
-                         "the output is not a terminal; off. The pytest_advrobust logger always "
-                         "has it (--log-cli-level=INFO).")
+                         "live line on a terminal; in a CI log a line when each model's pass "
+                         f"starts and ends and at most one every {LOG_INTERVAL:g} s between (xdist "
+                         "workers write theirs to stderr); on = a line for every batch where the "
+                         "output is not a terminal; off. The pytest_advrobust logger always has it "
+                         "(--log-cli-level=INFO).")
 
 
 def _share_threads(config: pytest.Config, *, gated: bool) -> None:
-    """Give this process its thread count (an xdist worker: its share of the cores), before
-    any gate starts torch; see :mod:`pytest_advrobust.threads`. A project without gates is
-    left alone unless the user asked for a count."""
+    """Give this process its thread count before any gate starts torch: the cores it may
+    really use (an xdist worker: its share of what the controller measured); see
+    :mod:`pytest_advrobust.threads`. A project without gates is left alone unless the user
+    asked for a count. An xdist controller runs no gate: it measures the cores once, hands
+    the figure to its workers (:func:`pytest_configure_node`) and keeps its own threads, so
+    that its workers inherit nothing they would read as the user's setting."""
     from . import threads
 
     explicit = config.getoption("advrobust_threads") is not None or os.environ.get(threads.ENV, "").strip()
     if not (gated or explicit):
         return
     workerinput = getattr(config, "workerinput", None)
-    workers = None
+    workers = _starts_workers(config)
     if workerinput is not None:
         workers = int(workerinput.get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        shipped = workerinput.get("advrobust_cores")
+
+        def cores() -> Any:  # measured once, by the controller, before the workers started
+            return threads.Cores(*shipped) if shipped else threads.usable_cores(sample=False)
+    else:
+        def cores() -> Any:
+            config.stash[CORES_KEY] = threads.usable_cores()
+            return config.stash[CORES_KEY]
     try:
         choice = threads.choose(config.getoption("advrobust_threads"), os.environ, workers=workers,
-                                cores=threads.available_cores())
+                                cores=cores)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-advrobust: {exc}") from None
+    config.stash[THREADS_KEY] = choice
+    if workerinput is None and workers and CORES_KEY in config.stash:
+        return  # the default, chosen for the workers: they apply it
     if choice.threads is not None:
         threads.apply(choice.threads)
+
+
+def _starts_workers(config: pytest.Config) -> int | None:
+    """How many pytest-xdist workers this process (their controller) starts, or None."""
+    if hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no":
+        return None
+    return len(getattr(config.option, "tx", None) or []) or None  # -n N (capped by --maxprocesses)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (on the controller): each worker receives the cores the controller measured."""
+    cores = node.config.stash.get(CORES_KEY, None)
+    if cores is not None:
+        node.workerinput["advrobust_cores"] = list(cores)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """How many threads the gates run with, and why (only where the plugin chose)."""
+    choice = config.stash.get(THREADS_KEY, None)
+    if choice is None:
+        return None
+    count = "the libraries' default" if choice.threads is None else str(choice.threads)
+    where = " in each xdist worker" if _starts_workers(config) else ""
+    return f"advrobust: threads{where}: {count} ({choice.why})"
 
 
 def _register_xdist_group(config: pytest.Config) -> None:
@@ -168,7 +221,7 @@ def _given_config(option: str) -> Path:
 
 #: report options that name a file, and the one that names a folder
 FILE_OPTIONS = ("advrobust_json", "advrobust_markdown", "advrobust_save_baseline")
-FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts")
+FOLDER_OPTIONS = ("advrobust_plots", "advrobust_artifacts", "advrobust_examples")
 
 
 def _check_report_paths(config: pytest.Config) -> None:
@@ -203,8 +256,9 @@ class RobustnessPlugin:
         self.shard = _shard_option(config)
         self.baseline = _load_baseline(config)
         self.accept = _accept_option(config)
-        if config.getoption("advrobust_plots"):
-            _require_matplotlib()
+        for option in ("advrobust_plots", "advrobust_examples"):
+            if config.getoption(option):
+                _require_matplotlib(f"--{option.replace('_', '-')}")
         self.path = path
         self.current = ""  # the gate running now
         self.progress = Progress(config)  # the live line / log lines of long passes
@@ -255,10 +309,12 @@ class RobustnessPlugin:
 
         register_builtins(self.config.pluginmanager)
         artifacts = self.config.getoption("advrobust_artifacts")
+        examples = self.config.getoption("advrobust_examples")
         session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                     artifacts=Path(artifacts).resolve() if artifacts else None,
                                     baseline=self.baseline, progress=self.progress,
-                                    accept=self.accept)
+                                    accept=self.accept,
+                                    examples=Path(examples).resolve() if examples else None)
         session.engine.shard = self.shard
         return session
 
@@ -316,6 +372,11 @@ class RobustnessPlugin:
         measurement = getattr(item, "measurement", None)
         if isinstance(item, GateItem) and call.when == "call" and measurement is not None:
             report.advrobust = json.dumps(measurement)
+            if measurement.get("seconds"):
+                # the gate's share of its model's pass, not the time of the item that ran the
+                # pass for every gate (that one would carry it all, the others 0 s): JUnit's
+                # time and --durations then say what each gate costs
+                report.duration = float(measurement["seconds"])
         return report
 
     @pytest.hookimpl(tryfirst=True)
@@ -498,6 +559,20 @@ class RobustnessPlugin:
         return any(self.config.getoption(name) for name in FILE_OPTIONS + ("advrobust_plots",))
 
     # -- tests that run gates ---------------------------------------------------------------
+    def model_pass(self, item: "GateItem", pending: list[Request]) -> Any:
+        """The progress of the pass ``item`` starts over its model's data (its start and end
+        in a CI log), or nothing when an earlier pass already measured it."""
+        from contextlib import nullcontext
+
+        from .engine import _gate_names
+
+        done = {m.key for m in self.session.engine.measurements}
+        if item.key in done:
+            return nullcontext()
+        todo = [item.request] + [r for r in pending if r.key != item.request.key
+                                 and describe_gate(self.session, item.spec, r)["key"] not in done]
+        return self.progress.model_pass(item.spec.name, _gate_names(todo), len(todo))
+
     def pending(self, item: "GateItem") -> list[Request]:
         """The model's other selected gates, computed in the same pass over the data (on an
         xdist worker only the same check's, since other gates may run elsewhere, plus clean
@@ -600,11 +675,11 @@ def _load_baseline(config: pytest.Config) -> Any:
         raise pytest.UsageError(f"pytest-advrobust --advrobust-baseline: {exc}") from None
 
 
-def _require_matplotlib() -> None:
+def _require_matplotlib(option: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise pytest.UsageError("pytest-advrobust: --advrobust-plots needs matplotlib, which is "
+        raise pytest.UsageError(f"pytest-advrobust: {option} needs matplotlib, which is "
                                 "not installed. Install the extra: pip install pytest-advrobust[plots]")
 
 
@@ -692,8 +767,10 @@ class GateItem(pytest.Item):
         plugin = self.config.stash[SESSION_KEY]
         plugin.current = self.name
         session = plugin.session
+        pending = plugin.pending(self)
         try:
-            measurement = session.engine.measure(self.spec, self.request, batch_with=plugin.pending(self))
+            with plugin.model_pass(self, pending):
+                measurement = session.engine.measure(self.spec, self.request, batch_with=pending)
         except Exception as exc:  # a user's mistake (or a bug): still an error entry in every report
             self._record(session.engine.record_error(self.spec, self.request, exc))
             raise

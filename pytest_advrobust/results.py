@@ -9,7 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AttackResult", "Measurement", "STATUSES", "format_eps", "gate_key", "wilson_interval"]
+__all__ = ["AttackResult", "Measurement", "STATUSES", "class_accuracy", "format_eps", "gate_key",
+           "wilson_interval"]
 
 #: what a gate can end as: ``measured`` is a ``report-only`` check (figures, no verdict);
 #: ``not run`` a selected gate the run never reached (interrupted, ``-x``, ``--maxfail``);
@@ -72,11 +73,17 @@ class Measurement:
     shard: dict[str, Any] | None = None
     #: ``kind: message`` when the gate could not be computed (no figures then)
     error: str = ""
-    #: files a report stage saved for this gate (a fitted perturbation)
+    #: files a report stage saved for this gate (a fitted perturbation, an examples grid)
     artifacts: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: per true label, in label order: ``{"label", "n", "clean_correct", "correct"}`` (the
+    #: counts above, split by class; summed across shards)
+    per_class: list[dict[str, int]] = field(default_factory=list)
     #: the fitted state (a universal perturbation), handed out, never serialised
     state: Any = field(default=None, repr=False, compare=False)
+    #: the first flipped samples (``--advrobust-examples``): indices, labels, predictions,
+    #: clean and attacked inputs; handed out like ``state``, never serialised
+    examples: Any = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -91,14 +98,25 @@ class Measurement:
         return self.clean_correct / self.n if self.n else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able (without ``state``): how a worker hands it to the controller."""
-        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "state"}
+        """JSON-able (without what is handed out: ``state``, ``examples``): how a worker hands
+        it to the controller."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in HANDED_OUT}
         return json_safe(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Measurement":
-        names = {f for f in cls.__dataclass_fields__ if f != "state"}
+        names = {f for f in cls.__dataclass_fields__ if f not in HANDED_OUT}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+#: what a measurement hands to the process that made it and never serialises
+HANDED_OUT = ("state", "examples")
+
+
+def class_accuracy(row: dict[str, int]) -> tuple[float, float]:
+    """One ``per_class`` row's (clean accuracy, accuracy under attack)."""
+    n = row["n"]
+    return (row["clean_correct"] / n, row["correct"] / n) if n else (0.0, 0.0)
 
 
 def json_safe(value: Any) -> Any:
@@ -155,6 +173,8 @@ class AttackResult:
     #: a failed or errored gate whose figure the user accepted into the baseline
     #: (``--advrobust-accept``); its status stays what it is
     accepted: bool = False
+    #: per true label: ``{"label", "n", "clean_correct", "correct"}`` (see Measurement)
+    per_class: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def status(self) -> str:

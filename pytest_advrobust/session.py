@@ -90,16 +90,13 @@ def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path, *, fold
     written, the reason into the details (the gate's figures stand). ``folds``: the state of
     a cross-fitted attack, one perturbation per fold."""
     state = measurement.state
-    if not hasattr(state, "detach") or measurement.artifacts:
+    if not hasattr(state, "detach") or any(a.endswith(".npy") for a in measurement.artifacts):
         return
     from .report.artifacts import save_perturbation
     from .results import format_eps
 
     attack, eps = measurement.attack, measurement.eps
-    stem = f"{spec.name}-{attack}-eps{format_eps(eps or 0.0)}"
-    sharing = [c.index for c in spec.checks if c.attack == attack and eps in c.eps]
-    if sharing != [measurement.check]:  # another check (or a fixture call) fits at this eps too
-        stem += f"-check{measurement.check}"
+    stem = gate_stem(measurement, spec)
     title = f"{attack} perturbation, eps={format_eps(eps or 0.0)}, {spec.name}"
     array = state.detach().cpu().numpy()
     # a cross-fitted state holds one perturbation per fold: one file each
@@ -109,10 +106,54 @@ def save_fitted(measurement: Measurement, spec: ModelSpec, folder: Path, *, fold
         paths = [path for name, delta, words in parts
                  for path in save_perturbation(delta, folder / attack, name, title=words)]
     except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
-        note = f"fitted perturbation not saved ({type(exc).__name__}: {exc})"
-        measurement.details = "; ".join(filter(None, [measurement.details, note]))
+        _note(measurement, f"fitted perturbation not saved ({type(exc).__name__}: {exc})")
         return
-    measurement.artifacts = [str(path) for path in paths]
+    measurement.artifacts += [str(path) for path in paths]
+
+
+def save_examples(measurement: Measurement, spec: ModelSpec, folder: Path) -> None:
+    """``--advrobust-examples``: the gate's first flipped samples drawn as a PNG grid in
+    ``folder`` (clean, attacked, perturbation); its path goes into ``artifacts``. Inputs that
+    are not images, or a file that cannot be written, are said in the details instead."""
+    examples = measurement.examples
+    if examples is None or any(a.endswith("-examples.png") for a in measurement.artifacts):
+        return
+    from .report.examples import examples_path, write_examples
+    from .results import format_eps
+
+    eps = "" if measurement.eps is None else f" eps={format_eps(measurement.eps)}"
+    shard = measurement.shard
+    stem = gate_stem(measurement, spec) + (f"-shard{shard['index']}of{shard['count']}" if shard else "")
+    try:
+        path = write_examples(examples, examples_path(folder, stem), eps=measurement.eps,
+                              input_range=spec.input_range,
+                              title=f"{measurement.attack}{eps} on {spec.name}: the first "
+                                    f"{len(examples['index'])} samples it flipped")
+    except Exception as exc:  # noqa: BLE001 - the gate's figures stand; the file is said missing
+        _note(measurement, f"examples not saved ({type(exc).__name__}: {exc})")
+        return
+    if path is None:
+        shape = tuple(examples["x"].shape[1:])
+        _note(measurement, f"examples not drawn: inputs of shape {shape} are not images")
+        return
+    measurement.artifacts.append(str(path))
+
+
+def gate_stem(measurement: Measurement, spec: ModelSpec) -> str:
+    """The start of the names of a gate's files: ``MODEL-ATTACK-epsE`` (``-checkN`` when
+    another check of the same attack runs at that eps too)."""
+    from .results import format_eps
+
+    attack, eps = measurement.attack, measurement.eps
+    stem = f"{spec.name}-{attack}-eps{format_eps(eps or 0.0)}"
+    sharing = [c.index for c in spec.checks if c.attack == attack and eps in c.eps]
+    if sharing != [measurement.check]:  # another check (or a fixture call) runs at this eps too
+        stem += f"-check{measurement.check}"
+    return stem
+
+
+def _note(measurement: Measurement, note: str) -> None:
+    measurement.details = "; ".join(filter(None, [measurement.details, note]))
 
 
 class RobustnessSession:
@@ -120,7 +161,8 @@ class RobustnessSession:
 
     def __init__(self, hook: Any, path: Path | None, *, artifacts: Path | None = None,
                  pytest_config: Any = None, baseline: Mapping[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None, accept: Iterable[str] = ()) -> None:
+                 progress: Callable[[str], None] | None = None, accept: Iterable[str] = (),
+                 examples: Path | None = None) -> None:
         self.hook = hook
         self.path = path
         self.registry = AttackRegistry()
@@ -142,6 +184,8 @@ class RobustnessSession:
                 custom_data=has_custom_impl(hook, "pytest_advrobust_load_data"))
         root = path.parent if path is not None else Path.cwd()
         self.artifacts = artifacts if artifacts is not None else root / ".advrobust"
+        #: where each gate's first flipped samples are drawn (``--advrobust-examples``)
+        self.examples = examples
         self._sink = result_sink(hook)
         self.engine = Engine(
             self.registry,
@@ -151,14 +195,21 @@ class RobustnessSession:
             progress=progress,
             specs=self.spec,
         )
+        if examples is not None:
+            from .report.examples import COUNT
+
+            self.engine.examples = COUNT
         #: the one judge of this run's gates (thresholds and settings from the config)
         self.judge = Judge(self.lookup, self.registry, baseline=baseline, accept=accept)
         self._adhoc: dict[tuple, CheckSpec] = {}
 
     def _measured(self, measurement: Measurement) -> None:
-        """A gate was measured: save what it fitted, judge it, tell the result hooks."""
+        """A gate was measured: save what it fitted (and its examples), judge it, tell the
+        result hooks."""
         save_fitted(measurement, self.spec(measurement.model), self.artifacts,
                     folds=self.cross_fitted(measurement.attack))
+        if self.examples is not None:
+            save_examples(measurement, self.spec(measurement.model), self.examples)
         self._sink(self.judge.result(measurement))
 
     def cross_fitted(self, attack: str) -> bool:

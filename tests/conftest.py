@@ -83,4 +83,38 @@ def blobs() -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-_import_lazily_loaded_torch_modules()
+
+# -- unit and end-to-end tests ------------------------------------------------------------
+#: fixtures that run pytest itself (in-process or in a subprocess): a test using one is e2e
+E2E_FIXTURES = ("pytester", "testdir")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before the first pytester run (none in a unit-only run, which so starts ~3 s sooner
+    in each process), load what the inner runs use, outside their module snapshots."""
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        _import_lazily_loaded_torch_modules()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that drives pytest through ``pytester`` as ``e2e``; tests that start
+    a subprocess carry the mark themselves (the guard below fails them when they do not),
+    so ``pytest -m "not e2e"`` (``make test-unit``) is the fast unit loop."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in E2E_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``e2e`` mark that starts a process fails, saying to mark it: the
+    unit loop must stay fast, and the mark must be on every test that needs one."""
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+    import subprocess
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a subprocess ({str(args[:1])[:120]}) but "
+                             "is not marked e2e; add @pytest.mark.e2e (unit tests run in-process).")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)

@@ -161,6 +161,7 @@ def test_zipfile_never_returns_more_than_a_members_declared_size(tmp_path) -> No
             assert sum(len(chunk) for chunk in iter(lambda: stream.read(64), b"")) == 1000
 
 
+@pytest.mark.e2e
 def test_torch_reads_no_more_than_a_members_declared_size(tmp_path) -> None:
     torch.save({"w": torch.zeros(4, 4)}, tmp_path / "small.pt")
     name = deflated_member(tmp_path / "small.pt", tmp_path / "lie.pt", "/data/0", BOMB)
@@ -308,6 +309,7 @@ def _export(path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("form", ["state_dict", "torchscript", "export"])
 def test_a_torch_archive_with_a_large_compressed_member_is_refused_before_torch_reads_it(
         tmp_path, form) -> None:

@@ -93,6 +93,7 @@ def test_the_workflow_installs_cpu_torch_and_the_plugin() -> None:
     assert cache["with"]["path"] == ".venv" and "hashFiles(" in cache["with"]["key"]
 
 
+@pytest.mark.e2e
 def test_the_workflow_on_main_and_on_pull_requests(tmp_path: Path) -> None:
     """main saves its baseline; a pull request before any main run is judged on thresholds;
     one that falls below main's baseline fails on exactly that gate."""

@@ -53,7 +53,8 @@ def test_factory_name_and_named_models_inherit_top_level_settings() -> None:
     assert torch_spec.input_range == (-1.0, 1.0) and onnx_spec.seed == 3
     assert [c.attack for c in torch_spec.checks] == ["clean"]
     assert [c.attack for c in onnx_spec.checks] == ["noise"]
-    assert parse(single(model="pkg.model:build_mlp")).models[0].name == "build_mlp"
+    assert parse(single(model="pkg.mlp:build")).models[0].name == "mlp"  # the module, not "build"
+    assert parse(single(model="mlp:build", name="digits")).models[0].name == "digits"
 
 
 def test_options_reach_the_check_with_types_enforced() -> None:
@@ -106,6 +107,7 @@ def test_no_section_means_no_gates(tmp_path) -> None:
         load_config(tmp_path / "pyproject.toml", ATTACKS)
 
 
+@pytest.mark.e2e
 def test_config_reading_imports_no_torch() -> None:
     import subprocess
 
@@ -155,3 +157,30 @@ def test_loss_and_allow_masking_are_read() -> None:
                                           "allow-masking": True, "min-accuracy": 0.5}]), path=PATH, attacks=builtin_attacks())
     (check,) = config.models[0].checks
     assert check.options == {"loss": "dlr"} and check.allow_masking is True
+
+
+def test_every_mistake_of_a_check_is_listed_together_even_with_an_unknown_attack() -> None:
+    table = single(checks=[{"attack": "fgsn", "eps": -0.1, "min-acuracy": 0.5, "max-drop": 3},
+                           {"attack": "fgsm", "eps": 0.1}])
+    with pytest.raises(ConfigError) as info:
+        parse(table)
+    message = str(info.value)
+    assert message.startswith(f"{PATH}: 5 configuration errors:\n")
+    for part in ("1. [tool.advrobust] checks[0] attack: unknown attack 'fgsn'. Did you mean 'fgsm'?",
+                 "2. [tool.advrobust] checks[0] min-acuracy: unknown key. Did you mean 'min-accuracy'?",
+                 "3. [tool.advrobust] checks[0] eps: -0.1 is negative",
+                 "4. [tool.advrobust] checks[0] max-drop: 3 is outside [0, 1]",
+                 "5. [tool.advrobust] checks[1]: fgsm has no threshold"):  # the next check's too
+        assert part in message
+
+
+def test_a_known_attacks_mistakes_are_listed_together() -> None:
+    table = single(checks=[{"attack": "universal", "eps": 0.1, "steps": 2.5, "stepz": 3,
+                            "min-accuracy": 0.5, "report-only": "yes"}])
+    with pytest.raises(ConfigError) as info:
+        parse(table)
+    message = str(info.value)
+    assert "3 configuration errors" in message
+    assert "checks[0] stepz: unknown key. Did you mean 'steps'? (attack 'universal' accepts:" in message
+    assert "checks[0] steps: must be a whole number" in message
+    assert "checks[0] report-only: must be true or false, not 'yes'" in message

@@ -112,7 +112,12 @@ def test_wrong_input_shape_names_the_shapes(tmp_path, task) -> None:
     (lambda x, y: (x[:0], y[:0]), r"the data is empty"),
     (lambda x, y: (x, y[:10]), r"has 50 inputs but 10 labels"),
     (lambda x, y: (np.where(np.arange(6) == 2, np.nan, x).astype(np.float32), y), r"inputs hold NaN or inf \(50 samples"),
-    (lambda x, y: (x * 2, y), r"inputs range over \[0.*, 1.99.*\] .* but input-range is \[0, 1\]"),
+    (lambda x, y: (x * 2, y), r"inputs range over \[0.*, 1.99.*\] .* but input-range is \[0, 1\]\. eps "
+                              r"and clipping act in input-range units.*give eps in those units too"),
+    (lambda x, y: (np.round(x * 255).astype(np.float32), y),
+     r"input-range is \[0, 1\]\. The data looks like 8-bit pixel values \(0-255\): divide by 255 in "
+     r"the loader .*eps = 0\.1 is 25\.5 of 255 grey levels\)\. Setting input-range = \[0, 255\] "
+     r"instead would make eps = 0\.1 a tenth of one grey level"),
 ])
 def test_bad_data(tmp_path, task, mutate, message) -> None:
     w, x, y = task

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.e2e  # every test here runs pytest on the example project
+
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:

@@ -304,7 +304,7 @@ def test_good_names_pass_and_default_names_are_made_to_follow_the_rule() -> None
     config = _parse({"models": {"mlp-torch": {"model": "m.onnx"}, "v1.2_b": {"model": "n.onnx"}}})
     assert config.model_names == ("mlp-torch", "v1.2_b")
     assert _parse({"model": "models/_my model..v2.onnx"}).model_names == ("my-model.v2",)
-    assert _parse({"model": "pkg.mod:_build"}).model_names == ("build",)
+    assert _parse({"model": "pkg._mlp:build"}).model_names == ("mlp",)
 
 
 def test_names_differing_only_in_case_are_refused() -> None:
@@ -652,7 +652,8 @@ def test_one_config_error_reads_as_before() -> None:
     from pytest_advrobust.config import AttackOptions, parse_config
     from pytest_advrobust.errors import ConfigError
 
-    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "clean", "report-only": True}, {"attack": "fgsn", "eps": 0.1}]}
+    table = {"model": "m.onnx", "data": "d.npz", "checks": [{"attack": "clean", "report-only": True}, {"attack": "fgsn", "eps": 0.1,
+                                                                                                  "min-accuracy": 0.5}]}
     with pytest.raises(ConfigError) as info:
         parse_config(table, path=Path("pyproject.toml"), attacks={"clean": AttackOptions(uses_eps=False),
                                                                  "fgsm": AttackOptions()})

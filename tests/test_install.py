@@ -17,7 +17,8 @@ from conftest import ROOT
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+pytestmark = [pytest.mark.e2e,  # every test here runs make
+              pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")]
 
 
 def _dry_run(command: list[str], tmp_path: Path, **env: str) -> list[str]:

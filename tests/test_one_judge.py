@@ -493,6 +493,10 @@ def test_serial_xdist_and_merged_shards_write_byte_identical_json(pytester: pyte
     assert (pytester.path / "spread.json").read_text() == serial
     universal = next(r for r in json.loads(serial)["results"] if r["attack"] == "universal")
     assert "zero_gradient" in universal["diagnostics"]  # measured whichever gates share its pass
+    # per-class counts too (summed across shards): every gate's add up to its own counts
+    for r in json.loads(serial)["results"]:
+        assert [sum(c[f] for c in r["per_class"]) for f in ("n", "clean_correct", "correct")] == \
+            [r["n"], r["clean_correct"], r["correct"]] and len(r["per_class"]) == 4, r["key"]
     code, out = merge(*shards(pytester, 2), "--json", "merged.json")
     assert code == 0, out
     assert (pytester.path / "merged.json").read_text() == serial

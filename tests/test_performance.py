@@ -124,6 +124,7 @@ def _subprocess_env() -> dict[str, str]:
         [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.e2e
 def test_no_gates_configured_imports_no_heavy_library(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "plain"\nversion = "0"\n')
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")

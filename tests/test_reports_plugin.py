@@ -96,7 +96,12 @@ def test_one_run_writes_every_report(pytester: pytest.Pytester, project, monkeyp
     assert "- `fgsm eps=0.2 on blob: accuracy" in markdown and "< min-accuracy 0.990" in markdown
     assert "**Accepted into the baseline**" in markdown
     assert report[("fgsm", 0.2)]["accepted"] is True and not report[("fgsm", 0.15)]["accepted"]
-    assert summary.read_text() == "earlier step\n\n" + markdown
+    # the step summary is the same text, but names the plots where the file links them (a
+    # relative link leads nowhere from a GitHub run page)
+    head, files = markdown.split("**Files**\n\n", 1)
+    assert files.splitlines()[0] == "- [blob-linearity.png](plots/blob-linearity.png)"
+    assert summary.read_text() == "earlier step\n\n" + head + "**Files**\n\n" + "".join(
+        f"- `out/plots/{line.split('](plots/')[1][:-1]}`\n" for line in files.splitlines())
 
     baseline = json.loads((out / "baseline.json").read_text())
     assert baseline["format"] == "pytest-advrobust-baseline" and baseline["version"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -41,7 +42,7 @@ def test_other():
 
 
 @pytest.mark.parametrize("option, env, workers, cores, expected", [
-    (None, {}, None, 8, None),                               # serial: the libraries' defaults
+    (None, {}, None, 8, 8),                                  # serial: the usable cores
     (None, {}, 2, 2, 1),                                     # the issue's case: -n 2 on 2 cores
     (None, {}, 4, 16, 4),
     (None, {}, 3, 2, 1),                                     # more workers than cores: still 1
@@ -76,7 +77,13 @@ def test_each_xdist_worker_runs_torch_with_its_share_of_the_cores(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2",
                                            "test_recorder.py", "pyproject.toml")
     result.assert_outcomes(passed=5)
-    share = max(1, threads.available_cores() // 2)
+    # the controller measured the usable cores once and says each worker's share
+    (header,) = [line for line in result.stdout.lines if line.startswith("advrobust: threads")]
+    match = re.fullmatch(r"advrobust: threads in each xdist worker: (\d+) \((\d+) usable cores? // 2 "
+                         r"xdist workers; \d+ CPUs? in this process's affinity.*\)", header)
+    assert match, header
+    share = int(match.group(1))
+    assert share == max(1, int(match.group(2)) // 2) and int(match.group(2)) <= threads.available_cores()
     seen = [json.loads(p.read_text()) for p in sorted(pytester.path.glob("threads-gw*.json"))]
     assert seen and all(s == {"torch": share, "env": str(share)} for s in seen), seen
 
@@ -92,6 +99,25 @@ def test_the_override_sets_torch_threads_in_a_serial_run(
                                            "--advrobust-threads=1", "test_recorder.py")
     forced.assert_outcomes(passed=2)
     assert json.loads((pytester.path / "threads-serial.json").read_text()) == {"torch": 1, "env": "1"}
+
+
+def test_a_serial_run_takes_the_usable_cores_by_default(
+        pytester: pytest.Pytester, blobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the libraries' default (every core torch sees): the cores the process may use."""
+    x, y = blobs
+    write_project(pytester.path, x, y, CHECKS)
+    pytester.makepyfile(test_recorder=RECORDER.replace("worker_id", "request").replace(
+        'f"threads-{request}.json"', '"threads-serial.json"'))
+    _clean_thread_env(monkeypatch)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "test_recorder.py")
+    result.assert_outcomes(passed=2)
+    (header,) = [line for line in result.stdout.lines if line.startswith("advrobust: threads")]
+    match = re.fullmatch(r"advrobust: threads: (\d+) \(the usable cores: \d+ CPUs? in this "
+                         r"process's affinity.*\)", header)
+    assert match, header
+    count = int(match.group(1))
+    assert 1 <= count <= threads.available_cores()
+    assert json.loads((pytester.path / "threads-serial.json").read_text()) == {"torch": count, "env": str(count)}
 
 
 def test_a_bad_thread_count_is_a_usage_error(pytester: pytest.Pytester, blobs) -> None:
@@ -164,16 +190,18 @@ def test_the_linearity_plot_reuses_the_runs_classifiers(pytester: pytest.Pyteste
         assert loads == {"loads-controller.txt": ["blob"]}
 
 
-def test_progress_is_quiet_in_a_log_unless_asked(pytester: pytest.Pytester, blobs) -> None:
+def test_progress_in_a_log_is_per_pass_unless_every_batch_is_asked_for(pytester: pytest.Pytester, blobs) -> None:
     x, y = blobs
     write_project(pytester.path, x, y, CHECKS)
     quiet = pytester.runpytest("-p", "no:cacheprovider")  # not a terminal: a CI log
     quiet.assert_outcomes(passed=3)
-    assert "batch 1/4" not in quiet.stdout.str()
+    assert "batch 1/4" not in quiet.stdout.str() and "blob: pass started" in quiet.stdout.str()
     asked = pytester.runpytest("-p", "no:cacheprovider", "--advrobust-progress=on")
     asked.assert_outcomes(passed=3)
-    asked.stdout.fnmatch_lines(["advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.01/0.05",
-                                "advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05"])
+    asked.stdout.fnmatch_lines(["advrobust blob: batch 1/4 (from sample 0); gates: clean, fgsm 0.01/0.05 "
+                                "[[]* s into the pass[]]",
+                                "advrobust blob: batch 4/4 (from sample 192); gates: clean, fgsm 0.01/0.05 "
+                                "[[]* s into the pass[]]"])
 
 
 def test_progress_is_one_live_line_on_a_terminal(pytester: pytest.Pytester, blobs,

@@ -137,9 +137,17 @@ def test_three_shards_merge_to_exactly_the_unsharded_reports(pytester: pytest.Py
     short = json.loads(shards[2].read_text())
     for result in short["results"]:
         if result["attack"] == "fgsm":  # every gate's counts must tile the data, not clean's only
-            result.update(n=result["n"] - 1, correct=max(0, result["correct"] - 1),
-                          clean_correct=result["clean_correct"] - 1)
+            # one sample fewer, right when clean and under attack (its class's counts too)
+            row = next(r for r in result["per_class"] if r["correct"] and r["clean_correct"])
+            for counts in (result, row):
+                counts.update(n=counts["n"] - 1, correct=counts["correct"] - 1,
+                              clean_correct=counts["clean_correct"] - 1)
     (pytester.path / "short.json").write_text(json.dumps(short))
+    uneven = json.loads(shards[2].read_text())
+    uneven["results"][0]["per_class"][0]["correct"] += 1  # per-class counts that do not add up
+    (pytester.path / "uneven.json").write_text(json.dumps(uneven))
+    code, out = merge(shards[0], shards[1], pytester.path / "uneven.json")
+    assert code == 2 and "per-class counts do not add up to its counts" in capsys.readouterr().err
     code, out = merge(shards[0], shards[1], pytester.path / "short.json")
     assert code == 2 and ("counted 155 samples but its part of the data (540 samples in batches "
                           "of 64) holds 156") in capsys.readouterr().err
@@ -268,6 +276,7 @@ def merged(config: Path, parts: list) -> list:
     return merge_shards(parts, open_session(config, conftest=False), config_fingerprint(config))
 
 
+@pytest.mark.e2e
 def test_merge_command_runs_without_torch(tmp_path) -> None:
     """``python -m pytest_advrobust merge`` needs no torch; bad input exits 2 with a message."""
     (tmp_path / "bad.json").write_text("{not json")
@@ -324,6 +333,7 @@ def test_merged_statistics_add_up_and_keep_the_smallest_counterexample() -> None
     assert _merge_stats([{"queries": 100}, {"queries": 50}]) == {"queries": 150}
 
 
+@pytest.mark.e2e
 def test_example_project_three_shards_merge_to_the_unsharded_counts(tmp_path) -> None:
     """The example project as shipped (torch MLP, its ONNX export, a scikit-learn export
     attacked by transfer and spsa): 3 shards merged are the unsharded results, exactly."""

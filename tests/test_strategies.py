@@ -102,6 +102,7 @@ def test_find_flip_finds_nothing_for_robust_samples_and_is_deterministic() -> No
     assert np.array_equal(runs[0].delta, runs[1].delta)
 
 
+@pytest.mark.e2e
 def test_importing_strategies_does_not_import_torch() -> None:
     code = "import sys, pytest_advrobust.strategies; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -57,7 +57,9 @@ def testcase_name(result: AttackResult, indexed: bool = False) -> str:
 
 def to_junit(results: Iterable[AttackResult], config: str = "pyproject.toml") -> str:
     """``<testsuites><testsuite name="advrobust">`` with a testcase per gate (classname
-    ``pyproject.toml.<model>`` as pytest's own JUnit names the gate items), no timestamps."""
+    ``pyproject.toml.<model>`` as pytest's own JUnit names the gate items), no timestamps; a
+    gate's ``time`` is its share of its model's pass where the results carry it (a run), and
+    absent where they do not (a merge: shard reports hold no timings)."""
     results = ordered(results)
     plain = Counter((r.model, testcase_name(r)) for r in results)
     checks = Counter((r.model, testcase_name(r), r.check) for r in results)
@@ -69,7 +71,9 @@ def to_junit(results: Iterable[AttackResult], config: str = "pyproject.toml") ->
         # a name shared by two checks of the same attack gets the check index, as in pytest
         indexed = plain[(r.model, testcase_name(r))] > checks[(r.model, testcase_name(r), r.check)]
         case = ElementTree.SubElement(suite, "testcase", classname=f"{config}.{r.model}",
-                                      name=testcase_name(r, indexed), time=f"{r.seconds:.3f}")
+                                      name=testcase_name(r, indexed))
+        if r.seconds:  # shard reports carry no timings (their JSON is deterministic): no
+            case.set("time", f"{r.seconds:.3f}")  # time rather than a false 0.000
         properties = ElementTree.SubElement(case, "properties")
         for name, value in gate_properties(r):
             ElementTree.SubElement(properties, "property", name=name, value=xml_text(value))

@@ -71,6 +71,8 @@ class Written:
 
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: the plots written (the Markdown summary links them)
+    plots: list[Path] = field(default_factory=list)
 
 
 def _write(out: Written, what: str, target: Path | None, write: Callable[[Path], Any]) -> None:
@@ -108,9 +110,12 @@ def _markdown(run: RunRecord, targets: ReportTargets, out: Written) -> None:
         return
     from .markdown import append_markdown, to_markdown, write_markdown
 
-    text = to_markdown(run, plots=targets.plots)
-    _write(out, "markdown", targets.markdown, lambda path: write_markdown(path, text))
-    _write(out, "step summary", targets.step_summary, lambda path: append_markdown(path, text))
+    if targets.markdown is not None:  # links to the plots from the file's folder
+        text = to_markdown(run, files=out.plots, links_from=Path(targets.markdown).resolve().parent)
+        _write(out, "markdown", targets.markdown, lambda path: write_markdown(path, text))
+    if targets.step_summary is not None:  # a step summary is a page: no relative link works there
+        summary = to_markdown(run, files=out.plots)
+        _write(out, "step summary", targets.step_summary, lambda path: append_markdown(path, summary))
 
 
 def _baseline(run: RunRecord, targets: ReportTargets, out: Written) -> None:
@@ -160,14 +165,16 @@ def _plots(run: RunRecord, targets: ReportTargets, out: Written) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         out.problems.append(f"could not write the plots to {targets.plots}: {reason}")
         return
+    out.plots = list(written)
     out.notes.append(f"plots: {len(written)} PNGs in {targets.plots}")
     out.notes.extend(f"plot skipped: {problem}" for problem in problems)
 
 
-#: every report, in the order they are written: (name, stage)
+#: every report, in the order they are written: (name, stage); the plots before the
+#: Markdown, which links them
 STAGES: tuple[tuple[str, Callable[[RunRecord, ReportTargets, Written], None]], ...] = (
-    ("json", _json), ("junitxml", _junit), ("markdown", _markdown), ("baseline", _baseline),
-    ("plots", _plots),
+    ("json", _json), ("junitxml", _junit), ("plots", _plots), ("markdown", _markdown),
+    ("baseline", _baseline),
 )
 
 

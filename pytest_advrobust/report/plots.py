@@ -1,7 +1,8 @@
 """``--advrobust-plots DIR``: PNGs a reviewer can read (matplotlib, the ``plots`` extra).
 
-Per model: robustness curves (accuracy against eps per attack, 95% bands, clean accuracy
-as a reference line), the fitted universal perturbation(s), and the linearity plot.
+Per model: robustness curves (accuracy against eps per attack, 95% bands, each gate's
+threshold, clean accuracy as a reference line), the fitted universal perturbation(s), and
+the linearity plot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..linearity import LinearityCurves
 
 __all__ = ["PlotsUnavailable", "pyplot", "write_plots", "robustness_curves", "perturbation_images",
-           "linearity_plot"]
+           "linearity_plot", "threshold_floor", "curves_figure"]
 
 #: fixed colours, so FGSM and its noise baseline look the same in every project
 COLOURS = {"fgsm": "tab:red", "noise": "tab:blue", "universal": "tab:green", "pgd": "tab:purple"}
@@ -68,48 +69,86 @@ def write_plots(results: Iterable[AttackResult], folder: Path, *,
 
 def robustness_curves(results: Iterable[AttackResult], folder: Path) -> list[Path]:
     """One ``MODEL-robustness.png`` per model with an eps-taking attack: accuracy against
-    eps per attack (starting at eps 0 from the same samples' clean accuracy), 95% bands."""
+    eps per attack, 95% bands, and each gate's threshold (its floor: the higher of
+    min-accuracy and clean accuracy minus max-drop) as a bar in the curve's colour; a gate
+    that failed is crossed out. A check measured at several eps is a line starting at eps 0
+    from the same samples' clean accuracy; one measured at one eps is a point with its
+    interval, never a line (only that eps was measured)."""
     plt = pyplot()
     by_model: dict[str, list[AttackResult]] = defaultdict(list)
     for r in results:
         by_model[r.model].append(r)
     written = []
     for model, rows in sorted(by_model.items()):
-        curves: dict[str, list[AttackResult]] = defaultdict(list)
-        for r in rows:
-            if r.eps is not None:
-                curves[_curve_name(r)].append(r)
-        if not curves:
+        figure = curves_figure(model, rows)
+        if figure is None:
             continue
-        clean = next((r.clean_accuracy for r in rows if r.attack == "clean"), rows[0].clean_accuracy)
-        figure, axis = plt.subplots(figsize=(6.4, 4.4), dpi=110)
         try:
-            axis.axhline(clean, color="black", linestyle="--", linewidth=1,
-                         label=f"clean accuracy {clean:.3f}")
-            for name, points in sorted(curves.items(), key=lambda item: _order(item[0])):
-                points.sort(key=lambda r: r.eps)
-                eps = [0.0] + [r.eps for r in points]
-                acc = [points[0].clean_accuracy] + [r.accuracy for r in points]
-                low = [points[0].clean_accuracy] + [r.interval[0] for r in points]
-                high = [points[0].clean_accuracy] + [r.interval[1] for r in points]
-                colour = COLOURS.get(points[0].attack)
-                axis.plot(eps, acc, marker="o", color=colour, label=name)
-                axis.fill_between(eps, low, high, color=colour, alpha=0.18, linewidth=0)
-                for r in points:
-                    if r.min_accuracy is not None and not r.passed:
-                        axis.plot([r.eps], [r.accuracy], marker="x", color="black", markersize=9)
-            axis.set_xlabel("eps (L-inf, input units)")
-            axis.set_ylabel("accuracy")
-            axis.set_ylim(-0.02, 1.02)
-            axis.set_xlim(left=0)
-            axis.grid(alpha=0.3)
-            axis.set_title(f"{model}: accuracy under attack (bands: 95% Wilson interval)", fontsize=10)
-            axis.legend(fontsize=8, loc="lower left")
-            figure.tight_layout()
             written.append(_save(figure, inside(folder, f"{_safe(model)}-robustness.png")))
         finally:
             plt.close(figure)
     return written
+
+
+def curves_figure(model: str, rows: list[AttackResult]) -> Any:
+    """The robustness curves of one model's results (a matplotlib figure; the caller closes
+    it), or None when no attack of it takes an eps."""
+    plt = pyplot()
+    curves: dict[str, list[AttackResult]] = defaultdict(list)
+    for r in rows:
+        if r.eps is not None:
+            curves[_curve_name(r)].append(r)
+    if not curves:
+        return None
+    clean = next((r.clean_accuracy for r in rows if r.attack == "clean"), rows[0].clean_accuracy)
+    figure, axis = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    axis.axhline(clean, color="black", linestyle="--", linewidth=1, label=f"clean accuracy {clean:.3f}")
+    thresholds = False
+    for name, points in sorted(curves.items(), key=lambda item: _order(item[0])):
+        points.sort(key=lambda r: r.eps)
+        colour = COLOURS.get(points[0].attack)
+        if len(points) == 1:  # one eps measured: a point and its interval
+            r = points[0]
+            low, high = r.interval
+            drawn = axis.errorbar([r.eps], [r.accuracy], yerr=[[r.accuracy - low], [high - r.accuracy]],
+                                  fmt="o", color=colour, capsize=4, label=f"{name} (one eps)")
+            colour = drawn.lines[0].get_color()
+        else:
+            eps = [0.0] + [r.eps for r in points]
+            acc = [points[0].clean_accuracy] + [r.accuracy for r in points]
+            low = [points[0].clean_accuracy] + [r.interval[0] for r in points]
+            high = [points[0].clean_accuracy] + [r.interval[1] for r in points]
+            colour = axis.plot(eps, acc, marker="o", color=colour, label=name)[0].get_color()
+            axis.fill_between(eps, low, high, color=colour, alpha=0.18, linewidth=0)
+        for r in points:
+            floor = threshold_floor(r)
+            if floor is not None:
+                axis.plot([r.eps], [floor], marker="_", markersize=22, markeredgewidth=2.5,
+                          color=colour, linestyle="none", gid="threshold")
+                thresholds = True
+            if r.status == "failed":
+                axis.plot([r.eps], [r.accuracy], marker="x", color="black", markersize=9)
+    if thresholds:  # one legend entry for every gate's bar
+        axis.plot([], [], marker="_", markersize=16, markeredgewidth=2.5, color="grey",
+                  linestyle="none", label="threshold of the gate (min-accuracy / max-drop)")
+    axis.set_xlabel("eps (L-inf, input units)")
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(-0.02, 1.02)
+    largest = max(r.eps for points in curves.values() for r in points)
+    axis.set_xlim(left=0, right=1.08 * largest if largest > 0 else None)
+    axis.grid(alpha=0.3)
+    axis.set_title(f"{model}: accuracy under attack (bands: 95% Wilson interval)", fontsize=10)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    return figure
+
+
+def threshold_floor(r: AttackResult) -> float | None:
+    """The lowest accuracy ``r``'s gate accepts: min-accuracy and clean accuracy minus
+    max-drop, whichever is higher; None for a gate without a threshold (report-only)."""
+    floors = [f for f in (r.min_accuracy, None if r.max_drop is None else r.clean_accuracy - r.max_drop)
+              if f is not None]
+    return max(floors) if floors and not r.report_only else None
 
 
 def perturbation_images(results: Iterable[AttackResult], folder: Path) -> list[Path]:

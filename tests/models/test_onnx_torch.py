@@ -514,6 +514,7 @@ def test_unknown_and_unsupported_default_domain_nodes() -> None:
     assert info.value.node_name == "pool_with_indices"
 
 
+@pytest.mark.e2e
 def test_find_untranslatable_does_not_import_torch() -> None:
     code = (
         "import sys, onnx\n"

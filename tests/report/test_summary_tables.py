@@ -48,3 +48,21 @@ def test_no_negative_zero_delta() -> None:
     same = AttackResult(model="m", attack="fgsm", eps=0.1, correct=223, clean_correct=525, n=540,
                         baseline_accuracy=0.412963)
     assert summary_rows([same], verbose=True)[0][-2] == "+0.000 (was 0.413)"
+
+
+def test_the_markdown_links_the_plots_from_its_folder_and_the_step_summary_names_them(tmp_path,
+                                                                                        monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from pytest_advrobust.report.pipeline import ReportTargets, write_reports
+
+    monkeypatch.chdir(tmp_path)
+    written = write_reports(RunRecord(_results()), ReportTargets(
+        markdown=tmp_path / "out" / "summary.md", step_summary=tmp_path / "step.md",
+        plots=tmp_path / "my plots"))
+    assert written.problems == [] and written.plots == [tmp_path / "my plots" / "m-robustness.png"]
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "**Files**\n\n- [m-robustness.png](../my%20plots/m-robustness.png)\n" in markdown
+    step = (tmp_path / "step.md").read_text()  # a page: a relative link would lead nowhere
+    assert "- `my plots/m-robustness.png`\n" in step and "](" not in step
