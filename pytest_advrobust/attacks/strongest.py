@@ -19,7 +19,9 @@ raw units; returns a tensor shaped like ``x``. Cost per batch: one forward + bac
 FGSM gradient), one forward per member on the samples still standing, and each member's own
 cost on them (see ``apgd``, ``square``). ``stats``: ``fooled_by_<member>`` (samples each
 member fooled first), ``gradients`` (forward + backward passes), ``queries`` (square's
-forward passes), ``no_gradient_batches`` (batches that ran square alone).
+forward passes), ``no_gradient_batches`` (batches that ran square alone), ``zero_gradient``
+(correctly classified samples whose cross-entropy gradient is exactly zero, for the masking
+diagnostics, which also compare what square fooled with what the gradient members fooled).
 
 Example::
 
@@ -94,6 +96,8 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
                                     active=standing))
         return best
     stats["gradients"] += len(x)
+    stats["zero_gradient"] = stats.get("zero_gradient", 0) + int(
+        (~grad.reshape(len(grad), -1).ne(0).any(1).cpu() & standing).sum())  # for the masking diagnostics
     count("fgsm", (x + eps * grad.sign().to(x.dtype)).clamp(low, high))
     for member, options in (("apgd-ce", {"loss": "ce"}),
                             ("apgd-t", {"loss": "dlr", "targeted": True, "targets": targets})):
