@@ -36,8 +36,9 @@ unless the check says ``allow-masking = true``, when
 
 - its own attack could not move more than :data:`ZERO_GRADIENT_LIMIT` of its correctly
   classified samples (``gradient_free`` where the attack reports it, else ``zero_gradient``
-  when the attack ascends the cross-entropy; for ``strongest`` only when no square member
-  ran): its figure would be the clean accuracy dressed as robustness. These are
+  when the attack ascends the cross-entropy; for ``strongest``, those every gradient member
+  left standing, when no square member ran): its figure would be the clean accuracy
+  dressed as robustness. These are
   deterministic counts, so they cannot flap;
 - the masking probe's square fooled significantly more of the samples it probed than the
   gate's attack: at least :data:`MIN_GAP` of them more, and p < :data:`ALPHA` (with no
@@ -222,12 +223,17 @@ def _members(result: Any, out: dict[str, Any], suspected: list[str], base: int) 
             words = (f"the cross-entropy gradient is exactly zero for {fraction:.1%} of correctly "
                      f"classified samples ({int(zero)} of {base}), so {result.attack}'s gradient "
                      "members could not move them")
+            standing = int(stats.get("zero_gradient_standing", 0))
             if stats.get("queries", 0):
                 words += "; its square member (no gradient needed) attacked them too"
-            else:
+            elif standing / base > ZERO_GRADIENT_LIMIT:
                 fails = True
-                words += (f" and no square member ran (square-queries = 0), so accuracy "
-                          f"{result.accuracy:.3f} is no evidence of robustness")
+                words += (f"; {standing} of them were left standing by every gradient member and no "
+                          f"square member ran (square-queries = 0), so accuracy {result.accuracy:.3f} "
+                          "is no evidence of robustness")
+            else:
+                words += ("; its gradient members that ascend another loss moved all but "
+                          f"{standing} of them")
             suspected.append(words)
     if square:
         p = paired_p(square, gradient)

@@ -19,9 +19,10 @@ raw units; returns a tensor shaped like ``x``. Cost per batch: one forward + bac
 FGSM gradient), one forward per member on the samples still standing, and each member's own
 cost on them (see ``apgd``, ``square``). ``stats``: ``fooled_by_<member>`` (samples each
 member fooled first), ``gradients`` (forward + backward passes), ``queries`` (square's
-forward passes), ``no_gradient_batches`` (batches that ran square alone), ``zero_gradient``
-(correctly classified samples whose cross-entropy gradient is exactly zero, for the masking
-diagnostics, which also compare what square fooled with what the gradient members fooled).
+forward passes), ``no_gradient_batches`` (batches that ran square alone); for the masking diagnostics
+(which also compare what square fooled with what the gradient members fooled),
+``zero_gradient`` (correctly classified samples whose cross-entropy gradient is exactly
+zero) and ``zero_gradient_standing`` (those of them every gradient member left standing).
 
 Example::
 
@@ -96,8 +97,9 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
                                     active=standing))
         return best
     stats["gradients"] += len(x)
-    stats["zero_gradient"] = stats.get("zero_gradient", 0) + int(
-        (~grad.reshape(len(grad), -1).ne(0).any(1).cpu() & standing).sum())  # for the masking diagnostics
+    zero = ~grad.reshape(len(grad), -1).ne(0).any(1).cpu() & standing  # for the masking diagnostics
+    stats["zero_gradient"] = stats.get("zero_gradient", 0) + int(zero.sum())
+    stats.setdefault("zero_gradient_standing", 0)
     count("fgsm", (x + eps * grad.sign().to(x.dtype)).clamp(low, high))
     for member, options in (("apgd-ce", {"loss": "ce"}),
                             ("apgd-t", {"loss": "dlr", "targeted": True, "targets": targets})):
@@ -105,6 +107,7 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
             return best
         count(member, apgd_linf(model, x, y, eps, rng, scores=scores, stats=stats, steps=steps,
                                 restarts=restarts, fgsm_point=False, active=standing.clone(), **options))
+    stats["zero_gradient_standing"] += int((zero & standing).sum())
     if standing.any() and square_queries > 0:
         count("square", square_linf(model, x, y, eps, rng, scores=scores, stats=stats,
                                     queries=square_queries, active=standing.clone()))
