@@ -535,14 +535,14 @@ class ModelPass:
     # -- randomised models (models/randomised.py) -------------------------------------------
     def randomised(self, x: "torch.Tensor | None" = None) -> bool:
         """Whether the model draws random numbers in forward, looked at once (two passes of
-        ``x``, the first inputs a pass sees, under two seeds); then it is attacked through
+        the first :data:`DETECT_ROWS` inputs a pass sees, under two seeds); then it is attacked through
         an EOT :class:`~pytest_advrobust.models.randomised.Expectation` and every figure
         is over ``eot-samples`` seeded draws."""
         known = getattr(self.model, "randomised", None)
         if known is None and x is not None:
             from .models.randomised import differs
 
-            known = differs(self.model, x, self._key("detect"))
+            known = differs(self.model, x[:DETECT_ROWS], self._key("detect"))
             try:
                 self.model.randomised, self.model.draws = known, self.spec.eot_samples if known else 1
             except AttributeError:  # a classifier of a hook's that takes no attributes
@@ -692,6 +692,8 @@ class ModelPass:
 
 #: tags of the masking probe's position-keyed draws: its subsample and its square attack
 PROBE_MEMBERS, PROBE_STREAM = 1, 2
+#: rows of the first batch scored twice to tell whether a model is randomised
+DETECT_ROWS = 32
 
 
 def _uniform(key: Sequence[Any], positions: Any) -> Any:
