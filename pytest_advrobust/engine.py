@@ -285,6 +285,8 @@ class ModelPass:
         self._zero_rows: tuple[Any, Any] = (None, None)
         #: the masking probe's outcomes on the current batch, per (eps, settings, rows)
         self._probed: dict[tuple[Any, ...], tuple[Any, int]] = {}
+        #: whether the model is randomised, once looked at (also kept on the classifier)
+        self._randomised: bool | None = getattr(self.model, "randomised", None)
 
     # -- steps ----------------------------------------------------------------------------
     def live(self) -> list[GateRun]:
@@ -323,9 +325,8 @@ class ModelPass:
                                          stop=max(gate.fit_size for gate in fitting) + 1))
         fit_x = torch.cat([b.x for b in batches])
         fit_y = torch.cat([b.y for b in batches])
-        if model.num_classes is None:
-            model.scores(batches[0].x)
-        self.randomised(batches[0].x)
+        if model.num_classes is None or self._randomised is None:
+            self.randomised(batches[0].x, self._drawn(self._key("fit")).scores(batches[0].x))
         _check_labels(fit_y, model.num_classes, self.data, 0)
         for gate in fitting:
             if len(fit_y) <= gate.fit_size:
@@ -380,7 +381,6 @@ class ModelPass:
         wanting = [gate for gate in self.live()
                    if gate.attack.wants("grad") or gate.attack.needs_gradient]
         grad = None
-        self.randomised(batch.x)
         model = self._drawn(self._key("shared", batch.offset))
         if wanting:
             try:
@@ -394,7 +394,9 @@ class ModelPass:
         else:
             scores = model.scores(batch.x)
         _check_labels(batch.y, self.model.num_classes, self.data, batch.offset)
-        if model is not self.model:  # each draw's decisions: right only if right in all
+        if self._randomised is None and self.randomised(batch.x, scores):
+            return self.shared(batch)  # again, through its draws
+        if self.randomised():  # each draw's decisions: right only if right in all
             draws = sum((s.argmax(1).to(batch.y.device) == batch.y).long() for s in model.last)
             return Shared(scores=scores, clean_ok=draws == model.draws, grad=grad, draws_correct=draws)
         return Shared(scores=scores, clean_ok=scores.argmax(1).to(batch.y.device) == batch.y, grad=grad)
@@ -533,21 +535,23 @@ class ModelPass:
                            "your own, fix it there, else please report it.", where=self.spec.name)
 
     # -- randomised models (models/randomised.py) -------------------------------------------
-    def randomised(self, x: "torch.Tensor | None" = None) -> bool:
-        """Whether the model draws random numbers in forward, looked at once (two passes of
-        the first :data:`DETECT_ROWS` inputs a pass sees, under two seeds); then it is attacked through
-        an EOT :class:`~pytest_advrobust.models.randomised.Expectation` and every figure
-        is over ``eot-samples`` seeded draws."""
-        known = getattr(self.model, "randomised", None)
-        if known is None and x is not None:
+    def randomised(self, x: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None) -> bool:
+        """Whether the model draws random numbers in forward, looked at once: one more pass
+        over the first :data:`DETECT_ROWS` inputs a pass scored (``x``, with their
+        ``scores``), under a seed, must give the same scores. A randomised model is then
+        attacked through an EOT :class:`~pytest_advrobust.models.randomised.Expectation`
+        and every figure is over ``eot-samples`` seeded draws."""
+        if self._randomised is None and x is not None:
             from .models.randomised import differs
 
-            known = differs(self.model, x[:DETECT_ROWS], self._key("detect"))
-            try:
-                self.model.randomised, self.model.draws = known, self.spec.eot_samples if known else 1
+            first = None if scores is None else scores[:DETECT_ROWS]
+            self._randomised = differs(self.model, x[:DETECT_ROWS], self._key("detect"), first)
+            try:  # for its notes, and the session's later passes
+                self.model.randomised = self._randomised
+                self.model.draws = self.spec.eot_samples if self._randomised else 1
             except AttributeError:  # a classifier of a hook's that takes no attributes
                 pass
-        return bool(known)
+        return bool(self._randomised)
 
     def _key(self, *parts: Any) -> tuple[Any, ...]:
         """A key for this model's seeded draws outside any one gate (the clean pass)."""
@@ -557,12 +561,14 @@ class ModelPass:
 
     def _drawn(self, key: tuple[Any, ...]) -> Any:
         """The model as an attack (or the clean pass) uses it: itself, or for a randomised
-        model its expectation over ``eot-samples`` draws seeded from ``key``."""
-        if not self.randomised():
+        model its expectation over ``eot-samples`` draws seeded from ``key``; before the
+        model was looked at, one draw seeded from ``key`` (so that first pass leaves the
+        caller's torch generator alone, whatever the model turns out to be)."""
+        if self._randomised is False:
             return self.model
         from .models.randomised import Expectation
 
-        return Expectation(self.model, self.spec.eot_samples, key)
+        return Expectation(self.model, self.spec.eot_samples if self._randomised else 1, key)
 
     def _correct(self, x: "torch.Tensor", y: "torch.Tensor",
                  key: tuple[Any, ...]) -> tuple["torch.Tensor", "torch.Tensor | None"]:

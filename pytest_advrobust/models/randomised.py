@@ -5,8 +5,8 @@ input differently on every call. Judged on one draw, a gate's figure is a coin f
 a gradient attack follows one draw's noise: Athalye, Carlini & Wagner, 2018 ("Obfuscated
 gradients give a false sense of security", section 4.2: expectation over transformation,
 EOT) and Athalye, Engstrom, Ilyas & Kwok, 2018. The engine checks every model once, on
-the first inputs it sees: two forward passes of the same batch under two seeds
-(:func:`differs`). A randomised model is then
+the first inputs it sees: a second forward pass of a few of them under a seed of its own,
+compared with the first (:func:`differs`). A randomised model is then
 
 - attacked through :class:`Expectation`: its scores are the mean probabilities over
   ``draws`` draws (as log-probabilities, so they stay logits), its loss gradients the
@@ -70,15 +70,20 @@ def seeded(seed: int, device: Any = "cpu") -> Iterator[None]:
             torch.cuda.set_rng_state(saved_cuda, device)
 
 
-def differs(model: Any, x: torch.Tensor, key: Sequence[Any]) -> bool:
-    """Whether ``model`` scores ``x`` differently in two passes under two seeds: it draws
-    random numbers in ``forward``."""
-    with seeded(seed_for(key, "detect", 0), model.device):
-        first = model.scores(x)
+def differs(model: Any, x: torch.Tensor, key: Sequence[Any],
+            first: torch.Tensor | None = None) -> bool:
+    """Whether ``model`` scores ``x`` differently in two passes: it draws random numbers in
+    ``forward``. ``first``: its scores of ``x`` from a pass already made (so one more pass
+    is enough; the second always runs under a seed of its own)."""
+    if first is None:
+        with seeded(seed_for(key, "detect", 0), model.device):
+            first = model.scores(x)
     with seeded(seed_for(key, "detect", 1), model.device):
         second = model.scores(x)
-    scale = float(first.abs().max()) if first.numel() else 0.0
-    return bool((first - second).abs().max() > DIFFERENCE * max(scale, 1e-12)) if first.numel() else False
+    if not first.numel():
+        return False
+    scale = float(first.abs().max())
+    return bool((first.to(second.device) - second).abs().max() > DIFFERENCE * max(scale, 1e-12))
 
 
 def correct_in_draws(model: Any, x: torch.Tensor, y: torch.Tensor, draws: int,
@@ -141,7 +146,10 @@ class Expectation:
 
     def mean(self, scores: list[torch.Tensor]) -> torch.Tensor:
         """Probabilities averaged; logits as the log of their averaged softmax (a logit
-        vector whose softmax is the mean prediction), computed in float64."""
+        vector whose softmax is the mean prediction), computed in float64. One draw's
+        scores are returned as they are."""
+        if len(scores) == 1:
+            return scores[0]
         if getattr(self.model, "output_kind", "logits") == "probabilities":
             return torch.stack(scores).mean(0)
         logs = torch.stack([s.double().log_softmax(1) for s in scores])
