@@ -218,11 +218,13 @@ class RobustnessConfig:
 def masking_probe(spec: ModelSpec, check: CheckSpec) -> tuple[int, int] | None:
     """``(samples, queries)`` of the masking probe of ``check`` (its own keys, else its
     model's), or None when ``masking-probe = false`` turns it off."""
-    enabled = spec.masking_probe if check.masking_probe is None else check.masking_probe
-    if not enabled:
+    def own(value: Any, inherited: Any) -> Any:
+        return inherited if value is None else value
+
+    if not own(check.masking_probe, spec.masking_probe):
         return None
-    return (spec.masking_probe_samples if check.masking_probe_samples is None else check.masking_probe_samples,
-            spec.masking_probe_queries if check.masking_probe_queries is None else check.masking_probe_queries)
+    return (own(check.masking_probe_samples, spec.masking_probe_samples),
+            own(check.masking_probe_queries, spec.masking_probe_queries))
 
 
 def model_format(ref: str) -> str:
@@ -510,8 +512,8 @@ class _Reader:
                             "square attack. Remove the key.")
         return {"masking_probe": None if "masking-probe" not in table
                 else self.boolean(table, "masking-probe", where, True),
-                "masking_probe_samples": self.integer(table, "masking-probe-samples", where, None, minimum=1),
-                "masking_probe_queries": self.integer(table, "masking-probe-queries", where, None, minimum=1)}
+                **{f"masking_probe_{name}": self.integer(table, f"masking-probe-{name}", where, None,
+                                                         minimum=1) for name in ("samples", "queries")}}
 
     # -- across models --------------------------------------------------------------------
     def surrogates(self, models: Sequence[ModelSpec], others: Sequence[ModelSpec]) -> None:

@@ -196,9 +196,10 @@ def _probe(result: Any, out: dict[str, Any], suspected: list[str]) -> bool:
     out["black_box_p"] = float(f"{p:.3g}")
     if not black_box_beats(more, fewer, samples):
         return False
+    gate, square = (stats.get(key, 0) / samples for key in ("probe_gate_correct", "probe_correct"))
     suspected.append(
-        f"square fooled {more - fewer} more samples (accuracy {stats.get('probe_gate_correct', 0) / samples:.3f} "
-        f"vs {stats.get('probe_correct', 0) / samples:.3f} on the {samples} samples the masking "
+        f"square fooled {more - fewer} more samples (accuracy {gate:.3f} "
+        f"vs {square:.3f} on the {samples} samples the masking "
         f"probe attacked at the same eps without gradients: {more} fooled by square alone, "
         f"{fewer} by {result.attack} alone, one-sided exact test p = {p:.1e}), so accuracy "
         f"{result.accuracy:.3f} overstates robustness")
@@ -213,7 +214,8 @@ def _members(result: Any, out: dict[str, Any], suspected: list[str], base: int) 
     if "fooled_by_square" not in stats or not base:
         return False
     square = int(stats["fooled_by_square"])
-    gradient = sum(int(v) for k, v in stats.items() if k.startswith("fooled_by_") and k != "fooled_by_square")
+    gradient = sum(int(value) for key, value in stats.items()
+                   if key.startswith("fooled_by_") and key != "fooled_by_square")
     fails = False
     zero = stats.get("zero_gradient")
     if zero is not None:

@@ -196,8 +196,8 @@ def draws_words(m: Measurement) -> str:
     draws = round(evaluations / m.n)
     if draws <= 1:
         return ""
-    return (f"{m.correct} of {m.n} samples correct in all {draws} draws (accuracy {m.accuracy:.3f}, "
-            f"gated); mean accuracy over the draws {m.stats.get('eot_correct_draws', 0) / evaluations:.3f}")
+    return (f"{m.correct} of {m.n} samples correct in all {draws} draws (accuracy {m.accuracy:.3f}); "
+            f"mean accuracy over the draws {m.stats.get('eot_correct_draws', 0) / evaluations:.3f}")
 
 
 def masking_words(result: AttackResult) -> str:

@@ -546,7 +546,7 @@ def test_a_randomised_model_is_attacked_with_eot_and_counted_over_its_draws(tmp_
         means[r.attack] = r.stats["eot_correct_draws"] / r.stats["eot_evaluations"]
         assert means[r.attack] > r.accuracy
         assert "randomised: scores differ between identical forward passes" in r.details
-        assert (f"{r.correct} of 256 samples correct in all 4 draws (accuracy {r.accuracy:.3f}, gated); "
+        assert (f"{r.correct} of 256 samples correct in all 4 draws (accuracy {r.accuracy:.3f}); "
                 f"mean accuracy over the draws {means[r.attack]:.3f}") in r.details
         assert r.fingerprint["randomised"] == {"eot-samples": 4, "batch-size": 64, "seed": 0}
     assert fgsm.accuracy < clean.accuracy and fgsm.stats["probe_samples"] > 50
@@ -624,3 +624,31 @@ def test_reports_carry_the_probe(pytester: pytest.Pytester) -> None:
     assert "(informative: the gate's verdict stands)" in markdown.split("`pgd eps=0.1 on mirrored`")[-1]
     failure = ElementTree.parse(pytester.path / "j.xml").getroot().find(".//failure")
     assert "gradient masking suspected: square fooled" in failure.get("message")
+
+
+def test_a_stream_of_unknown_length_probes_its_first_samples(tmp_path) -> None:
+    """Batches from a generator (no length known before the pass): the probe takes the
+    first masking-probe-samples samples the gate evaluates, not a share of an unknown N."""
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    from defences import Mirrored
+
+    _, _, x, y = digits_split()
+    model = Mirrored()
+    model.net.load_state_dict(trained_mlp_state())
+    save_torchscript(model, tmp_path / "mirrored.pt")
+    np.savez(tmp_path / "digits.npz", x=x, y=y)
+    (tmp_path / "streamed.py").write_text(
+        "import numpy as np\n\ndef batches():\n    data = np.load('digits.npz')\n"
+        "    for start in range(0, 540, 50):\n        yield data['x'][start:start + 50], data['y'][start:start + 50]\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.advrobust]\nmodel = "mirrored.pt"\ndata = "streamed:batches"\nbatch-size = 64\n'
+        'masking-probe-samples = 70\n[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\n'
+        'min-accuracy = 0.6\n')
+    monkey = pytest.MonkeyPatch()
+    monkey.chdir(tmp_path)
+    try:
+        (r,) = RobustnessSession(plugin_manager().hook, tmp_path / "pyproject.toml").run_all()
+    finally:
+        monkey.undo()
+    assert r.stats["probe_samples"] == 70 and not r.passed
+    assert "gradient masking suspected: square fooled" in r.message

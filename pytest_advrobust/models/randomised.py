@@ -138,8 +138,9 @@ class Expectation:
         self.last = [scores for _, scores in pairs]
         return torch.stack([grad for grad, _ in pairs]).mean(0), self.mean(self.last)
 
-    def objective_gradient(self, x: torch.Tensor,
-                           objective: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective_gradient(self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draws' mean gradient of ``objective`` (APGD's DLR) and their mean prediction."""
         pairs = self._each(lambda: self.model.objective_gradient(x, objective))
         self.last = [scores for _, scores in pairs]
         return torch.stack([grad for grad, _ in pairs]).mean(0), self.mean(self.last)
