@@ -3,7 +3,10 @@
 For one model, every pending (check, eps) is computed in a single streamed pass: per batch
 one forward (or one forward + backward when a gradient attack is pending, which also
 yields the clean scores) and one forward per attacked variant. Classifiers, data handles
-and measurements are cached for the session, so no work is done twice.
+and measurements are cached for the session, so no work is done twice. Per-sample gradient
+gates are cross-checked by the masking probe (a bounded square attack on a position-keyed
+subsample of their samples, shared by the gates of one eps), and a model whose forward
+draws random numbers is attacked and evaluated over seeded draws (models/randomised.py).
 
 The engine measures and nothing else: it knows no thresholds, no reference figures and
 no files.

@@ -149,8 +149,9 @@ def judge(result: AttackResult) -> Verdict:
     context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
     if result.details:
         context = f"{context}; {result.details}"
-    # gradient masking: a gate whose attack could not move its samples fails whatever its
-    # thresholds say (diagnostics.py); the statistical signs only add their words
+    # gradient masking: a gate whose attack could not move its samples, or that the masking
+    # probe's square beat on the same samples, fails whatever its thresholds say
+    # (diagnostics.py); the comparisons with other gates only add their words
     masking = masking_words(result)
     masked = bool(masking) and bool(result.diagnostics.get("fails_gate"))
     if result.report_only:  # measured, never judged: no threshold, no baseline rule
