@@ -652,3 +652,16 @@ def test_a_stream_of_unknown_length_probes_its_first_samples(tmp_path) -> None:
         monkey.undo()
     assert r.stats["probe_samples"] == 70 and not r.passed
     assert "gradient masking suspected: square fooled" in r.message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (torch sees none)")
+def test_a_randomised_model_on_a_gpu_is_seeded_there_too(tmp_path) -> None:
+    """Noise drawn on the GPU: the CUDA generator is seeded per draw as well (so a rerun
+    gives the same figures) and restored afterwards."""
+    _, x, y = noisy_digits(tmp_path)
+    cuda = torch.cuda.get_rng_state()
+    runs = [gate_session(tmp_path, "noisy.pt", x, y, checks=RANDOMISED,
+                         extra='eot-samples = 2\ndevice = "cuda"\n').run_all() for _ in range(2)]
+    assert torch.equal(torch.cuda.get_rng_state(), cuda)
+    assert [r.to_dict() for r in runs[0]] == [r.to_dict() for r in runs[1]]
+    assert all("randomised" in r.details for r in runs[0])
