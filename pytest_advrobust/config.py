@@ -32,6 +32,7 @@ __all__ = [
     "Normalize",
     "RobustnessConfig",
     "load_config",
+    "masking_probe",
     "parse_config",
 ]
 
@@ -41,18 +42,30 @@ SECTION = "tool.advrobust"
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
     "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
-    "max-regression", "max-read-bytes",
+    "max-regression", "max-read-bytes", "masking-probe", "masking-probe-samples",
+    "masking-probe-queries", "eot-samples",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
     "output-kind", "allow-pickle", "bpda", "checks", "max-regression", "max-read-bytes",
+    "masking-probe", "masking-probe-samples", "masking-probe-queries", "eot-samples",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
 MAX_LISTED = 10
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only",
-              "allow-masking"}
+              "allow-masking", "masking-probe", "masking-probe-samples", "masking-probe-queries"}
+#: the check keys of the masking probe, which a check may set to override its model's
+PROBE_KEYS = ("masking-probe", "masking-probe-samples", "masking-probe-queries")
+#: the masking probe's defaults (README, "when the gate says masking suspected"): every
+#: per-sample gradient gate is cross-checked by a square attack of at most this many
+#: queries on about this many of the samples it evaluates (a subsample keyed by position)
+MASKING_PROBE_SAMPLES = 100
+MASKING_PROBE_QUERIES = 50
+#: a randomised model's gradients are averaged over this many draws (EOT), and each
+#: figure counts a sample correct only if it is correct in this many draws
+EOT_SAMPLES = 8
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: the one rule for model names (they become test ids and file names): an ASCII letter or
@@ -95,6 +108,9 @@ class AttackOptions:
     validate: Any = None
     #: the option naming other models of the config to craft inputs on (transfer attacks)
     surrogate_key: str | None = None
+    #: its gates are cross-checked by the black-box masking probe (per-sample gradient
+    #: attacks), so the check may set the ``masking-probe`` keys
+    cross_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,10 @@ class CheckSpec:
     #: ``allow-masking = true``: a gradient gate whose gradients are masked reports it but
     #: does not fail for it (see README, "when the gate says masking suspected")
     allow_masking: bool = False
+    #: the check's own ``masking-probe`` keys (None: its model's; see :func:`masking_probe`)
+    masking_probe: bool | None = None
+    masking_probe_samples: int | None = None
+    masking_probe_queries: int | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -151,6 +171,12 @@ class ModelSpec:
     max_regression: float | None = None
     #: the most bytes one data or model archive may expand to when read (see archives.py)
     max_read_bytes: int = DEFAULT_MAX_READ_BYTES
+    #: the black-box cross-check of gradient gates (see :func:`masking_probe`)
+    masking_probe: bool = True
+    masking_probe_samples: int = MASKING_PROBE_SAMPLES
+    masking_probe_queries: int = MASKING_PROBE_QUERIES
+    #: draws a randomised model's gradients are averaged over and its figures counted on
+    eot_samples: int = EOT_SAMPLES
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
     table: str = SECTION
@@ -187,6 +213,18 @@ class RobustnessConfig:
     @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.models)
+
+
+def masking_probe(spec: ModelSpec, check: CheckSpec) -> tuple[int, int] | None:
+    """``(samples, queries)`` of the masking probe of ``check`` (its own keys, else its
+    model's), or None when ``masking-probe = false`` turns it off."""
+    def own(value: Any, inherited: Any) -> Any:
+        return inherited if value is None else value
+
+    if not own(check.masking_probe, spec.masking_probe):
+        return None
+    return (own(check.masking_probe_samples, spec.masking_probe_samples),
+            own(check.masking_probe_queries, spec.masking_probe_queries))
 
 
 def model_format(ref: str) -> str:
@@ -369,6 +407,12 @@ class _Reader:
             max_regression=self.fraction(merged, "max-regression", where),
             max_read_bytes=self.integer(merged, "max-read-bytes", where, DEFAULT_MAX_READ_BYTES,
                                         minimum=1),
+            masking_probe=self.boolean(merged, "masking-probe", where, True),
+            masking_probe_samples=self.integer(merged, "masking-probe-samples", where,
+                                               MASKING_PROBE_SAMPLES, minimum=1),
+            masking_probe_queries=self.integer(merged, "masking-probe-queries", where,
+                                               MASKING_PROBE_QUERIES, minimum=1),
+            eot_samples=self.integer(merged, "eot-samples", where, EOT_SAMPLES, minimum=1),
             checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )
@@ -449,6 +493,7 @@ class _Reader:
                                     "never fail. Add min-accuracy (a floor) and/or max-drop (the "
                                     "largest fall from clean accuracy), or report-only = true to "
                                     "measure it without a verdict."))
+        probe = read(lambda: self.probe(table, where, attack, info), {}) if info is not None else {}
         if errors:
             raise self.several(errors)
         return CheckSpec(
@@ -461,6 +506,7 @@ class _Reader:
             index=index,
             report_only=report_only,
             allow_masking=allow_masking,
+            **probe,
         )
 
     def check_options(self, table: dict, where: str, attack: str, info: AttackOptions,
@@ -490,6 +536,19 @@ class _Reader:
             if problem:
                 errors.append(self.fail(where, problem))
         return options
+
+    def probe(self, table: dict, where: str, attack: str, info: AttackOptions) -> dict[str, Any]:
+        """A check's own ``masking-probe`` keys (None where it leaves them to its model)."""
+        given = [key for key in PROBE_KEYS if key in table]
+        if given and not info.cross_checked:
+            raise self.fail(f"{where} {given[0]}", f"attack {attack!r} is not cross-checked by the "
+                            "masking probe, which checks per-sample gradient attacks (fgsm, pgd, apgd "
+                            "and custom attacks that need the model's gradient) against a black-box "
+                            "square attack. Remove the key.")
+        return {"masking_probe": None if "masking-probe" not in table
+                else self.boolean(table, "masking-probe", where, True),
+                **{f"masking_probe_{name}": self.integer(table, f"masking-probe-{name}", where, None,
+                                                         minimum=1) for name in ("samples", "queries")}}
 
     # -- across models --------------------------------------------------------------------
     def surrogates(self, models: Sequence[ModelSpec], others: Sequence[ModelSpec]) -> None:

@@ -3,7 +3,10 @@
 For one model, every pending (check, eps) is computed in a single streamed pass: per batch
 one forward (or one forward + backward when a gradient attack is pending, which also
 yields the clean scores) and one forward per attacked variant. Classifiers, data handles
-and measurements are cached for the session, so no work is done twice.
+and measurements are cached for the session, so no work is done twice. Per-sample gradient
+gates are cross-checked by the masking probe (a bounded square attack on a position-keyed
+subsample of their samples, shared by the gates of one eps), and a model whose forward
+draws random numbers is attacked and evaluated over seeded draws (models/randomised.py).
 
 The engine measures and nothing else: it knows no thresholds, no reference figures and
 no files.
@@ -258,6 +261,8 @@ class Shared:
     scores: "torch.Tensor"
     clean_ok: "torch.Tensor"
     grad: "torch.Tensor | None" = None
+    #: a randomised model's: per sample, in how many of its draws it was classified right
+    draws_correct: "torch.Tensor | None" = None
 
 
 class ModelPass:
@@ -295,6 +300,10 @@ class ModelPass:
                 gate.error = _no_gradient(spec, r, self.model)
             self.gates[r.key] = gate
         self._zero_rows: tuple[Any, Any] = (None, None)
+        #: the masking probe's outcomes on the current batch, per (eps, settings, rows)
+        self._probed: dict[tuple[Any, ...], tuple[Any, int]] = {}
+        #: whether the model is randomised, once looked at (also kept on the classifier)
+        self._randomised: bool | None = getattr(self.model, "randomised", None)
 
     # -- steps ----------------------------------------------------------------------------
     def live(self) -> list[GateRun]:
@@ -333,8 +342,8 @@ class ModelPass:
                                          stop=max(gate.fit_size for gate in fitting) + 1))
         fit_x = torch.cat([b.x for b in batches])
         fit_y = torch.cat([b.y for b in batches])
-        if model.num_classes is None:
-            model.scores(batches[0].x)
+        if model.num_classes is None or self._randomised is None:
+            self.randomised(batches[0].x, self._drawn(self._key("fit")).scores(batches[0].x))
         _check_labels(fit_y, model.num_classes, self.data, 0)
         for gate in fitting:
             if len(fit_y) <= gate.fit_size and gate.folds:
@@ -353,7 +362,8 @@ class ModelPass:
             self.engine._report_progress(spec, 0, f"fitting {r.check.attack} eps={format_eps(r.eps)}",
                                          gates=[gate])
             available = {
-                "model": lambda: model, "x": lambda: fit_x[:n], "y": lambda: fit_y[:n],
+                "model": lambda: self._drawn((*gate.stream, "fit")), "x": lambda: fit_x[:n],
+                "y": lambda: fit_y[:n],
                 "eps": lambda: r.eps, "rng": lambda: self.rng(gate),
                 "batch_size": lambda: spec.batch_size, "positions": lambda: torch.arange(n),
                 "progress": lambda r=r: lambda text: self.engine._report_progress(
@@ -390,19 +400,25 @@ class ModelPass:
         wanting = [gate for gate in self.live()
                    if gate.attack.wants("grad") or gate.attack.needs_gradient]
         grad = None
+        model = self._drawn(self._key("shared", batch.offset))
         if wanting:
             try:
-                grad, scores = self.model.loss_gradient(batch.x, batch.y)
+                grad, scores = model.loss_gradient(batch.x, batch.y)
             except DataError as exc:  # labels the model cannot score
                 raise DataError(str(exc), where=exc.where or self.data.where) from None
             except AttackError as exc:
                 for gate in wanting:  # an attack that can do without (strongest) gets grad=None
                     if gate.attack.needs_gradient:
                         gate.error = _no_gradient(self.spec, gate.request, self.model, exc)
-                scores = self.model.scores(batch.x)
+                scores = model.scores(batch.x)
         else:
-            scores = self.model.scores(batch.x)
+            scores = model.scores(batch.x)
         _check_labels(batch.y, self.model.num_classes, self.data, batch.offset)
+        if self._randomised is None and self.randomised(batch.x, scores):
+            return self.shared(batch)  # again, through its draws
+        if self.randomised():  # each draw's decisions: right only if right in all
+            draws = sum((s.argmax(1).to(batch.y.device) == batch.y).long() for s in model.last)
+            return Shared(scores=scores, clean_ok=draws == model.draws, grad=grad, draws_correct=draws)
         return Shared(scores=scores, clean_ok=scores.argmax(1).to(batch.y.device) == batch.y, grad=grad)
 
     def selection(self, gate: GateRun, batch: Any) -> "torch.Tensor | None":
@@ -433,6 +449,7 @@ class ModelPass:
             self._count_folds(gate, adv_ok, _positions(batch, keep))
         _count_classes(gate.per_class, batch.y if keep is None else batch.y[keep], ok, adv_ok)
         self._count_zero_gradients(gate, keep, shared)
+        self._probe(gate, batch, keep, shared, adv_ok)
 
     def outcomes(self) -> dict[tuple[int, float], Any]:
         """Each gate's :class:`~pytest_advrobust.results.Measurement`, or the error that
@@ -456,7 +473,8 @@ class ModelPass:
                 model=self.spec.name, attack=r.check.attack, eps=eps, check=r.check.index,
                 options=dict(r.check.options), correct=gate.correct,
                 clean_correct=gate.clean_correct, n=gate.n, stats=gate.stats,
-                fingerprint=fingerprint(self.spec, r.check, eps, gate.n, attack, self.data_digest()),
+                fingerprint={**fingerprint(self.spec, r.check, eps, gate.n, attack, self.data_digest()),
+                             **self._draws_fingerprint()},
                 details=describe(gate.stats) if describe is not None else "",
                 model_notes=_model_notes(self.model, attack.needs_gradient),
                 zero_gradient=gate.zero_gradient, state=gate.state,
@@ -507,7 +525,9 @@ class ModelPass:
     def _attacked(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None",
                   shared: Shared) -> "torch.Tensor":
         """Correctness of the model on the attacked batch (a bool per kept sample)."""
-        model, attack, r = self.model, gate.attack, gate.request
+        import torch
+
+        model, attack, r = self._drawn((*gate.stream, "attack", batch.offset)), gate.attack, gate.request
         x, y, grad, scores, clean_ok = batch.x, batch.y, shared.grad, shared.scores, shared.clean_ok
         if keep is not None:
             x, y, clean_ok = x[keep], y[keep], clean_ok[keep]
@@ -523,39 +543,53 @@ class ModelPass:
         adversarial = call_attack(attack.perturb_function(), available,
                                   attack.with_defaults(r.check.options))
         if adversarial is x:  # the attack left the inputs alone (clean)
+            if shared.draws_correct is not None:
+                self._tally_draws(gate, shared.draws_correct if keep is None
+                                  else shared.draws_correct[keep.to(shared.draws_correct.device)])
             return clean_ok
         # a tuple holds candidates: a sample is right only if right on each, and a later one
         # is scored only on the samples the earlier ones left standing (fgsm: the corner, then
         # its interior point); ``shown`` keeps, per sample, the point that fooled it (or the last)
-        shown = predicted = None
-        for candidate in adversarial if isinstance(adversarial, tuple) and adversarial else (adversarial,):
+        key = (*gate.stream, "eval", batch.offset)
+        shown = correct = draws = None
+        candidates = adversarial if isinstance(adversarial, tuple) and adversarial else (adversarial,)
+        for number, candidate in enumerate(candidates):
             points = _project(candidate, x, r.eps if attack.uses_eps else None, model.input_range,
                               self.spec, r)
-            if predicted is None:
-                shown, predicted = points, model.scores(points).argmax(1).to(y.device)
+            if correct is None:
+                shown = points
+                correct, draws = self._correct(points, y, key)
                 continue
-            rows = (predicted == y).nonzero().squeeze(1)
+            rows = correct.nonzero().squeeze(1)
             if len(rows):
-                predicted[rows] = model.scores(points[rows.to(points.device)]).argmax(1).to(y.device)
-                shown[rows.to(shown.device)] = points[rows.to(points.device)]
+                on_points = rows.to(points.device)
+                again, again_draws = self._correct(points[on_points], y[rows], (*key, number))
+                correct[rows] = again
+                shown[rows.to(shown.device)] = points[on_points]
+                if draws is not None and again_draws is not None:
+                    draws[rows] = torch.minimum(draws[rows], again_draws)
+        self._tally_draws(gate, draws)
         if len(gate.examples) < self.engine.examples:
-            self._keep_examples(gate, batch, keep, x, shown, y, scores, predicted)
-        return predicted == y
+            self._keep_examples(gate, batch, keep, x, shown, y, scores, correct)
+        return correct
 
     def _keep_examples(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None", x: "torch.Tensor",
                        adversarial: "torch.Tensor", y: "torch.Tensor", scores: "torch.Tensor",
-                       predicted: "torch.Tensor") -> None:
+                       correct: "torch.Tensor") -> None:
         """Keep the batch's flipped samples (right when clean, wrong under attack), in data
         order, until the gate holds :attr:`Engine.examples` of them: handed out with its
         measurement for the report side to draw (the engine writes no file)."""
         import torch
 
         clean = scores.argmax(1).to(y.device)
-        flipped = torch.nonzero((clean == y) & (predicted != y)).flatten()
+        flipped = torch.nonzero((clean == y) & ~correct).flatten()[: self.engine.examples - len(gate.examples)]
+        if not len(flipped):
+            return
+        predicted = self.model.scores(adversarial[flipped.to(adversarial.device)]).argmax(1).to(y.device)
         positions = _positions(batch, keep)
-        for row in flipped[: self.engine.examples - len(gate.examples)].tolist():
+        for row, label in zip(flipped.tolist(), predicted.tolist()):
             gate.examples.append({"index": int(positions[row]), "label": int(y[row]),
-                                  "clean": int(clean[row]), "adversarial": int(predicted[row]),
+                                  "clean": int(clean[row]), "adversarial": int(label),
                                   "x": x[row].detach().cpu(), "adv": adversarial[row].detach().cpu()})
 
     def _attack_error(self, gate: GateRun, exc: BaseException) -> AdvRobustError:
@@ -578,6 +612,183 @@ class ModelPass:
         return AttackError(f"{r.check.attack}{eps} raised {type(exc).__name__}: {exc} "
                            f"(at {_raised_at(exc)}). Only this gate is affected; if the attack is "
                            "your own, fix it there, else please report it.", where=self.spec.name)
+
+    # -- randomised models (models/randomised.py) -------------------------------------------
+    def randomised(self, x: "torch.Tensor | None" = None, scores: "torch.Tensor | None" = None) -> bool:
+        """Whether the model draws random numbers in forward, looked at once: one more pass
+        over the first :data:`DETECT_ROWS` inputs a pass scored (``x``, with their
+        ``scores``), under a seed, must give the same scores. A randomised model is then
+        attacked through an EOT :class:`~pytest_advrobust.models.randomised.Expectation`
+        and every figure is over ``eot-samples`` seeded draws."""
+        if self._randomised is None and x is not None:
+            from .models.randomised import differs
+
+            first = None if scores is None else scores[:DETECT_ROWS]
+            self._randomised = differs(self.model, x[:DETECT_ROWS], self._key("detect"), first)
+            try:  # for its notes, and the session's later passes
+                self.model.randomised = self._randomised
+                self.model.draws = self.spec.eot_samples if self._randomised else 1
+            except AttributeError:  # a classifier of a hook's that takes no attributes
+                pass
+        return bool(self._randomised)
+
+    def _key(self, *parts: Any) -> tuple[Any, ...]:
+        """A key for this model's seeded draws outside any one gate (the clean pass)."""
+        from .randomness import sample_key
+
+        return (*sample_key(self.spec.seed, self.spec.name, -1, 0.0), *parts)
+
+    def _drawn(self, key: tuple[Any, ...]) -> Any:
+        """The model as an attack (or the clean pass) uses it: itself, or for a randomised
+        model its expectation over ``eot-samples`` draws seeded from ``key``; before the
+        model was looked at, one draw seeded from ``key`` (so that first pass leaves the
+        caller's torch generator alone, whatever the model turns out to be)."""
+        if self._randomised is False:
+            return self.model
+        from .models.randomised import Expectation
+
+        return Expectation(self.model, self.spec.eot_samples if self._randomised else 1, key)
+
+    def _correct(self, x: "torch.Tensor", y: "torch.Tensor",
+                 key: tuple[Any, ...]) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        """Whether the model classifies each row of ``x`` right: one forward, or for a
+        randomised model right in all its draws (seeded from ``key``, with how many)."""
+        if not self.randomised():
+            return self.model.scores(x).argmax(1).to(y.device) == y, None
+        from .models.randomised import correct_in_draws
+
+        return correct_in_draws(self.model, x, y, self.spec.eot_samples, key)
+
+    def _tally_draws(self, gate: GateRun, draws: "torch.Tensor | None") -> None:
+        """A randomised model's mean over draws, as counts that add up across batches and
+        shards: correct (sample, draw) pairs and evaluations."""
+        if draws is None:
+            return
+        for name, value in (("eot_correct_draws", int(draws.sum())),
+                            ("eot_evaluations", int(draws.numel()) * self.spec.eot_samples)):
+            gate.stats[name] = gate.stats.get(name, 0) + value
+
+    def _draws_fingerprint(self) -> dict[str, Any]:
+        """What a randomised model's figures also depend on: its draws are seeded per batch."""
+        if not self.randomised():
+            return {}
+        return {"randomised": {"eot-samples": self.spec.eot_samples,
+                               "batch-size": self.spec.batch_size, "seed": self.spec.seed}}
+
+    # -- the masking probe (diagnostics.py judges its counts) -------------------------------
+    def _probe(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None", shared: Shared,
+               adv_ok: "torch.Tensor") -> None:
+        """Cross-check a per-sample gradient gate with a black-box attack: a square attack of
+        at most ``masking-probe-queries`` queries at the gate's eps, on a position-keyed
+        subsample (about ``masking-probe-samples``) of the samples the gate evaluates,
+        paired with the gate's own outcome on each. Counts go into the gate's statistics
+        (``probe_*``, summed over batches and shards) for the judge's paired test. A
+        sample's probe outcome depends only on the seed, the model, eps and the sample, so
+        the gradient gates of one eps share it (computed once per batch)."""
+        from .config import masking_probe
+
+        settings = masking_probe(self.spec, gate.check) if gate.attack.cross_checked else None
+        if settings is None or gate.error is not None:
+            return
+        import torch
+
+        samples, queries = settings
+        members = self._probe_members(gate, batch, keep, samples)
+        if not bool(members.any()):
+            return
+        gate_ok = torch.zeros_like(members)
+        if keep is None:
+            gate_ok[:] = adv_ok.to(members.device)
+        else:
+            gate_ok[keep.to(members.device)] = adv_ok.to(members.device)
+        rows = members & shared.clean_ok.to(members.device)
+        try:
+            probe_ok, spent = self._probe_outcome(gate, batch, shared, rows, queries)
+        except Exception as exc:  # noqa: BLE001 - the probe errors its own gate only
+            gate.error = self._attack_error(gate, exc) if isinstance(exc, AdvRobustError) else AttackError(
+                f"the masking probe of {gate.check.attack} at eps={format_eps(gate.eps)} (a square "
+                f"attack) raised {type(exc).__name__}: {exc} (at {_raised_at(exc)}). Set "
+                "masking-probe = false in the check to gate without it, and please report it.",
+                where=self.spec.name)
+            return
+        counts = {"probe_samples": members, "probe_correct": rows & probe_ok,
+                  "probe_gate_correct": members & gate_ok,
+                  "probe_fooled_only": rows & ~probe_ok & gate_ok,
+                  "probe_gate_only": rows & probe_ok & ~gate_ok}
+        for name, mask in counts.items():
+            gate.stats[name] = gate.stats.get(name, 0) + int(mask.sum())
+        gate.stats["probe_queries"] = gate.stats.get("probe_queries", 0) + spent
+
+    def _probe_members(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None",
+                       samples: int) -> "torch.Tensor":
+        """The rows of ``batch`` in the probe's subsample: each sample with probability
+        ``samples / N`` (N: the data's size), drawn from its position alone, so the same
+        samples are probed at every eps, batch size and shard; the first ``samples`` the
+        gate evaluates when N is not known (a stream of batches without max-samples)."""
+        import numpy as np
+        import torch
+
+        positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
+        total = self.data.size or self.spec.max_samples
+        if total:
+            member = _uniform(self._key(PROBE_MEMBERS), positions) < samples / total
+        else:
+            member = (positions >= gate.fit_size) & (positions < gate.fit_size + samples)
+        rows = torch.from_numpy(member).to(batch.y.device)
+        return rows if keep is None else rows & keep.to(rows.device)
+
+    def _probe_outcome(self, gate: GateRun, batch: Any, shared: Shared, rows: "torch.Tensor",
+                       queries: int) -> tuple["torch.Tensor", int]:
+        """Per row of ``batch``: whether it stays correct under the probe (rows outside
+        ``rows`` are not attacked and read True), and the forward passes of one sample the
+        probe took (its queries and the evaluation, times the draws of a randomised model)."""
+        import numpy as np
+        import torch
+
+        from .attacks.square import square_linf
+        from .randomness import SampleRandom, sample_key
+
+        slot = (batch.offset, gate.eps, queries, rows.cpu().numpy().tobytes())
+        if slot in self._probed:
+            return self._probed[slot]
+        if any(other[0] != batch.offset for other in self._probed):
+            self._probed.clear()  # an earlier batch's
+        ok = torch.ones_like(rows)
+        spent = 0
+        index = rows.nonzero().squeeze(1)
+        if len(index):
+            key = (*sample_key(self.spec.seed, self.spec.name, -1, gate.eps), PROBE_STREAM)
+            positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
+            x, y = batch.x[index.to(batch.x.device)], batch.y[index.to(batch.y.device)]
+            stats: dict[str, Any] = {}
+            adversarial = square_linf(self._drawn((*key, "attack", batch.offset)), x, y, gate.eps,
+                                      SampleRandom(key, positions[index.cpu().numpy()]),
+                                      scores=shared.scores[index.to(shared.scores.device)],
+                                      stats=stats, queries=queries)
+            adversarial = _project(adversarial, x, gate.eps, self.model.input_range, self.spec,
+                                   gate.request)
+            correct, _ = self._correct(adversarial, y, (*key, "eval", batch.offset))
+            ok[index] = correct.to(ok.device)
+            draws = self.spec.eot_samples if self.randomised() else 1
+            spent = (int(stats.get("queries", 0)) + len(index)) * draws
+        self._probed[slot] = (ok, spent)
+        return ok, spent
+
+
+#: tags of the masking probe's position-keyed draws: its subsample and its square attack
+PROBE_MEMBERS, PROBE_STREAM = 1, 2
+#: rows of the first batch scored twice to tell whether a model is randomised
+DETECT_ROWS = 32
+
+
+def _uniform(key: Sequence[Any], positions: Any) -> Any:
+    """One uniform number in [0, 1) per sample position, hashed from ``key`` and the
+    position alone (whatever the batch, shard or gate)."""
+    import numpy as np
+
+    prefix = ",".join(str(k) for k in key).encode()
+    return np.array([int.from_bytes(hashlib.blake2b(prefix + b"|%d" % p, digest_size=8).digest(),
+                                    "little") / 2.0 ** 64 for p in positions.tolist()])
 
 
 def _positions(batch: Any, keep: "torch.Tensor | None") -> "torch.Tensor":

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .attacks import AttackRegistry
     from .config import CheckSpec, ModelSpec
 
-__all__ = ["Judge", "Verdict", "judge", "baseline_figure", "masking_words", "never_fails",
+__all__ = ["Judge", "Verdict", "judge", "baseline_figure", "draws_words", "masking_words", "never_fails",
            "partial_message", "regression_reason"]
 
 
@@ -55,7 +55,7 @@ class Judge:
             max_regression=check.max_regression if check.max_regression is not None else spec.max_regression,
             check=m.check, options=dict(m.options), stats=dict(m.stats),
             artifacts=list(m.artifacts), fingerprint=dict(m.fingerprint), seconds=m.seconds,
-            details="; ".join(filter(None, [m.details, *m.model_notes])),
+            details="; ".join(filter(None, [m.details, *m.model_notes, draws_words(m)])),
             report_only=check.report_only, shard=m.shard,
             per_class=[dict(row) for row in m.per_class])
         if m.error:
@@ -72,10 +72,12 @@ class Judge:
             loss = _loss(attack, check)
             from .diagnostics import diagnose
 
-            result.diagnostics = diagnose(m, [s for s in siblings if not s.error and s.n],
-                                          needs_gradient=needs_gradient,
+            measured = [s for s in siblings if not s.error and s.n]
+            result.diagnostics = diagnose(m, measured, needs_gradient=needs_gradient,
                                           zero_gradient=m.zero_gradient if needs_gradient else None,
-                                          loss=loss, allow_masking=check.allow_masking)
+                                          loss=loss, allow_masking=check.allow_masking,
+                                          black_box=self._black_box(measured) if attack is not None
+                                          and attack.cross_checked else ())
             entry = self.baseline.get(result.key)
             figure = baseline_figure(entry, result)
             if not check.report_only:
@@ -89,6 +91,15 @@ class Judge:
         result.accepted = result.status in ("failed", "error") and (
             "all" in self.accept or result.key in self.accept)
         return result
+
+    def _black_box(self, measurements: Sequence[Measurement]) -> list[Measurement]:
+        """The gates among ``measurements`` whose attack needs no gradient of the model
+        (square, spsa, transfer, a custom one), ``noise`` aside (compared on its own) and
+        ``strongest`` aside (its gradient members are stronger than fgsm or pgd, so its
+        lower figure is no sign of masking; its square member is judged within it)."""
+        return [s for s in measurements if s.attack in self.registry and s.eps is not None
+                and s.attack not in ("noise", "strongest")
+                and not self.registry[s.attack].needs_gradient]
 
     def not_run(self, gate: Mapping[str, Any], why: str) -> AttackResult:
         """A selected gate that never got a measurement (``gate``: its description: model,
@@ -139,8 +150,9 @@ def judge(result: AttackResult) -> Verdict:
     context = f"(n={result.n}, clean {result.clean_accuracy:.3f}, 95% CI {low:.3f}-{high:.3f})"
     if result.details:
         context = f"{context}; {result.details}"
-    # gradient masking: a gate whose attack could not move its samples fails whatever its
-    # thresholds say (diagnostics.py); the statistical signs only add their words
+    # gradient masking: a gate whose attack could not move its samples, or that the masking
+    # probe's square beat on the same samples, fails whatever its thresholds say
+    # (diagnostics.py); the comparisons with other gates only add their words
     masking = masking_words(result)
     masked = bool(masking) and bool(result.diagnostics.get("fails_gate"))
     if result.report_only:  # measured, never judged: no threshold, no baseline rule
@@ -175,6 +187,19 @@ def partial_message(result: AttackResult) -> str:
     return (f"{result.label}: partial, shard {shard.get('index')}/{shard.get('count')}: "
             f"{result.correct}/{result.n} correct (clean {result.clean_correct}); no verdict "
             "until the shards are merged (python -m pytest_advrobust merge shard-*.json)")
+
+
+def draws_words(m: Measurement) -> str:
+    """A randomised model's figure in words: the gate counts samples right in all draws;
+    the mean over draws beside it (empty for a deterministic model)."""
+    evaluations = m.stats.get("eot_evaluations")
+    if not evaluations or not m.n:
+        return ""
+    draws = round(evaluations / m.n)
+    if draws <= 1:
+        return ""
+    return (f"{m.correct} of {m.n} samples correct in all {draws} draws (accuracy {m.accuracy:.3f}); "
+            f"mean accuracy over the draws {m.stats.get('eot_correct_draws', 0) / evaluations:.3f}")
 
 
 def masking_words(result: AttackResult) -> str:

@@ -252,5 +252,8 @@ class SampleRandom:
     def _batch_stream(self) -> np.random.Generator:
         if self._batch is None:
             first = int(self.positions[0]) if len(self.positions) else -1
-            self._batch = np.random.default_rng([*self.key, BATCH, first & 0xFFFFFFFFFFFFFFFF])
+            # keyed by a hash of the key (its parts may be negative: a model-wide key uses
+            # check -1), the tag and the batch's first sample
+            seed = int(row_seeds((*self.key, BATCH), [first])[0])
+            self._batch = np.random.default_rng(seed)
         return self._batch

@@ -92,5 +92,6 @@ def test_zero_gradients_on_misclassified_samples_do_not_count(groups, zero: int,
     x, y = samples(*groups)
     result = fgsm(x, y, max_drop=0.999)
     assert result.clean_accuracy == correct / 100
-    assert result.diagnostics == {"zero_gradient": round(zero / correct, 6)}
+    masking = {k: v for k, v in result.diagnostics.items() if not k.startswith("black_box_")}
+    assert masking == {"zero_gradient": round(zero / correct, 6)}  # (and the probe's figures)
     assert result.passed and result.status == "passed"

@@ -85,7 +85,14 @@ class Attack:
         return AttackOptions(uses_eps=self.uses_eps, options=dict(self.options),
                              positive=frozenset(self.positive),
                              validate=None if self.validate is None else _resolve(self.validate),
-                             surrogate_key=self.surrogate_key)
+                             surrogate_key=self.surrogate_key, cross_checked=self.cross_checked)
+
+    @property
+    def cross_checked(self) -> bool:
+        """Whether the engine cross-checks its gates with the black-box masking probe: a
+        per-sample gradient attack (a fitted one, ``universal``, is weaker than per-sample
+        attacks by design, so a black-box attack beating it is no sign of masking)."""
+        return self.needs_gradient and self.fit is None
 
     def perturb_function(self) -> Callable[..., Any]:
         return _resolve(self.perturb)

@@ -30,7 +30,11 @@ included), ``queries`` (square's forward passes), ``interior`` (samples only an 
 point fooled: the corner it came from did not), ``gradient_free`` (samples the gradient
 members left standing whose every input gradient they took was exactly zero: a masked
 gradient, not robustness; square may still fool them), ``no_gradient_batches`` (batches
-that ran square alone).
+that ran square alone);
+for the masking diagnostics (which also compare what square fooled with what the gradient
+members fooled), ``zero_gradient`` (correctly classified samples whose cross-entropy
+gradient is exactly zero) and ``zero_gradient_standing`` (those of them every gradient
+member left standing).
 
 Example::
 
@@ -110,6 +114,9 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
     stats["gradients"] += len(x)
     attacked = standing.clone()
     moving = _nonzero(grad)  # rows some gradient of the gradient members was not all zeros for
+    zero = ~grad.reshape(len(grad), -1).ne(0).any(1).cpu() & standing  # for the masking diagnostics
+    stats["zero_gradient"] = stats.get("zero_gradient", 0) + int(zero.sum())
+    stats.setdefault("zero_gradient_standing", 0)
     count("fgsm", fgsm_step(x, eps, grad, model.input_range))
     rows = standing.nonzero().squeeze(1)
     best, inside = with_interior(model.scores, x, y, best, rng, rows, stats)
@@ -126,6 +133,7 @@ def strongest(model: Any, x: "torch.Tensor", y: "torch.Tensor", eps: float, rng:
             break
         count(member, apgd_linf(model, x, y, eps, rng, active=standing.clone(), **apgd, **options))
     stats["gradient_free"] += int((attacked & standing & ~moving).sum())
+    stats["zero_gradient_standing"] += int((zero & standing).sum())
     if standing.any() and square_queries > 0:
         count("square", square_linf(model, x, y, eps, rng, scores=scores, stats=stats,
                                     queries=square_queries, active=standing.clone()))

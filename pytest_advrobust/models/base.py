@@ -169,6 +169,11 @@ class Classifier:
         self.binary = False
         #: True once a gradient was taken at unrounded scores (a quantised output)
         self.rounded_scores = False
+        #: whether forward draws random numbers (scores differ between identical passes):
+        #: None until the engine has looked (models/randomised.py); then every figure is
+        #: over ``draws`` seeded draws
+        self.randomised: bool | None = None
+        self.draws = 1
 
     # -- what subclasses provide ----------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,6 +334,15 @@ class Classifier:
                          " per sample, scored as two classes)")
         if self.fixed_batch is not None:
             notes.append(f"fixed batch {self.fixed_batch} (the last chunk padded by repeating a row)")
+        if self.randomised and self.draws > 1:
+            notes.append(f"randomised: scores differ between identical forward passes, so it was "
+                         f"attacked with gradients and scores averaged over {self.draws} draws (EOT), "
+                         f"and a sample counts as correct only if it is correct in all {self.draws} "
+                         "draws (eot-samples)")
+        elif self.randomised:
+            notes.append("randomised: scores differ between identical forward passes, and "
+                         "eot-samples = 1 judges every sample on one seeded draw: raise it to attack "
+                         "the expectation over draws and count only samples right in every draw")
         if gradient and self.rounded_scores:
             notes.append(f"rounded {'probabilities' if self.output_kind == 'probabilities' else 'scores'}"
                          ": the loss's gradient taken at the unrounded ones (straight-through), so a "

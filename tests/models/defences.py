@@ -11,6 +11,9 @@ Each leaves the MLP's forward pass almost as it is and makes its input gradient 
   half the pixels (``x.detach() + (x - x.detach()) * s``); no operation in it lacks a
   gradient, so BPDA has nothing to replace.
 
+And the randomised one: :class:`Noisy` adds Gaussian noise to its input in every forward
+pass, so each call scores another draw.
+
 ``model = "defences:partly_quantised"`` and a state_dict of the whole module as weights.
 """
 
@@ -64,6 +67,16 @@ class Mirrored(torch.nn.Module):
         return self.net(x.detach() + (x - x.detach()) * self.sign)
 
 
+class Noisy(torch.nn.Module):
+    def __init__(self, sigma: float = 0.3) -> None:
+        super().__init__()
+        self.net = mlp()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + self.sigma * torch.randn_like(x))
+
+
 def partly_quantised() -> torch.nn.Module:
     return PartlyQuantised()
 
@@ -74,6 +87,10 @@ def rippled() -> torch.nn.Module:
 
 def mirrored() -> torch.nn.Module:
     return Mirrored()
+
+
+def noisy() -> torch.nn.Module:
+    return Noisy()
 
 
 DEFENCES = {"partly_quantised": PartlyQuantised, "rippled": Rippled, "mirrored": Mirrored}

@@ -1,10 +1,12 @@
 """Issue 20's defences around the digits MLP (clean 0.978), gated at eps 0.1 with
-min-accuracy 0.6: rounding inside the model hands fgsm and pgd a zero gradient, so they
-pass a model that the plain MLP's gradient (BPDA, computed here independently) takes far
-below the floor. With straight-through gradients (automatic for TorchScript and ONNX,
-``bpda = true`` for a module) they reach that figure. The mirrored-sign defence has no
-non-differentiable operation: BPDA changes nothing there (the black-box cross-check is
-what catches it), and its ONNX export loses the ``detach`` and with it the defence."""
+min-accuracy 0.6: rounding inside the model hands fgsm and pgd a zero gradient, so their
+figures stay far above what the plain MLP's gradient (BPDA, computed here independently)
+leaves. With straight-through gradients (automatic for TorchScript and ONNX, ``bpda =
+true`` for a module) they reach that figure. Without them, and for the mirrored-sign
+defence (no non-differentiable operation: BPDA changes nothing there), the masking probe
+(a black-box square attack on the same samples) fails both gates; ``allow-masking = true``
+accepts them. The mirrored defence's ONNX export loses the ``detach`` and with it the
+defence."""
 
 from __future__ import annotations
 
@@ -63,7 +65,10 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def gates(tmp_path, name: str, form: str, x: np.ndarray, y: np.ndarray) -> dict:
+PROBED = "gradient masking suspected: square fooled"
+
+
+def gates(tmp_path, name: str, form: str, x: np.ndarray, y: np.ndarray, checks: str = CHECKS) -> dict:
     """fgsm and pgd results for the defence ``name`` as a factory module (``module``, or
     ``module-bpda`` with ``bpda = true``), a TorchScript archive or an ONNX export."""
     model = defended(name)
@@ -79,7 +84,7 @@ def gates(tmp_path, name: str, form: str, x: np.ndarray, y: np.ndarray) -> dict:
     else:
         export_onnx(model, torch.zeros(1, 64), tmp_path / f"{name}.onnx", opset_version=17)
         ref, extra = f"{name}.onnx", ""
-    session = gate_session(tmp_path, ref, x, y, checks=CHECKS, extra=f'name = "{name}"\n' + extra)
+    session = gate_session(tmp_path, ref, x, y, checks=checks, extra=f'name = "{name}"\n' + extra)
     return {result.attack: result for result in session.run_all()}
 
 
@@ -89,9 +94,11 @@ def test_rounding_defences_are_attacked_to_their_bpda_figure(tmp_path, digits, n
     truth = bpda_truth(defended(name), x, y)
     assert truth < FLOOR - 0.3  # the defence is no defence
     plain = gates(tmp_path, name, "module", x, y)
-    # the issue's false green, still what a plain module without bpda gets: both gates
-    # pass, and the details now say why the figure is no evidence and what to set
-    assert plain["fgsm"].passed and plain["pgd"].passed
+    # the issue's false green: without bpda both figures stay above the floor, and the
+    # masking probe fails both gates; the details say what to set
+    for result in plain.values():
+        assert result.accuracy > FLOOR and not result.passed, result.message
+        assert PROBED in result.message and result.diagnostics["fails_gate"] is True
     assert plain["fgsm"].clean_accuracy > 0.97
     assert "set bpda = true" in plain["fgsm"].details
     for form in ("module-bpda", "torchscript", "onnx"):
@@ -117,6 +124,25 @@ def test_mirrored_gradient_is_not_bpdas_to_fix(tmp_path, digits) -> None:
     for form in ("module", "module-bpda", "torchscript"):
         assert figures[form]["fgsm"].accuracy == figures["module"]["fgsm"].accuracy, form
         assert figures[form]["pgd"].accuracy == figures["module"]["pgd"].accuracy, form
-        assert figures[form]["pgd"].passed and figures[form]["pgd"].accuracy > truth + 0.3, form
+        assert figures[form]["pgd"].accuracy > truth + 0.3, form
         assert "straight-through" not in figures[form]["pgd"].details
+        for result in figures[form].values():  # the probe is what catches it
+            assert not result.passed and PROBED in result.message, (form, result.message)
     assert not figures["onnx"]["pgd"].passed and figures["onnx"]["pgd"].accuracy <= truth + 0.05
+
+
+@pytest.mark.parametrize("name", ["partly_quantised", "rippled", "mirrored"])
+def test_allow_masking_accepts_what_the_probe_found(tmp_path, digits, name) -> None:
+    """The same plain modules pass with allow-masking = true, the probe's words kept; with
+    masking-probe = false nothing is cross-checked (the issue's false green, opted into)."""
+    x, y = digits
+    allowed = gates(tmp_path, name, "module", x, y, checks=CHECKS.replace(
+        f"min-accuracy = {FLOOR}", f"min-accuracy = {FLOOR}\nallow-masking = true"))
+    for result in allowed.values():
+        assert result.passed and PROBED in result.message and result.diagnostics["fails_gate"] is False
+        assert result.stats["probe_fooled_only"] >= 10 and result.stats["probe_gate_only"] <= 2
+    off = gates(tmp_path, name, "module", x, y, checks=CHECKS.replace(
+        f"min-accuracy = {FLOOR}", f"min-accuracy = {FLOOR}\nmasking-probe = false"))
+    for result in off.values():
+        assert result.passed and "probe_samples" not in result.stats
+        assert "black_box_p" not in result.diagnostics
