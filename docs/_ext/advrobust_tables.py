@@ -53,7 +53,7 @@ KEY_MEANINGS: dict[str, str] = {
     "seed": "every random draw derives from it (noise, random starts, fits)",
     "output": "which output holds the class scores (default: the only float score-shaped "
               "output): a name or an index; ONNX graph outputs, or the dict key / tuple index "
-              "of a torch model's return value (see [Models](models.md#several-outputs))",
+              "of a torch model's return value (see [Models](models.md#heads-outputs-and-batch-layouts))",
     "output-kind": "`\"logits\"` or `\"probabilities\"`; auto = rows in [0, 1] summing to 1; for "
                    "a single-score binary head auto decides only when a score lies outside [0, 1] "
                    "(logits)",
