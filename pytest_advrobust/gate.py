@@ -159,7 +159,7 @@ def judge(result: AttackResult) -> Verdict:
         why = f"; {result.note}" if result.note else " (report-only, no verdict)"
         return Verdict(True, f"{result.label}: accuracy {result.accuracy:.3f}, measured{why} "
                              f"{context}" + (f"; {masking}" if masking else ""))
-    reasons = [masking + " (see README, \"when the gate says masking suspected\"; "
+    reasons = [masking + " (see docs: \"Masking\", section \"When the gate says masking suspected\"; "
                "allow-masking = true in the check accepts it)"] if masked else []
     if result.min_accuracy is not None and result.accuracy < result.min_accuracy:
         reasons.append(f"accuracy {result.accuracy:.3f} < min-accuracy {result.min_accuracy:.3f}")

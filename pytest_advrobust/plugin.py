@@ -56,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="save this run's results as a baseline file (JSON, written atomically).")
     group.addoption("--advrobust-baseline", metavar="PATH", default=None,
                     help="compare against a saved baseline: a gate whose accuracy fell fails "
-                         "as a regression (rule: max-regression; README, \"Baselines\").")
+                         "as a regression (rule: max-regression; "
+                         "docs: \"Reports and baselines\", section \"The regression rule\").")
     group.addoption("--advrobust-accept", metavar="GATE[,GATE...]", action="append", default=None,
                     help="accept these failed or errored gates (their keys, as the reports "
                          "write them, or all) into --advrobust-save-baseline: a red run saves "
