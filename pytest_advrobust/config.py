@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from .archives import DEFAULT_MAX_READ_BYTES
 from .errors import ConfigError
+from .gate import DECIDE_EARLY_ERROR, MAX_DECIDE_EARLY_ERROR
 from .results import format_eps
 
 if sys.version_info >= (3, 11):
@@ -41,18 +42,19 @@ SECTION = "tool.advrobust"
 MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
     "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
-    "max-regression", "max-read-bytes",
+    "max-regression", "max-read-bytes", "decide-early", "decide-early-error",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
     "output-kind", "allow-pickle", "bpda", "checks", "max-regression", "max-read-bytes",
+    "decide-early", "decide-early-error",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
 MAX_LISTED = 10
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only",
-              "allow-masking"}
+              "allow-masking", "decide-early", "decide-early-error"}
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: the one rule for model names (they become test ids and file names): an ASCII letter or
@@ -121,6 +123,9 @@ class CheckSpec:
     #: ``allow-masking = true``: a gradient gate whose gradients are masked reports it but
     #: does not fail for it (see README, "when the gate says masking suspected")
     allow_masking: bool = False
+    #: ``decide-early`` / ``decide-early-error`` of this check (None: its model's)
+    decide_early: bool | None = None
+    decide_early_error: float | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -151,6 +156,10 @@ class ModelSpec:
     max_regression: float | None = None
     #: the most bytes one data or model archive may expand to when read (see archives.py)
     max_read_bytes: int = DEFAULT_MAX_READ_BYTES
+    #: ``decide-early``: stop each gate once its verdict is settled (None: not said, so the
+    #: command line decides; see ``gate.decide_early_error``), at most this chance of error
+    decide_early: bool | None = None
+    decide_early_error: float = DECIDE_EARLY_ERROR
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
     table: str = SECTION
@@ -369,6 +378,8 @@ class _Reader:
             max_regression=self.fraction(merged, "max-regression", where),
             max_read_bytes=self.integer(merged, "max-read-bytes", where, DEFAULT_MAX_READ_BYTES,
                                         minimum=1),
+            decide_early=self.boolean(merged, "decide-early", where, None),
+            decide_early_error=self.error_rate(merged, where) or DECIDE_EARLY_ERROR,
             checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )
@@ -455,6 +466,8 @@ class _Reader:
             index=index,
             report_only=report_only,
             allow_masking=self.boolean(table, "allow-masking", where, False),
+            decide_early=self.boolean(table, "decide-early", where, None),
+            decide_early_error=self.error_rate(table, where),
         )
 
     # -- across models --------------------------------------------------------------------
@@ -544,10 +557,25 @@ class _Reader:
             raise self.fail(f"{where} {key}", f"{value!r} is not one of {', '.join(map(repr, choices))}.")
         return value
 
-    def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
-        value = table.get(key, default)
+    def boolean(self, table: dict, key: str, where: str, default: bool | None) -> bool | None:
+        if key not in table:
+            return default
+        value = table[key]
         if not isinstance(value, bool):
             raise self.fail(f"{where} {key}", f"must be true or false, not {value!r}.")
+        return value
+
+    def error_rate(self, table: dict, where: str) -> float | None:
+        """``decide-early-error``: the most chance that a verdict decided early differs from
+        the verdict on all the data, in (0, MAX_DECIDE_EARLY_ERROR]."""
+        key = "decide-early-error"
+        if key not in table:
+            return None
+        value = self.number(table[key], f"{where} {key}")
+        if not 0 < value <= MAX_DECIDE_EARLY_ERROR:
+            raise self.fail(f"{where} {key}", f"{value:g} is outside (0, {MAX_DECIDE_EARLY_ERROR:g}]: "
+                            "it is the most chance that a gate decided early gets another verdict "
+                            f"than on all its data (default {DECIDE_EARLY_ERROR:g}).")
         return value
 
     def integer(self, table: dict, key: str, where: str, default: int | None, *, minimum: int) -> int | None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["MIN_GAP", "ZERO_GRADIENT_LIMIT", "diagnose", "significantly_above"]
+__all__ = ["MIN_GAP", "ZERO_GRADIENT_LIMIT", "diagnose", "masking_count", "significantly_above"]
 
 #: more than this fraction of correctly classified samples unmoved fails a gradient gate
 ZERO_GRADIENT_LIMIT = 0.05
@@ -113,3 +113,19 @@ def diagnose(result: Any, siblings: Sequence[Any], *, needs_gradient: bool,
         out["suspected"] = suspected
         out["fails_gate"] = fails and not allow_masking
     return out
+
+
+def masking_count(stats: dict[str, Any], *, needs_gradient: bool, zero_gradient: int | None,
+                  loss: str) -> int | None:
+    """The count of correctly classified samples that fails a gate once it exceeds
+    :data:`ZERO_GRADIENT_LIMIT` of them, by :func:`diagnose`'s rule: the attack's own
+    ``gradient_free`` when it reports one, else the zero cross-entropy gradients of a gate
+    that ascends cross-entropy; None when no count can fail the gate. decide-early must
+    settle this count before it stops a gate (``tests/test_decide_early.py`` checks that
+    the two agree)."""
+    own = "gradient_free" in stats
+    if needs_gradient and own:
+        return int(stats["gradient_free"])
+    if not own and zero_gradient is not None and loss.split("+")[0] == "ce":
+        return int(zero_gradient)
+    return None

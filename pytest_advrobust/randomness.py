@@ -21,10 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["SampleRandom", "row_generator", "sample_key"]
+__all__ = ["SampleRandom", "row_generator", "sample_key", "sample_order"]
 
-#: stream tags, so a batch's stream and a fit's stream never coincide (rows: see _row_state)
-BATCH, FIT = 1, 2
+#: stream tags, so a batch's stream, a fit's stream and decide-early's sample order never
+#: coincide (rows: see _row_state)
+BATCH, FIT, ORDER = 1, 2, 3
 
 
 def sample_key(seed: int, model: str, check: int, eps: float) -> tuple[int, ...]:
@@ -37,6 +38,16 @@ def sample_key(seed: int, model: str, check: int, eps: float) -> tuple[int, ...]
     scaled = eps * 1e9
     return (int(seed), zlib.crc32(model.encode()), int(check),
             int(round(scaled)) if math.isfinite(scaled) else int(eps))
+
+
+def sample_order(seed: int, model: str, samples: int) -> np.ndarray:
+    """The order decide-early reads a model's ``samples`` in: a permutation keyed by the seed
+    and the model alone (not by batch size, check or eps), so every prefix is a uniformly
+    random part of the data and the same config reads the same prefix in every run."""
+    import zlib
+
+    generator = np.random.default_rng([int(seed), zlib.crc32(model.encode()), ORDER])
+    return generator.permutation(samples).astype(np.int64)
 
 
 def fit_generator(key: Sequence[int]) -> np.random.Generator:
