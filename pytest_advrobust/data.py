@@ -91,7 +91,8 @@ class Census:
         labels = np.ascontiguousarray(labels, dtype="<i8").tobytes()
         self._digest.update(labels)
         if inputs is not None:  # one byte stream: where batches are cut does not matter
-            data = np.ascontiguousarray(inputs).tobytes()
+            # the array's bytes without a copy of them (tobytes() doubled the cost of hashing)
+            data = np.ascontiguousarray(inputs).reshape(-1).view(np.uint8)
             self._inputs.update(data)
             if self._parts:
                 part = self._parts[batch % len(self._parts)]
