@@ -235,15 +235,17 @@ def batches():
 '''
 
 
-def _stream_project(root: Path, order: str) -> Path:
+def _stream_project(root: Path, order: str, module: str) -> Path:
+    """The digits as a loader ``module:batches`` yielding batches of 50 in ``order`` (a
+    module name of its own per test: an imported loader stays in ``sys.modules``)."""
     path = digits(root)
-    (root / "stream.py").write_text(LOADER.format(order=order))
-    path.write_text(path.read_text().replace('data = "digits.npz"', 'data = "stream:batches"'))
+    (root / f"{module}.py").write_text(LOADER.format(order=order))
+    path.write_text(path.read_text().replace('data = "digits.npz"', f'data = "{module}:batches"'))
     return path
 
 
 def test_a_class_sorted_stream_is_measured_in_full_with_a_warning(pytester: pytest.Pytester) -> None:
-    _stream_project(pytester.path, "np.argsort(y, kind='stable')")
+    _stream_project(pytester.path, "np.argsort(y, kind='stable')", "sorted_stream")
     result = pytester.runpytest(*RUN, "--advrobust-json=out.json", "-W", "always::pytest_advrobust.errors.AdvRobustWarning")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*decide-early: the first 128 labels of the data's own order look sorted*"])
@@ -252,7 +254,7 @@ def test_a_class_sorted_stream_is_measured_in_full_with_a_warning(pytester: pyte
 
 
 def test_a_shuffled_stream_decides_once_it_has_shown_every_class(tmp_path, monkeypatch) -> None:
-    path = _stream_project(tmp_path, "np.random.default_rng(7).permutation(len(y))")
+    path = _stream_project(tmp_path, "np.random.default_rng(7).permutation(len(y))", "shuffled_stream")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
@@ -269,7 +271,7 @@ def test_a_stream_that_has_not_shown_every_class_does_not_stop(tmp_path, monkeyp
     the 9s come, so the clean gate, settled at 128 in a shuffled order, stops at 512."""
     order = ("np.concatenate([np.random.default_rng(1).permutation(np.flatnonzero(y != 9)), "
              "np.flatnonzero(y == 9)])")
-    path = _stream_project(tmp_path, order)
+    path = _stream_project(tmp_path, order, "nines_last_stream")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     results = by_label(evaluate(path, conftest=False))
