@@ -145,7 +145,7 @@ class Judge:
             result.passed = False
             result.error = result.message = (
                 f"{result.label}: stopped by decide-early after {m.n} samples, but its counts "
-                "do not settle its verdict; rerun with --advrobust-decide-early=off and "
+                "do not settle its verdict; rerun with --advrobust-no-decide-early and "
                 "please report it.")
             return
         verdict = early_verdict(result, decision)

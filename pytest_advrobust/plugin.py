@@ -60,12 +60,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--advrobust-plots", metavar="DIR", default=None,
                     help="write PNG plots (robustness curves, universal perturbations, "
                          "linearity); needs pip install pytest-advrobust[plots].")
-    group.addoption("--advrobust-decide-early", metavar="on|off", nargs="?", const="on",
-                    choices=("on", "off"), default=None,
-                    help="decide each gate with as few samples as its verdict needs: on (the "
-                         "same as the bare option) for every gate whose config does not say "
-                         "decide-early = false; off measures every gate on all its data. "
-                         "Default: the config's decide-early keys (README, \"Deciding early\").")
+    group.addoption("--advrobust-decide-early", action="store_const", const=True,
+                    dest="advrobust_decide_early", default=None,
+                    help="decide each gate with as few samples as its verdict needs, for every "
+                         "gate whose config does not say decide-early = false (README, "
+                         "\"Deciding early\").")
+    group.addoption("--advrobust-no-decide-early", action="store_const", const=False,
+                    dest="advrobust_decide_early",
+                    help="measure every gate on all its data, whatever the config's "
+                         "decide-early keys say.")
     group.addoption("--advrobust-shard", metavar="K/N", default=None,
                     help="measure every gate on shard K of N of each model's evaluation data "
                          "(batch-aligned); results are partial, gated once the shards' JSON "
@@ -288,7 +291,7 @@ class RobustnessPlugin:
                 f"pytest-advrobust: --advrobust-shard={self.config.getoption('advrobust_shard')} "
                 f"cannot be used with decide-early (on for {len(deciding)} check(s), e.g. "
                 f"{deciding[0]}): a shard that stops a gate early judges part of its own part, "
-                "which the merge cannot add up. Run the shards with --advrobust-decide-early=off, "
+                "which the merge cannot add up. Run the shards with --advrobust-no-decide-early, "
                 "or drop --advrobust-shard and let decide-early save the time instead.")
         if self.config.getoption("advrobust_save_baseline"):
             session.judge.decide_early = False
@@ -584,9 +587,9 @@ def _check_accepted(keys: tuple[str, ...], session: "RobustnessSession") -> None
 
 
 def _decide_early_option(config: pytest.Config) -> bool | None:
-    """``--advrobust-decide-early[=on|off]`` as True, False, or None when not given."""
-    value = config.getoption("advrobust_decide_early")
-    return None if value is None else value == "on"
+    """``--advrobust-decide-early`` (True), ``--advrobust-no-decide-early`` (False), or None
+    when neither is given (the config's keys decide)."""
+    return config.getoption("advrobust_decide_early")
 
 
 def _shard_option(config: pytest.Config) -> tuple[int, int] | None:

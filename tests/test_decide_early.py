@@ -285,9 +285,9 @@ def test_shards_are_refused_with_decide_early(pytester: pytest.Pytester) -> None
     result = pytester.runpytest(*RUN, "--advrobust-shard=1/2", "--advrobust-json=s.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--advrobust-shard=1/2 cannot be used with decide-early*"
-                                 "--advrobust-decide-early=off*"])
+                                 "--advrobust-no-decide-early*"])
     ok = pytester.runpytest(*RUN, "--advrobust-shard=1/2", "--advrobust-json=s.json",
-                            "--advrobust-decide-early=off")
+                            "--advrobust-no-decide-early")
     assert ok.ret == pytest.ExitCode.OK
 
 
@@ -349,3 +349,15 @@ def test_config_keys_are_checked(tmp_path) -> None:
             '[[tool.advrobust.checks]]\nattack = "clean"\nmin-accuracy = 0.5\n')
         with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
             RobustnessSession(plugin_manager().hook, tmp_path / "pyproject.toml")
+
+
+def test_the_command_line_turns_it_on_and_off(pytester: pytest.Pytester) -> None:
+    digits(pytester.path, early="")  # the config says nothing
+    assert "decided after" not in pytester.runpytest(*RUN).stdout.str()
+    on = pytester.runpytest(*RUN, "--advrobust-decide-early")
+    on.assert_outcomes(passed=3, failed=1)
+    on.stdout.fnmatch_lines(["*clean*decided after 128 of 540*PASS*"])
+    digits(pytester.path)  # now the config says decide-early = true
+    off = pytester.runpytest(*RUN, "--advrobust-no-decide-early")
+    off.assert_outcomes(passed=3, failed=1)
+    assert "decided after" not in off.stdout.str()

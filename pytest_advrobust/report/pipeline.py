@@ -138,7 +138,7 @@ def _baseline(run: RunRecord, targets: ReportTargets, out: Written) -> None:
             f"baseline not saved to {path}: {len(early)} gate{'s were' if len(early) > 1 else ' was'} "
             f"decided early on part of the data ({', '.join(r.label for r in early[:3])}"
             f"{', ...' if len(early) > 3 else ''}), and a baseline holds figures measured on all "
-            "of it. Save from a run with --advrobust-decide-early=off.")
+            "of it. Save from a run with --advrobust-no-decide-early.")
         return
     red = [r for r in run.results if r.status in ("failed", "error") and not r.accepted]
     if red:
