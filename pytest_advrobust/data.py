@@ -159,8 +159,10 @@ class EvalData:
 
         assert self._arrays is not None
         xs, ys = self._arrays
-        return Batch(torch.tensor(xs[positions], dtype=dtype), torch.tensor(ys[positions], dtype=torch.int64),
-                     offset, np.asarray(positions, dtype=np.int64))
+        chosen = xs[positions]  # fancy indexing copies: the tensor never shares the user's memory
+        x = torch.from_numpy(chosen).to(dtype) if chosen.dtype.isnative else torch.tensor(chosen, dtype=dtype)
+        return Batch(x, torch.tensor(ys[positions], dtype=torch.int64), offset,
+                     np.asarray(positions, dtype=np.int64))
 
     @property
     def source(self) -> str:
