@@ -85,8 +85,10 @@ def write_model(root: Path, x: np.ndarray, y: np.ndarray, train_steps: int = 30)
 
 
 def sweep_project(root: Path, x: np.ndarray, y: np.ndarray, *, model: str, eps: list[float],
-                  batch_size: int) -> Path:
-    """A project gating ``model`` with a clean check and an FGSM sweep."""
+                  batch_size: int, probe: bool = True) -> Path:
+    """A project gating ``model`` with a clean check and an FGSM sweep (``probe``: with the
+    masking probe, the default; off, the engine does the plain loop's work plus the
+    interior points)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "benchmodel.py").write_text(MODEL_SOURCE)
     np.savez(root / "data.npz", x=x, y=y)
@@ -98,6 +100,7 @@ def sweep_project(root: Path, x: np.ndarray, y: np.ndarray, *, model: str, eps: 
         name = "cnn"
         batch-size = {batch_size}
         device = "cpu"
+        masking-probe = {str(probe).lower()}
 
         [[tool.advrobust.checks]]
         attack = "clean"

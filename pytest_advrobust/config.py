@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .archives import DEFAULT_MAX_READ_BYTES
 from .errors import ConfigError
+from .gate import DECIDE_EARLY_ERROR, MAX_DECIDE_EARLY_ERROR
 from .results import format_eps
 
 if sys.version_info >= (3, 11):
@@ -43,24 +44,26 @@ MODEL_KEYS = {
     "name", "model", "weights", "data", "input-range", "normalize", "batch-size",
     "max-samples", "seed", "output", "output-kind", "device", "allow-pickle", "bpda", "checks",
     "max-regression", "max-read-bytes", "masking-probe", "masking-probe-samples",
-    "masking-probe-queries", "eot-samples",
+    "masking-probe-queries", "eot-samples", "decide-early", "decide-early-error",
 }
 #: Model keys that named models inherit from the top level when they do not set them.
 INHERITED_KEYS = {
     "data", "input-range", "normalize", "batch-size", "max-samples", "seed", "device",
     "output-kind", "allow-pickle", "bpda", "checks", "max-regression", "max-read-bytes",
     "masking-probe", "masking-probe-samples", "masking-probe-queries", "eot-samples",
+    "decide-early", "decide-early-error",
 }
 TOP_ONLY_KEYS = {"models"}
 #: how many configuration errors one message lists (the rest are counted)
 MAX_LISTED = 10
 CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "report-only",
-              "allow-masking", "masking-probe", "masking-probe-samples", "masking-probe-queries"}
+              "allow-masking", "masking-probe", "masking-probe-samples", "masking-probe-queries",
+              "decide-early", "decide-early-error"}
 #: the check keys of the masking probe, which a check may set to override its model's
 PROBE_KEYS = ("masking-probe", "masking-probe-samples", "masking-probe-queries")
 #: the masking probe's defaults: every per-sample gradient gate is cross-checked by a
-#: square attack of at most this many queries on about this many of the samples it
-#: evaluates (a subsample keyed by position); see
+#: square attack of at most this many queries on this many of the samples it evaluates
+#: (a random subsample, see engine.py); see
 #: docs: "Masking", section "The masking probe: a black-box attack on the same samples"
 MASKING_PROBE_SAMPLES = 100
 MASKING_PROBE_QUERIES = 50
@@ -142,6 +145,9 @@ class CheckSpec:
     masking_probe: bool | None = None
     masking_probe_samples: int | None = None
     masking_probe_queries: int | None = None
+    #: ``decide-early`` / ``decide-early-error`` of this check (None: its model's)
+    decide_early: bool | None = None
+    decide_early_error: float | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -178,6 +184,10 @@ class ModelSpec:
     masking_probe_queries: int = MASKING_PROBE_QUERIES
     #: draws a randomised model's gradients are averaged over and its figures counted on
     eot_samples: int = EOT_SAMPLES
+    #: ``decide-early``: stop each gate once its verdict is settled (None: not said, so the
+    #: command line decides; see ``gate.decide_early_error``), at most this chance of error
+    decide_early: bool | None = None
+    decide_early_error: float = DECIDE_EARLY_ERROR
     checks: tuple[CheckSpec, ...] = ()
     #: the TOML table this model was read from, for error messages
     table: str = SECTION
@@ -414,6 +424,8 @@ class _Reader:
             masking_probe_queries=self.integer(merged, "masking-probe-queries", where,
                                                MASKING_PROBE_QUERIES, minimum=1),
             eot_samples=self.integer(merged, "eot-samples", where, EOT_SAMPLES, minimum=1),
+            decide_early=self.boolean(merged, "decide-early", where, None),
+            decide_early_error=self.error_rate(merged, where) or DECIDE_EARLY_ERROR,
             checks=self.checks(merged.get("checks"), where, (low, high)),
             table=where.strip("[]"),
         )
@@ -495,6 +507,8 @@ class _Reader:
                                     "largest fall from clean accuracy), or report-only = true to "
                                     "measure it without a verdict."))
         probe = read(lambda: self.probe(table, where, attack, info), {}) if info is not None else {}
+        decide_early = read(lambda: self.boolean(table, "decide-early", where, None))
+        decide_early_error = read(lambda: self.error_rate(table, where))
         if errors:
             raise self.several(errors)
         return CheckSpec(
@@ -507,6 +521,8 @@ class _Reader:
             index=index,
             report_only=report_only,
             allow_masking=allow_masking,
+            decide_early=decide_early,
+            decide_early_error=decide_early_error,
             **probe,
         )
 
@@ -640,10 +656,25 @@ class _Reader:
             raise self.fail(f"{where} {key}", f"{value!r} is not one of {', '.join(map(repr, choices))}.")
         return value
 
-    def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
-        value = table.get(key, default)
+    def boolean(self, table: dict, key: str, where: str, default: bool | None) -> bool | None:
+        if key not in table:
+            return default
+        value = table[key]
         if not isinstance(value, bool):
             raise self.fail(f"{where} {key}", f"must be true or false, not {value!r}.")
+        return value
+
+    def error_rate(self, table: dict, where: str) -> float | None:
+        """``decide-early-error``: the most chance that a verdict decided early differs from
+        the verdict on all the data, in (0, MAX_DECIDE_EARLY_ERROR]."""
+        key = "decide-early-error"
+        if key not in table:
+            return None
+        value = self.number(table[key], f"{where} {key}")
+        if not 0 < value <= MAX_DECIDE_EARLY_ERROR:
+            raise self.fail(f"{where} {key}", f"{value:g} is outside (0, {MAX_DECIDE_EARLY_ERROR:g}]: "
+                            "it is the most chance that a gate decided early gets another verdict "
+                            f"than on all its data (default {DECIDE_EARLY_ERROR:g}).")
         return value
 
     def integer(self, table: dict, key: str, where: str, default: int | None, *, minimum: int) -> int | None:

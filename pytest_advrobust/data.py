@@ -39,11 +39,35 @@ NARROW_DATA = 0.05
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch of raw inputs and integer labels, and the index of its first sample."""
+    """A batch of raw inputs and integer labels, and the index of its first sample in the
+    pass (its position in the data unless ``index`` says otherwise)."""
 
     x: "torch.Tensor"
     y: "torch.Tensor"
     offset: int
+    #: each sample's position in the data, when they are not ``offset, offset + 1, ...``
+    #: (decide-early's shuffled pass); random streams and fit splits are keyed by them
+    index: np.ndarray | None = None
+
+    def positions(self) -> np.ndarray:
+        """Each sample's position in the data (int64)."""
+        if self.index is not None:
+            return self.index
+        return np.arange(self.offset, self.offset + len(self.y), dtype=np.int64)
+
+    def head(self, rows: int) -> tuple["Batch", "Batch"]:
+        """The first ``rows`` samples and the rest, as two batches."""
+        positions = self.positions()
+        return (Batch(self.x[:rows], self.y[:rows], self.offset, positions[:rows]),
+                Batch(self.x[rows:], self.y[rows:], self.offset + rows, positions[rows:]))
+
+    def rows(self, keep: np.ndarray) -> "Batch":
+        """The samples ``keep`` (a boolean mask) selects, with their positions."""
+        import torch
+
+        chosen = np.flatnonzero(keep)
+        rows = torch.from_numpy(chosen).to(self.y.device)
+        return Batch(self.x[rows], self.y[rows], self.offset, self.positions()[chosen])
 
 
 def out_of_range(smallest: float, largest: float, low: float, high: float, offset: int, *,
@@ -88,7 +112,8 @@ class Census:
         labels = np.ascontiguousarray(labels, dtype="<i8").tobytes()
         self._digest.update(labels)
         if inputs is not None:  # one byte stream: where batches are cut does not matter
-            data = np.ascontiguousarray(inputs).tobytes()
+            # the array's bytes without a copy of them (tobytes() doubled the cost of hashing)
+            data = np.ascontiguousarray(inputs).reshape(-1).view(np.uint8)
             self._inputs.update(data)
             if self._parts:
                 part = self._parts[batch % len(self._parts)]
@@ -122,6 +147,10 @@ class EvalData:
         #: the narrow-data warning, when a warnings filter made it an error: every later pass
         #: over this data fails with it too (under xdist a worker runs several passes)
         self._range_error: DataError | None = None
+        #: a stream opened by :meth:`random_access` (its first chunk and the rest), which
+        #: the next pass reads instead of calling the loader again
+        self._opened: tuple[Any, Iterator[Any]] | None = None
+        self._is_stream = False  # the source yields batches (known once it was called)
 
     @property
     def size(self) -> int | None:
@@ -131,6 +160,30 @@ class EvalData:
             return None
         count = len(self._arrays[1])
         return count if self.spec.max_samples is None else min(count, self.spec.max_samples)
+
+    def random_access(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The data as arrays ``(x, y)`` (capped by ``max-samples`` only when a pass reads
+        them) when the source gives arrays (a .npz, a loader returning inputs and labels),
+        so samples can be read in any order; None for a loader that yields batches, whose
+        order is its own. Loads the data if no pass has yet."""
+        if self._arrays is None and self._opened is None and not self._is_stream:
+            chunks = self._chunks()
+            first = next(chunks, None)
+            if self._arrays is None:  # a stream: the next pass starts with what was read
+                self._opened = (first, chunks)
+        return self._arrays
+
+    def rows(self, positions: np.ndarray, dtype: "torch.dtype", offset: int) -> Batch:
+        """The samples at ``positions`` (of :meth:`random_access`'s arrays) as a batch; a pass
+        over the data in its own order has checked them already."""
+        import torch
+
+        assert self._arrays is not None
+        xs, ys = self._arrays
+        chosen = xs[positions]  # fancy indexing copies: the tensor never shares the user's memory
+        x = torch.from_numpy(chosen).to(dtype) if chosen.dtype.isnative else torch.tensor(chosen, dtype=dtype)
+        return Batch(x, torch.tensor(ys[positions], dtype=torch.int64), offset,
+                     np.asarray(positions, dtype=np.int64))
 
     @property
     def source(self) -> str:
@@ -222,6 +275,13 @@ class EvalData:
         if self._arrays is not None:
             yield self._arrays
             return
+        if self._opened is not None:  # the stream random_access() opened
+            first, rest = self._opened
+            self._opened = None
+            if first is not None:
+                yield first
+            yield from rest
+            return
         produced = None if self._custom is None else self._call(lambda: self._custom(self.spec))
         if produced is None and self.spec.data.lower().endswith(".npz"):
             self._arrays = self._npz(self.spec.resolve(self.spec.data))
@@ -242,6 +302,7 @@ class EvalData:
         if not isinstance(produced, Iterable) or isinstance(produced, (str, bytes)):
             raise DataError(f"the loader returned {_describe(produced)}; it must return "
                             f"{_EXPECTED}.", where=self.where)
+        self._is_stream = True
         shape = None
         for index, item in enumerate(self._guard(produced)):
             pair = self._pair(item, f"batch {index} from the loader")

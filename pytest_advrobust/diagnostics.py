@@ -62,8 +62,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["ALPHA", "MIN_GAP", "ZERO_GRADIENT_LIMIT", "black_box_beats", "diagnose", "paired_p",
-           "significantly_above"]
+__all__ = ["ALPHA", "MIN_GAP", "ZERO_GRADIENT_LIMIT", "black_box_beats", "diagnose", "masking_counts",
+           "paired_p", "probe_trips", "significantly_above"]
 
 #: more than this fraction of correctly classified samples unmoved fails a gradient gate
 ZERO_GRADIENT_LIMIT = 0.05
@@ -247,3 +247,31 @@ def _members(result: Any, out: dict[str, Any], suspected: list[str], base: int) 
                              f"p = {p:.1e}): the gradients are masked, and its accuracy "
                              f"{result.accuracy:.3f} rests on square")
     return fails
+def masking_counts(stats: dict[str, Any], *, needs_gradient: bool, zero_gradient: int | None,
+                   loss: str) -> tuple[int, ...]:
+    """The counts of correctly classified samples that fail a gate once one exceeds
+    :data:`ZERO_GRADIENT_LIMIT` of them, by :func:`diagnose`'s rules: the attack's own
+    ``gradient_free`` when it reports one, else the zero cross-entropy gradients of a gate
+    that ascends cross-entropy; and for ``strongest`` without a square member
+    (``queries`` = 0), the zero-gradient samples every gradient member left standing. Empty
+    when no count can fail the gate. decide-early must settle these counts before it stops
+    a gate (``tests/test_decide_early.py`` checks that the two agree); the masking probe's
+    paired test is :func:`probe_trips`."""
+    counts: list[int] = []
+    own = "gradient_free" in stats
+    if needs_gradient and own:
+        counts.append(int(stats["gradient_free"]))
+    if not own and zero_gradient is not None and loss.split("+")[0] == "ce":
+        counts.append(int(zero_gradient))
+    if "fooled_by_square" in stats and stats.get("zero_gradient") is not None \
+            and not stats.get("queries", 0):
+        counts.append(int(stats.get("zero_gradient_standing", 0)))
+    return tuple(counts)
+
+
+def probe_trips(stats: dict[str, Any]) -> bool:
+    """Whether the masking probe's paired test fails the gate whose statistics are
+    ``stats`` (False when the probe did not run): :func:`diagnose`'s rule."""
+    samples = int(stats.get("probe_samples", 0))
+    return bool(samples) and black_box_beats(int(stats.get("probe_fooled_only", 0)),
+                                             int(stats.get("probe_gate_only", 0)), samples)

@@ -59,8 +59,12 @@ class Engine:
                  progress: Callable[[str], None] | None = None,
                  specs: Callable[[str], ModelSpec] | None = None,
                  load_data: Callable[[ModelSpec], Any] | None = None,
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None, decide_early: Any = None) -> None:
         self.registry = registry
+        #: decide-early's rule (``gate.Judge``): ``decides_early(model, check)`` says which
+        #: gates stop once ``settled(measurement)`` says their counts so far settle their
+        #: verdict; None: every gate is measured on all its data
+        self.decide_early = decide_early
         #: ``(k, n)``: gates are measured on shard k of n of every model's evaluation data
         #: and come out partial (no verdict); hand-written probes still see all the data
         self.shard = shard
@@ -133,7 +137,7 @@ class Engine:
     def _run(self, spec: ModelSpec, todo: list[Request], *, gate: bool = True) -> None:
         started = time.perf_counter()
         try:
-            outcomes = self._evaluate(spec, todo, shard=self.shard if gate else None)
+            outcomes = self._evaluate(spec, todo, shard=self.shard if gate else None, gate=gate)
         except AdvRobustError as exc:  # model or data problem: every gate of the pass says so
             outcomes = {request.key: exc for request in todo}
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -153,10 +157,11 @@ class Engine:
             self._on_measured(measurement)
 
     def _evaluate(self, spec: ModelSpec, todo: list[Request],
-                  shard: tuple[int, int] | None = None) -> dict[tuple[int, float], Any]:
+                  shard: tuple[int, int] | None = None, gate: bool = True) -> dict[tuple[int, float], Any]:
         """One streamed pass over ``spec``'s data computing every gate of ``todo``: the
-        steps of :class:`ModelPass`, in order."""
-        run = ModelPass(self, spec, todo, shard=shard)
+        steps of :class:`ModelPass`, in order (gates, not a fixture's calls, may decide early)."""
+        run = ModelPass(self, spec, todo, shard=shard,
+                        decider=self.decide_early if gate and shard is None else None)
         with run.model.session():
             run.fit()
             for batch in run.batches():
@@ -234,6 +239,12 @@ class GateRun:
     per_class: dict[int, list[int]] = field(default_factory=dict)
     #: the first flipped samples (right when clean, wrong under attack), when asked for
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: samples it got wrong clean and right under attack
+    gained: int = 0
+    #: decide-early: it may stop once its verdict is settled; ``decided``: the stage at
+    #: whose end it stopped (0: it has not)
+    early: bool = False
+    decided: int = 0
 
     @property
     def key(self) -> tuple[int, float]:
@@ -278,7 +289,7 @@ class ModelPass:
     """
 
     def __init__(self, engine: Engine, spec: ModelSpec, todo: Sequence[Request],
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None, decider: Any = None) -> None:
         from .data import Census
         from .randomness import sample_key
 
@@ -298,17 +309,28 @@ class ModelPass:
                            zero_gradient=0 if attack.needs_gradient else None)
             if attack.needs_gradient and self.model.gradient_error:
                 gate.error = _no_gradient(spec, r, self.model)
+            gate.early = decider is not None and decider.decides_early(spec.name, r.check.index)
             self.gates[r.key] = gate
         self._zero_rows: tuple[Any, Any] = (None, None)
         #: the masking probe's outcomes on the current batch, per (eps, settings, rows)
         self._probed: dict[tuple[Any, ...], tuple[Any, int]] = {}
+        #: the positions the probe attacks, per (skip, cap, samples, data size)
+        self._probe_sets: dict[tuple[Any, ...], Any] = {}
         #: whether the model is randomised, once looked at (also kept on the classifier)
         self._randomised: bool | None = getattr(self.model, "randomised", None)
+        #: decide-early's rule (see :meth:`settle`), when a gate of the pass decides early
+        self.decider = decider if any(gate.early for gate in self.gates.values()) else None
+        #: decide-early on a stream of batches: the labels it has shown so far, and why its
+        #: gates may not stop early after all (its first stage looks sorted)
+        self._labels_seen: set[int] = set()
+        self._order_suspect = ""
+        #: decide-early reads the data in its own shuffled order (arrays); False: a stream
+        self._shuffled = False
 
     # -- steps ----------------------------------------------------------------------------
     def live(self) -> list[GateRun]:
-        """The gates still running (not errored)."""
-        return [gate for gate in self.gates.values() if gate.error is None]
+        """The gates still running (not errored, not stopped by decide-early)."""
+        return [gate for gate in self.gates.values() if gate.error is None and not gate.decided]
 
     def rng(self, gate: GateRun, batch: Any = None,
             keep: "torch.Tensor | None" = None) -> "SampleRandom | np.random.Generator":
@@ -320,9 +342,7 @@ class ModelPass:
 
         if batch is None:
             return fit_generator(gate.stream)
-        import numpy as np
-
-        positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
+        positions = batch.positions()
         if keep is not None:
             positions = positions[keep.cpu().numpy()]
         return SampleRandom(gate.stream, positions)
@@ -378,9 +398,11 @@ class ModelPass:
     def batches(self) -> Iterator[Any]:
         """The evaluation batches, on the model's device (they are made on the CPU). The
         whole stream, other shards' batches included, is counted and hashed on the way
-        (:attr:`census`, :meth:`data_digest`), for the merge and the data fingerprint."""
-        for batch in self.data.batches(self.spec.batch_size, self.model.dtype, shard=self.shard,
-                                       census=self.census):
+        (:attr:`census`, :meth:`data_digest`), for the merge and the data fingerprint.
+        With decide-early, they come in decide-early's order (:meth:`ordered`)."""
+        source = self.ordered() if self.decider is not None else self.data.batches(
+            self.spec.batch_size, self.model.dtype, shard=self.shard, census=self.census)
+        for batch in source:
             self.engine._report_progress(self.spec, batch.offset, gates=self.live(),
                                          total=self.data.size)
             yield replace(batch, x=batch.x.to(self.model.device, non_blocking=True),
@@ -390,6 +412,182 @@ class ModelPass:
         """A hash of every input and label of the stream (all shards'), whatever the batch
         size: the data part of a result's fingerprint."""
         return self.census.digest()
+
+    # -- decide-early ---------------------------------------------------------------------
+    def ordered(self) -> Iterator[Any]:
+        """decide-early's pass: the samples in an order keyed by the seed and the model
+        (:func:`~pytest_advrobust.randomness.sample_order`) when the data can be read in any
+        order, else in the loader's own; batches are cut at each stage's end (``gate.
+        stage_samples``: 128, 256, 512, ...), where :meth:`settle` stops the gates whose
+        verdict is settled, so the figures do not depend on the batch size. Samples no
+        running gate evaluates are left out; the pass ends when every gate has stopped or
+        the data runs out. Every sample is still checked, counted and hashed (arrays first,
+        in their own order; a stream read to its end), for the data fingerprint."""
+        from .randomness import sample_order
+
+        spec, dtype = self.spec, self.model.dtype
+        stream = None
+        self._shuffled = self.data.random_access() is not None
+        if self._shuffled:
+            for _ in self.data.batches(spec.batch_size, dtype, census=self.census):
+                pass  # every sample checked, counted and hashed in the data's own order
+            size = self.data.size or 0
+            pieces = self._pieces(sample_order(spec.seed, spec.name, size), size)
+        else:
+            stream = self.data.batches(spec.batch_size, dtype, census=self.census)
+            pieces = self._stream_pieces(stream)
+        stage = 1
+        for batch, end in pieces:
+            if batch is not None:
+                yield batch
+            if end == _stage_samples(stage):
+                self.settle(stage)
+                stage += 1
+            if not self.live():
+                break
+        if stream is not None:  # the sample count and data fingerprint need the whole stream
+            for _ in stream:
+                pass
+
+    def _pieces(self, order: "np.ndarray", size: int) -> Iterator[tuple[Any, int]]:
+        """``(batch or None, end)`` over ``order``: batch-size slices cut at each stage's
+        end, loaded only for the samples a running gate evaluates; ``end`` is where the
+        slice ends in the order. No stage ends at the last sample (that is all the data)."""
+        start = 0
+        while start < size:
+            stop = min(start + self.spec.batch_size, _next_stage_end(start), size)
+            positions = order[start:stop]
+            positions = positions[self._wanted(positions)]
+            batch = self.data.rows(positions, self.model.dtype, start) if len(positions) else None
+            yield batch, (stop if stop < size else -1)
+            start = stop
+
+    def _stream_pieces(self, stream: Iterator[Any]) -> Iterator[tuple[Any, int]]:
+        """``(batch or None, end)`` over a loader's own batches, cut at each stage's end.
+        Its order is the loader's, so a stage only counts once the stream has shown every
+        class of the model, and a first stage whose labels look sorted turns decide-early
+        off for the pass, with a warning (:meth:`_check_order`)."""
+        import numpy as np
+
+        first: list[Any] = []
+        for batch in stream:
+            while len(batch.y):
+                end = _next_stage_end(batch.offset)
+                piece, batch = batch.head(min(len(batch.y), end - batch.offset))
+                labels = piece.y.numpy()
+                self._labels_seen.update(np.unique(labels).tolist())
+                if len(first) < _stage_samples(1):
+                    first.extend(labels[:_stage_samples(1) - len(first)].tolist())
+                    if len(first) == _stage_samples(1):
+                        self._check_order(np.asarray(first))
+                wanted = self._wanted(piece.positions())
+                kept = piece if wanted.all() else (piece.rows(wanted) if wanted.any() else None)
+                yield kept, piece.offset + len(piece.y)
+
+    def _check_order(self, labels: "np.ndarray") -> None:
+        """A loader's first stage, in its own order: labels in long runs (a class-sorted
+        stream) would make an early stop read a biased part of the data, so the pass then
+        runs to the end, with a warning saying so."""
+        import numpy as np
+
+        from .errors import AdvRobustWarning
+
+        changes = int((labels[1:] != labels[:-1]).sum())
+        _, counts = np.unique(labels, return_counts=True)
+        m = len(labels)
+        expected = (m - 1) * (1 - float((counts * (counts - 1)).sum()) / (m * (m - 1)))
+        if len(counts) > 1 and changes >= expected - 4 * expected ** 0.5:
+            return
+        classes = getattr(self.model, "num_classes", None)
+        if len(counts) == 1 and classes == 1:
+            return
+        self._order_suspect = (
+            f"the first {m} labels of the data's own order look sorted ({len(counts)} "
+            f"class{'es' if len(counts) > 1 else ''}, {changes} changes of label where a "
+            f"shuffled stream gives about {expected:.0f})")
+        warning = AdvRobustWarning(
+            f"{self.data.where}: decide-early: {self._order_suspect}, so an early stop would "
+            "judge a biased part of the data; this pass measures every gate on all of it. "
+            "Yield the batches in a shuffled order (DataLoader(..., shuffle=True, generator="
+            "torch.Generator().manual_seed(0))), or return (inputs, labels) arrays, which "
+            "decide-early shuffles itself.")
+        try:
+            import warnings
+
+            warnings.warn(warning, AdvRobustWarning, stacklevel=2)
+        except AdvRobustWarning:  # a warnings filter made it an error (-W error)
+            raise DataError(f"{str(warning).split(': ', 1)[1]} (AdvRobustWarning, turned into an "
+                            "error by a warnings filter)", where=self.data.where) from None
+
+    def _wanted(self, positions: "np.ndarray") -> "np.ndarray":
+        """Which of ``positions`` some running gate evaluates (past its fit split, within
+        its samples cap)."""
+        import numpy as np
+
+        wanted = np.zeros(len(positions), dtype=bool)
+        for gate in self.live():
+            keep = positions >= gate.skip
+            if gate.cap is not None:
+                keep &= positions < gate.cap
+            wanted |= keep
+        return wanted
+
+    def settle(self, stage: int) -> None:
+        """decide-early, at the end of ``stage``: each running gate that decides early and
+        whose counts so far settle its verdict (the judge's ``settled``) stops. Not on a
+        stream that has not yet shown every class of the model, or whose order looked
+        sorted."""
+        if self.decider is None or self._order_suspect:
+            return
+        if not self._shuffled:
+            classes = getattr(self.model, "num_classes", None)
+            if classes is None or len(self._labels_seen) < classes:
+                return
+        for gate in self.live():
+            if gate.early and gate.n and self.decider.settled(self._so_far(gate, stage)):
+                gate.decided = stage
+
+    def _population(self, gate: GateRun) -> int | None:
+        """The samples ``gate`` evaluates on all the data (None: a stream not yet read to
+        its end)."""
+        size = self.data.size if self._shuffled else None
+        if size is None:
+            return None
+        return max(0, min(size, gate.cap if gate.cap is not None else size) - gate.skip)
+
+    def _so_far(self, gate: GateRun, stage: int) -> Measurement:
+        """``gate``'s counts at the end of ``stage``, as the judge reads a measurement."""
+        r, samples = gate.request, self._population(gate)
+        eps = r.eps if gate.attack.uses_eps else None
+        return Measurement(
+            model=self.spec.name, attack=r.check.attack, eps=eps, check=r.check.index,
+            options=dict(r.check.options), correct=gate.correct, clean_correct=gate.clean_correct,
+            n=gate.n, gained=gate.gained, stats=gate.stats, zero_gradient=gate.zero_gradient,
+            fingerprint={**fingerprint(self.spec, r.check, eps, samples if samples is not None else gate.n,
+                                       gate.attack, self.data_digest()),
+                         **self._draws_fingerprint()},
+            samples=samples, decided_early=True, stage=stage)
+
+    def _early_outcomes(self, outcomes: dict[tuple[int, float], Any]) -> dict[tuple[int, float], Any]:
+        """Each measurement's ``gained`` count; in a decide-early pass also its ``samples``
+        (its fingerprint's ``n``, so its figure compares with one measured on all the data)
+        and, for a gate that stopped before the data ran out, ``decided_early`` and the stage."""
+        for key, gate in self.gates.items():
+            m = outcomes[key]
+            if not isinstance(m, Measurement):
+                continue
+            m.gained = gate.gained
+            if self.decider is None:
+                continue
+            samples = self._population(gate)
+            if samples is None:  # a stream, now read to its end
+                samples = max(0, min(self.census.samples, gate.cap if gate.cap is not None
+                                     else self.census.samples) - gate.skip)
+            m.samples = samples
+            m.fingerprint["n"] = samples
+            m.decided_early = bool(gate.decided) and gate.n < samples
+            m.stage = gate.decided if m.decided_early else 0
+        return outcomes
 
     def shared(self, batch: Any) -> Shared:
         """The batch's one forward pass; forward + backward when a live gate takes the
@@ -428,8 +626,9 @@ class ModelPass:
             return None
         import torch
 
-        index = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
-        return (index >= gate.skip) & (index < (gate.cap if gate.cap is not None else index[-1] + 1))
+        index = torch.from_numpy(batch.positions()).to(batch.y.device)
+        keep = index >= gate.skip
+        return keep if gate.cap is None else keep & (index < gate.cap)
 
     def attack(self, gate: GateRun, batch: Any, shared: Shared) -> None:
         """``gate`` on one batch: attack the selected samples and count them."""
@@ -444,6 +643,7 @@ class ModelPass:
         ok = shared.clean_ok if keep is None else shared.clean_ok[keep]
         gate.correct += int(adv_ok.sum())
         gate.clean_correct += int(ok.sum())
+        gate.gained += int((adv_ok & ~ok.to(adv_ok.device)).sum())
         gate.n += int(ok.numel())
         if gate.folds:
             self._count_folds(gate, adv_ok, _positions(batch, keep))
@@ -483,7 +683,7 @@ class ModelPass:
                            for label, (n, clean, correct) in sorted(gate.per_class.items())],
                 examples=_stacked(gate.examples),
             )
-        return outcomes
+        return self._early_outcomes(outcomes)
 
     # -- helpers --------------------------------------------------------------------------
     def _shard_record(self, gate: GateRun) -> dict[str, Any]:
@@ -721,28 +921,44 @@ class ModelPass:
 
     def _probe_members(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None",
                        samples: int) -> "torch.Tensor":
-        """The rows of ``batch`` in the probe's subsample: each sample with probability
-        ``samples / N`` (N: the data's size), drawn from its position alone, so the same
-        samples are probed at every eps, batch size and shard; the first ``samples`` the
-        gate evaluates when N is not known (a stream of batches without max-samples)."""
+        """The rows of ``batch`` in the probe's subsample. On data read as arrays: the first
+        ``samples`` of the samples the gate evaluates, in the order keyed by the seed and
+        the model (``randomness.sample_order``): a uniformly random subsample, the same at
+        every eps, batch size and shard, and the first ``samples`` a gate that decides early
+        measures (its pass reads that order), so the judge can take the probe's test at an
+        early stop exactly as on all the data. On a stream of batches: the first
+        ``samples`` the gate evaluates, in the stream's order."""
         import numpy as np
         import torch
 
-        positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
-        total = self.data.size or self.spec.max_samples
+        positions = batch.positions()
+        kept = np.ones(len(positions), dtype=bool) if keep is None else keep.cpu().numpy()
+        total = self.data.size
         if total:
-            member = _uniform(self._key(PROBE_MEMBERS), positions) < samples / total
+            member = kept & np.isin(positions, self._probe_set(gate, samples, total))
         else:
-            member = (positions >= gate.fit_size) & (positions < gate.fit_size + samples)
-        rows = torch.from_numpy(member).to(batch.y.device)
-        return rows if keep is None else rows & keep.to(rows.device)
+            before = gate.n - int(kept.sum())  # attack() has counted this batch already
+            member = kept & (np.cumsum(kept) <= samples - before)
+        return torch.from_numpy(member).to(batch.y.device)
+
+    def _probe_set(self, gate: GateRun, samples: int, total: int) -> "np.ndarray":
+        """The positions the probe attacks for ``gate`` on data of ``total`` samples."""
+        import numpy as np
+
+        from .randomness import sample_order
+
+        slot = (gate.skip, gate.cap, samples, total)
+        if slot not in self._probe_sets:
+            order = sample_order(self.spec.seed, self.spec.name, total)
+            evaluated = order[(order >= gate.skip) & (order < (gate.cap if gate.cap is not None else total))]
+            self._probe_sets[slot] = np.sort(evaluated[:samples])
+        return self._probe_sets[slot]
 
     def _probe_outcome(self, gate: GateRun, batch: Any, shared: Shared, rows: "torch.Tensor",
                        queries: int) -> tuple["torch.Tensor", int]:
         """Per row of ``batch``: whether it stays correct under the probe (rows outside
         ``rows`` are not attacked and read True), and the forward passes of one sample the
         probe took (its queries and the evaluation, times the draws of a randomised model)."""
-        import numpy as np
         import torch
 
         from .attacks.square import square_linf
@@ -758,7 +974,7 @@ class ModelPass:
         index = rows.nonzero().squeeze(1)
         if len(index):
             key = (*sample_key(self.spec.seed, self.spec.name, -1, gate.eps), PROBE_STREAM)
-            positions = np.arange(batch.offset, batch.offset + len(batch.y), dtype=np.int64)
+            positions = batch.positions()
             x, y = batch.x[index.to(batch.x.device)], batch.y[index.to(batch.y.device)]
             stats: dict[str, Any] = {}
             adversarial = square_linf(self._drawn((*key, "attack", batch.offset)), x, y, gate.eps,
@@ -775,28 +991,32 @@ class ModelPass:
         return ok, spent
 
 
-#: tags of the masking probe's position-keyed draws: its subsample and its square attack
-PROBE_MEMBERS, PROBE_STREAM = 1, 2
+#: tag of the masking probe's position-keyed draws (its square attack)
+PROBE_STREAM = 2
 #: rows of the first batch scored twice to tell whether a model is randomised
 DETECT_ROWS = 32
-
-
-def _uniform(key: Sequence[Any], positions: Any) -> Any:
-    """One uniform number in [0, 1) per sample position, hashed from ``key`` and the
-    position alone (whatever the batch, shard or gate)."""
-    import numpy as np
-
-    prefix = ",".join(str(k) for k in key).encode()
-    return np.array([int.from_bytes(hashlib.blake2b(prefix + b"|%d" % p, digest_size=8).digest(),
-                                    "little") / 2.0 ** 64 for p in positions.tolist()])
 
 
 def _positions(batch: Any, keep: "torch.Tensor | None") -> "torch.Tensor":
     """Each kept row's position in the data stream (whatever the batch size or shard)."""
     import torch
 
-    positions = torch.arange(batch.offset, batch.offset + len(batch.y), device=batch.y.device)
+    positions = torch.from_numpy(batch.positions()).to(batch.y.device)
     return positions if keep is None else positions[keep.to(positions.device)]
+
+
+def _stage_samples(stage: int) -> int:
+    from .gate import stage_samples
+
+    return stage_samples(stage)
+
+
+def _next_stage_end(position: int) -> int:
+    """The end of the decide-early stage that ``position`` (a sample of the pass) lies in."""
+    stage = 1
+    while _stage_samples(stage) <= position:
+        stage += 1
+    return _stage_samples(stage)
 
 
 def _raised_at(exc: BaseException) -> str:

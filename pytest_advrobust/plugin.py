@@ -71,6 +71,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "samples (right when clean, wrong under attack) as a PNG grid: clean, "
                          "attacked, perturbation, with labels and predictions. Needs pip install "
                          "pytest-advrobust[plots].")
+    group.addoption("--advrobust-decide-early", action="store_const", const=True,
+                    dest="advrobust_decide_early", default=None,
+                    help="decide each gate with as few samples as its verdict needs, for every "
+                         "gate whose config does not say decide-early = false "
+                         "(docs: \"Deciding early\", section \"Turning it on\").")
+    group.addoption("--advrobust-no-decide-early", action="store_const", const=False,
+                    dest="advrobust_decide_early",
+                    help="measure every gate on all its data, whatever the config's "
+                         "decide-early keys say.")
     group.addoption("--advrobust-shard", metavar="K/N", default=None,
                     help="measure every gate on shard K of N of each model's evaluation data "
                          "(batch-aligned); results are partial, gated once the shards' JSON "
@@ -261,6 +270,11 @@ class RobustnessPlugin:
             if config.getoption(option):
                 _require_matplotlib(f"--{option.replace('_', '-')}")
         self.path = path
+        #: --advrobust-decide-early (True on, False off, None: the config says); a run that
+        #: saves a baseline measures every gate on all its data
+        self.decide_early = _decide_early_option(config)
+        #: what the summary says about decide-early (set aside for a baseline save)
+        self.early_remarks: list[str] = []
         self.current = ""  # the gate running now
         self.progress = Progress(config)  # the live line / log lines of long passes
         #: gate key -> measurement (JSON-able), from this process, workers and reports
@@ -293,6 +307,7 @@ class RobustnessPlugin:
                                     f"{path} has no [tool.advrobust] table (it mentions advrobust "
                                     "elsewhere). Point the option at the file that holds the table.")
         _check_accepted(self.accept, self._session)
+        self._check_decide_early(self._session)
         if self.session.config is not None and config.args_source != pytest.Config.ArgsSource.ARGS:
             if str(path) not in config.args:  # gates run with every bare `pytest`
                 config.args.append(str(path))
@@ -314,10 +329,33 @@ class RobustnessPlugin:
         session = RobustnessSession(self.config.hook, self.path, pytest_config=self.config,
                                     artifacts=Path(artifacts).resolve() if artifacts else None,
                                     baseline=self.baseline, progress=self.progress,
-                                    accept=self.accept,
+                                    accept=self.accept, decide_early=self.decide_early,
                                     examples=Path(examples).resolve() if examples else None)
         session.engine.shard = self.shard
         return session
+
+    def _check_decide_early(self, session: "RobustnessSession") -> None:
+        """decide-early with a shard is refused (each shard would stop on its own part of
+        the data, which the merge cannot judge); with a baseline save it is set aside, so
+        a baseline is never a figure decided on part of the data."""
+        if session.config is None:
+            return
+        deciding = session.decides_early()
+        if not deciding:
+            return
+        if self.shard is not None:
+            raise pytest.UsageError(
+                f"pytest-advrobust: --advrobust-shard={self.config.getoption('advrobust_shard')} "
+                f"cannot be used with decide-early (on for {len(deciding)} check(s), e.g. "
+                f"{deciding[0]}): a shard that stops a gate early judges part of its own part, "
+                "which the merge cannot add up. Run the shards with --advrobust-no-decide-early, "
+                "or drop --advrobust-shard and let decide-early save the time instead.")
+        if self.config.getoption("advrobust_save_baseline"):
+            session.judge.decide_early = False
+            self.early_remarks.append(
+                f"decide-early set aside for this run ({len(deciding)} check(s) would use it): "
+                "--advrobust-save-baseline measures every gate on all its data, so the baseline "
+                "never holds a figure decided on part of it")
 
     # -- collection -------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -450,7 +488,8 @@ class RobustnessPlugin:
         return RunRecord(
             results=results, interrupted=self.interrupted, complete=self.complete(results),
             comparison=self.comparison(results), extra=self.shard_fields(),
-            empty="" if results else NO_GATE, remarks=list(dict.fromkeys(self.crashes)))
+            empty="" if results else NO_GATE,
+            remarks=list(dict.fromkeys(self.crashes)) + self.early_remarks)
 
     def targets(self) -> Any:
         from .report.pipeline import ReportTargets, step_summary_path
@@ -621,6 +660,12 @@ def _check_accepted(keys: tuple[str, ...], session: "RobustnessSession") -> None
             f"pytest-advrobust: --advrobust-accept: {unknown[0]!r} is not a gate of the config"
             f"{f' (did you mean {close[0]!r}?)' if close else ''}. Give gate keys as the reports "
             "and the baseline file write them (MODEL::ATTACK[eps=E]), comma-separated, or all.")
+
+
+def _decide_early_option(config: pytest.Config) -> bool | None:
+    """``--advrobust-decide-early`` (True), ``--advrobust-no-decide-early`` (False), or None
+    when neither is given (the config's keys decide)."""
+    return config.getoption("advrobust_decide_early")
 
 
 def _shard_option(config: pytest.Config) -> tuple[int, int] | None:

@@ -36,10 +36,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["SampleRandom", "row_random", "sample_key", "splitmix"]
+__all__ = ["SampleRandom", "row_random", "sample_key", "sample_order", "splitmix"]
 
-#: stream tags, so a batch's stream and a fit's stream never coincide
-BATCH, FIT = 1, 2
+#: stream tags, so a batch's stream, a fit's stream and decide-early's sample order never
+#: coincide
+BATCH, FIT, ORDER = 1, 2, 3
 #: SplitMix64's increment (the golden ratio) and its two multipliers
 GAMMA, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 #: integers with a span up to this are drawn from one float64 (unbiased to 2**-53)
@@ -57,6 +58,16 @@ def sample_key(seed: int, model: str, check: int, eps: float) -> tuple[int, ...]
     scaled = eps * 1e9
     return (int(seed), zlib.crc32(model.encode()), int(check),
             int(round(scaled)) if math.isfinite(scaled) else int(eps))
+
+
+def sample_order(seed: int, model: str, samples: int) -> np.ndarray:
+    """The order decide-early reads a model's ``samples`` in: a permutation keyed by the seed
+    and the model alone (not by batch size, check or eps), so every prefix is a uniformly
+    random part of the data and the same config reads the same prefix in every run."""
+    import zlib
+
+    generator = np.random.default_rng([int(seed), zlib.crc32(model.encode()), ORDER])
+    return generator.permutation(samples).astype(np.int64)
 
 
 def fit_generator(key: Sequence[int]) -> np.random.Generator:

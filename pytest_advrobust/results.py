@@ -69,6 +69,16 @@ class Measurement:
     #: correctly classified samples whose cross-entropy input gradient is exactly zero
     #: (None: not measured, for an attack that needs no gradient)
     zero_gradient: int | None = None
+    #: samples the model gets wrong clean and right under attack (noise can do that): with
+    #: ``clean_correct - correct`` it splits the drop into what the attack took and gave
+    gained: int = 0
+    #: the samples the gate evaluates on all the data (None: ``n``, it measured them all;
+    #: also None while a stream of batches has not been read to its end)
+    samples: int | None = None
+    #: decide-early stopped the gate at the end of ``stage`` (1, 2, ...), on ``n`` of its
+    #: ``samples``, because its verdict was settled (see ``gate.decide``)
+    decided_early: bool = False
+    stage: int = 0
     #: a shard run's record (``--advrobust-shard``): the shard, the stream it read, a fit digest
     shard: dict[str, Any] | None = None
     #: ``kind: message`` when the gate could not be computed (no figures then)
@@ -175,6 +185,13 @@ class AttackResult:
     accepted: bool = False
     #: per true label: ``{"label", "n", "clean_correct", "correct"}`` (see Measurement)
     per_class: list[dict[str, int]] = field(default_factory=list)
+    #: the samples the gate evaluates on all the data (None: ``n``)
+    samples: int | None = None
+    #: decide-early stopped the gate on ``n`` of its ``samples``: its verdict was settled
+    decided_early: bool = False
+    #: what decided it (``gate.Decision.to_dict``: the stage, the error it spent, the
+    #: intervals it used); None for a gate measured on all its data
+    decision: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -210,7 +227,19 @@ class AttackResult:
 
     @property
     def interval(self) -> tuple[float, float]:
+        """The accuracy's interval: the 95% Wilson interval, or for a gate decided early
+        the interval its decision used (anytime-valid, at decide-early-error)."""
+        if self.decision and "accuracy" in self.decision.get("intervals", {}):
+            low, high = self.decision["intervals"]["accuracy"]
+            return float(low), float(high)
         return wilson_interval(self.correct, self.n)
+
+    @property
+    def decided_after(self) -> str:
+        """``decided after 512 of 6,000`` for a gate decide-early stopped, else ``""``."""
+        if not self.decided_early:
+            return ""
+        return f"decided after {self.n:,} of {self.samples if self.samples is not None else self.n:,}"
 
     @property
     def key(self) -> str:
@@ -230,8 +259,10 @@ class AttackResult:
         data.pop("seconds")
         data.update(accuracy=round(self.accuracy, 6), clean_accuracy=round(self.clean_accuracy, 6),
                     ci_low=round(low, 6), ci_high=round(high, 6), key=self.key, status=self.status)
+        data["samples"] = self.samples if self.samples is not None else self.n
         if not self.measured:  # no figures were measured: say so rather than report zeros
-            data.update(accuracy=None, clean_accuracy=None, ci_low=None, ci_high=None)
+            data.update(accuracy=None, clean_accuracy=None, ci_low=None, ci_high=None,
+                        samples=None)
         if self.shard is None:
             data.pop("shard")
         return data

@@ -162,7 +162,7 @@ class RobustnessSession:
     def __init__(self, hook: Any, path: Path | None, *, artifacts: Path | None = None,
                  pytest_config: Any = None, baseline: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, accept: Iterable[str] = (),
-                 examples: Path | None = None) -> None:
+                 examples: Path | None = None, decide_early: bool | None = None) -> None:
         self.hook = hook
         self.path = path
         self.registry = AttackRegistry()
@@ -199,8 +199,11 @@ class RobustnessSession:
             from .report.examples import COUNT
 
             self.engine.examples = COUNT
-        #: the one judge of this run's gates (thresholds and settings from the config)
-        self.judge = Judge(self.lookup, self.registry, baseline=baseline, accept=accept)
+        #: the one judge of this run's gates (thresholds and settings from the config); its
+        #: rule also tells the engine when a gate that decides early may stop
+        self.judge = Judge(self.lookup, self.registry, baseline=baseline, accept=accept,
+                           decide_early=decide_early)
+        self.engine.decide_early = self.judge
         self._adhoc: dict[tuple, CheckSpec] = {}
 
     def _measured(self, measurement: Measurement) -> None:
@@ -270,6 +273,11 @@ class RobustnessSession:
 
     def requests(self, spec: ModelSpec) -> list[Request]:
         return [Request(check, eps) for check in spec.checks for eps in check.eps]
+
+    def decides_early(self) -> list[str]:
+        """The gates of the config (labels) that decide-early may stop before the end."""
+        return [f"{check.attack} on {spec.name}" for spec in self.spec_list() for check in spec.checks
+                if self.judge.decides_early(spec.name, check.index)]
 
     def run_all(self, models: Iterable[str] | None = None) -> list[AttackResult]:
         """Every gate of the config (or of the named models), in one pass per model, judged

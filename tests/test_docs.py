@@ -112,6 +112,8 @@ def _config(root: Path, text: str, plugins: list = ()):
         text = "[tool.advrobust]\n" + SINGLE + text
     elif re.match(r"\s*\[tool\.advrobust\.models\.", text):
         text = '[tool.advrobust]\ndata = "data.npz"\n' + NAMED + text
+    if text.startswith("[tool.advrobust]\n") and "\nmodel = " not in text:  # settings alone
+        text = "[tool.advrobust]\n" + SINGLE + text[len("[tool.advrobust]\n"):]
     if "checks]]" not in text:  # a model table alone (a loader's example)
         text += '[[tool.advrobust.checks]]\nattack = "clean"\nmin-accuracy = 0.9\n'
     (root / "pyproject.toml").write_text(text.split("# pyproject.toml\n")[-1])

@@ -669,3 +669,68 @@ def test_a_randomised_model_on_a_gpu_is_seeded_there_too(tmp_path) -> None:
     assert torch.equal(torch.cuda.get_rng_state(), cuda)
     assert [r.to_dict() for r in runs[0]] == [r.to_dict() for r in runs[1]]
     assert all("randomised" in r.details for r in runs[0])
+
+
+def test_deciding_early_takes_the_probe_on_the_same_samples_as_a_full_run(tmp_path) -> None:
+    """decide-early stops a gate after 128 samples; the probe attacks the first 100 the gate
+    evaluates in the seed-keyed order, which is the order the early pass reads: the early
+    gate's probe counts are the full run's, to the sample, so the probe's failing verdict
+    cannot be cut short into a pass (the mirrored model's fgsm accuracy alone would pass)."""
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    from defences import Mirrored
+
+    _, _, x, y = digits_split()
+    model = Mirrored()
+    model.net.load_state_dict(trained_mlp_state())
+    save_torchscript(model, tmp_path / "mirrored.pt")
+    checks = '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\nmin-accuracy = 0.6\n'
+    runs = {}
+    for early in ("false", "true"):
+        session = gate_session(tmp_path, "mirrored.pt", x, y, checks=checks,
+                               extra=f"decide-early = {early}\n")
+        (runs[early],) = session.run_all()
+    full, early = runs["false"], runs["true"]
+    assert not full.decided_early and full.n == 540 and early.decided_early and early.n == 128
+    probe = {k: v for k, v in full.stats.items() if k.startswith("probe_")}
+    assert probe["probe_samples"] == 100 and probe["probe_fooled_only"] >= 10
+    assert {k: v for k, v in early.stats.items() if k.startswith("probe_")} == probe
+    assert early.accuracy > 0.6 and early.status == full.status == "failed"
+    assert "masking-probe" in early.decision["failing"] and "square fooled" in early.message
+
+
+def test_an_early_stop_waits_for_the_probe() -> None:
+    """decide(): a probed gate whose accuracy is settled far above its floor stays open
+    until the probe's subsample is measured, then follows the probe's test."""
+    from pytest_advrobust.gate import decide
+
+    common = dict(correct=120, clean_correct=125, gained=0, n=128, stage=1, error=1e-3, min_accuracy=0.3)
+    assert decide(**common).passed is True
+    assert decide(**common, probed=True, probe=None).passed is None
+    assert decide(**common, probed=True, probe=False).passed is True
+    failed = decide(**common, probed=True, probe=True)
+    assert failed.passed is False and failed.failing == ("masking-probe",)
+
+
+def test_the_judge_keeps_an_early_gate_open_until_its_probe_is_complete(tmp_path) -> None:
+    """Judge.settled on fgsm counts far above the floor: not settled while n is below
+    masking-probe-samples, settled (passed) at it with a quiet probe, failed with a tripped one."""
+    from pytest_advrobust.results import Measurement
+
+    _, _, x, y = digits_split()
+    save_torchscript(trained_mlp(), tmp_path / "mlp.pt")
+    checks = '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\nmin-accuracy = 0.3\n'
+    session = gate_session(tmp_path, "mlp.pt", x, y, checks=checks,
+                           extra="decide-early = true\nmasking-probe-samples = 200\n")
+    name = session.config.models[0].name
+
+    def measured(n: int, more: int) -> Measurement:
+        stats = {"probe_samples": min(n, 200), "probe_fooled_only": more, "probe_gate_only": 0,
+                 "probe_correct": 100, "probe_gate_correct": 120}
+        return Measurement(model=name, attack="fgsm", eps=0.1, check=0, options={},
+                           correct=n - 4, clean_correct=n - 2, n=n, stats=stats, zero_gradient=0,
+                           samples=540, decided_early=True, stage=1)
+
+    assert not session.judge.settled(measured(128, 0))
+    assert session.judge.settled(measured(256, 0)) and session.judge.result(measured(256, 0)).passed
+    tripped = session.judge.result(measured(256, 40))
+    assert tripped.passed is False and "masking-probe" in tripped.decision["failing"]

@@ -80,8 +80,15 @@ KEY_MEANINGS: dict[str, str] = {
                      "turns it off (see [the masking probe]"
                      "(masking.md#the-masking-probe-a-black-box-attack-on-the-same-samples)); in a "
                      "check: that check's own setting, over its model's (an error on other attacks)",
-    "masking-probe-samples": "about how many of the evaluated samples the probe attacks (a "
-                             "subsample keyed by sample position)",
+    "masking-probe-samples": "how many of the evaluated samples the probe attacks (a random "
+                             "subsample keyed by the seed and the model, the same at every eps, "
+                             "batch size and shard; on a loader's stream of batches, its first ones)",
+    "decide-early": "stop each gate as soon as its verdict is settled, on as few samples as that "
+                    "needs (see [Deciding early](decide-early.md)); unset: off unless "
+                    "`--advrobust-decide-early`; in a check: that check's own setting, over its "
+                    "model's",
+    "decide-early-error": "the most chance that a gate decided early gets another verdict than it "
+                          "would on all its data, in (0, 0.1]; in a check: over its model's",
     "masking-probe-queries": "the probe's square budget per sample",
     "eot-samples": "a randomised model (noise inside `forward`) is attacked with gradients and "
                    "scores averaged over this many draws (EOT) and counts a sample correct only if "
@@ -218,9 +225,11 @@ def config_keys_markdown(which: str) -> str:
         defaults = _defaults(config.CheckSpec)
         order = ["attack", "eps", "min-accuracy", "max-drop"]
         keys = sorted(config.CHECK_KEYS, key=lambda k: (order.index(k) if k in order else len(order), k))
+        model_keys = config.MODEL_KEYS
+        # a key of both tables whose check default is None falls back to its model's value
         rows = [[_code(k), "required" if k == "attack" else
-                 ("the model's" if k in config.PROBE_KEYS else _shown(k, defaults)), _meaning(k)]
-                for k in keys]
+                 ("the model's" if k in model_keys and defaults.get(k) is None else _shown(k, defaults)),
+                 _meaning(k)] for k in keys]
         return _table(["key", "default", "meaning"], rows)
     raise ValueError(f"advrobust-config-keys takes 'model' or 'check', not {which!r}")
 

@@ -41,6 +41,9 @@ def gate_properties(result: AttackResult) -> list[tuple[str, str]]:
         properties.append(("advrobust_note", result.note))
     if result.accepted:
         properties.append(("advrobust_accepted", "true"))
+    if result.decided_early:  # stopped on n of its samples once its verdict was settled
+        properties += [("advrobust_decided_early", "true"),
+                       ("advrobust_samples", str(result.samples))]
     if result.shard is not None:  # partial: counted here, judged by the merge
         properties += [("advrobust_shard", f"{result.shard['index']}/{result.shard['count']}"),
                        ("advrobust_correct", str(result.correct))]

@@ -19,7 +19,7 @@ from ..gate import masking_words
 from ..results import AttackResult, class_accuracy, format_eps
 from .escape import md_cell, md_code
 from .files import atomic_write_text
-from .terminal import format_table, headers, ordered, summary_rows, verdict_line
+from .terminal import EARLY_LEGEND, decided_early, format_table, headers, ordered, summary_rows, verdict_line
 
 if TYPE_CHECKING:
     from .pipeline import RunRecord
@@ -47,6 +47,8 @@ def to_markdown(run: "RunRecord", *, files: Sequence[Path] = (), links_from: Pat
     rows = summary_rows(results, verbose=True, comparison=run.comparison)
     lines += format_table([tuple(md_cell(c) for c in row) for row in rows],
                           headers(True, run.comparison is not None), markdown=True)
+    if decided_early(results):
+        lines += ["", f"_{EARLY_LEGEND}._"]
     for title, status in (("Failing gates", "failed"), ("Gates that errored", "error"),
                           ("Gates not run", "not run")):
         chosen = [r for r in results if r.status == status]

@@ -137,6 +137,14 @@ def _baseline(run: RunRecord, targets: ReportTargets, out: Written) -> None:
         out.problems.append(f"baseline not saved to {path}: no gate was measured in this run "
                             f"({run.empty or 'every selected gate errored or did not run'}).")
         return
+    early = [r for r in measured if r.decided_early]
+    if early:  # the plugin measures fully when saving; anything else must not slip through
+        out.problems.append(
+            f"baseline not saved to {path}: {len(early)} gate{'s were' if len(early) > 1 else ' was'} "
+            f"decided early on part of the data ({', '.join(r.label for r in early[:3])}"
+            f"{', ...' if len(early) > 3 else ''}), and a baseline holds figures measured on all "
+            "of it. Save from a run with --advrobust-no-decide-early.")
+        return
     red = [r for r in run.results if r.status in ("failed", "error") and not r.accepted]
     if red:
         keys = ",".join(r.key for r in red)
@@ -191,14 +199,19 @@ def summary_lines(run: RunRecord, written: Written, *, verbose: bool) -> list[tu
     """The terminal summary: the table, the verdict line, accepted falls, remarks, notes,
     problems (red) and the baseline comparison; ``(text, markup)`` per line."""
     from .escape import one_line
-    from .terminal import format_table, headers, ordered, summary_rows, verdict_line
+    from .terminal import (EARLY_LEGEND, decided_early, format_table, headers, ordered, summary_rows,
+                           verdict_line)
 
     lines: list[tuple[str, dict[str, bool]]] = []
     if run.empty and not run.results:
         lines.append((f"advrobust: {run.empty}.", {"yellow": True}))
     else:
         rows = summary_rows(run.results, verbose=verbose, comparison=run.comparison)
-        lines += [(line, {}) for line in format_table(rows, headers(verbose, run.comparison is not None))]
+        early = decided_early(run.results)
+        lines += [(line, {}) for line in format_table(rows, headers(verbose, run.comparison is not None,
+                                                                    early))]
+        if early:
+            lines.append((EARLY_LEGEND, {}))
         lines.append((verdict_line(run.results, interrupted=run.interrupted), {}))
     if run.accepted:
         lines.append((f"accepted into the baseline (--advrobust-accept): "

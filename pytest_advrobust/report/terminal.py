@@ -36,17 +36,31 @@ def threshold_text(r: AttackResult) -> str:
     return ", ".join(limits) or "-"
 
 
-def headers(verbose: bool = False, with_baseline: bool = False) -> tuple[str, ...]:
-    """The columns shown: compact by default (plus "vs baseline" when one was given)."""
+def headers(verbose: bool = False, with_baseline: bool = False, early: bool = False) -> tuple[str, ...]:
+    """The columns shown: compact by default (plus "vs baseline" when one was given, and
+    "n" when decide-early stopped a gate: it says after how many samples)."""
     if verbose:
         return COLUMNS
-    return tuple(c for c in COLUMNS if c in COMPACT or (with_baseline and c == "vs baseline"))
+    return tuple(c for c in COLUMNS if c in COMPACT or (with_baseline and c == "vs baseline")
+                 or (early and c == "n"))
+
+
+def decided_early(results: Iterable[AttackResult]) -> bool:
+    """Whether decide-early stopped any of ``results`` before the end of its data."""
+    return any(r.decided_early for r in results)
+
+
+#: the line under a table with gates decide-early stopped
+EARLY_LEGEND = ("decided after N of M: decide-early stopped the gate on N of its M samples once "
+                "its verdict was settled; its interval is the one that decided it (at most "
+                "decide-early-error chance that all the data would give another verdict)")
 
 
 def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
                  comparison: "Comparison | None" = None) -> list[tuple[str, ...]]:
     """One row of cells per gate, for the columns :func:`headers` names."""
-    shown = headers(verbose, comparison is not None)
+    results = list(results)
+    shown = headers(verbose, comparison is not None, decided_early(results))
     rows = []
     for r in ordered(results):
         low, high = r.interval
@@ -61,7 +75,8 @@ def summary_rows(results: Iterable[AttackResult], *, verbose: bool = True,
                  "accuracy": f"{r.accuracy:.3f}" if figures else "-",
                  "95% CI": f"{low:.3f}-{high:.3f}" if figures else "-",
                  "clean": f"{r.clean_accuracy:.3f}" if figures else "-",
-                 "n": str(r.n) if r.measured else "-", "threshold": threshold_text(r),
+                 "n": (r.decided_after or str(r.n)) if r.measured else "-",
+                 "threshold": threshold_text(r),
                  "vs baseline": delta, "status": STATUS_CELLS[r.status]}
         rows.append(tuple(cells[c] for c in shown))
     return rows
