@@ -1,5 +1,6 @@
-"""The documentation: its generated tables cover the code, the sections the plugin's own
-messages cite exist, and its code examples run.
+"""The documentation: its generated tables cover the code, the attacks page's option tables
+agree with the registry, the sections the plugin's own messages cite exist, and its code
+examples run.
 
 Every fenced ``python`` and ``toml`` block of README.md and docs/*.md is found here and
 run by one of the tests below (``test_every_code_block_is_run`` fails for a block none of
@@ -349,3 +350,50 @@ def test_every_section_the_plugin_cites_exists() -> None:
             assert section in _headings(ROOT / "README.md"), f"README has no section {section!r}"
             cited += 1
     assert cited >= 3  # the baseline option's help, the masking message, the missing-table error
+
+
+# -- the attacks page's option tables against the registry ----------------------------------
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _attack_tables() -> dict[str, dict[str, str]]:
+    """Each attack section's option table of docs/attacks.md: key -> default cell."""
+    text = (DOCS / "attacks.md").read_text()
+    tables: dict[str, dict[str, str]] = {}
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        name = re.match(r"`(\w+)`\n", section)
+        if name and "\n| key" in section:
+            rows = re.findall(r"^\| `([\w-]+)` +\| ([^|]+)\|", section, re.M)
+            tables[name.group(1)] = {key: cell.strip() for key, cell in rows}
+    return tables
+
+
+def test_every_attacks_options_table_matches_the_registry() -> None:
+    """An option a built-in attack declares is in its table, with the default the code
+    uses (computed defaults, declared by their type, are described in words)."""
+    from pytest_advrobust.attacks import AttackRegistry
+    from pytest_advrobust.session import plugin_manager
+
+    registry = AttackRegistry()
+    plugin_manager().hook.pytest_advrobust_add_attacks(registry=registry)
+    declared = {name: dict(info.options) for name, info in registry.config_options().items()}
+    tables = _attack_tables()
+    assert len(tables) >= 8, sorted(tables)
+    for name, options in declared.items():
+        if name == "hypothesis":  # documented with its example check in extending.md
+            example = block("extending.md", "[[tool.advrobust.checks]]\nattack = \"hypothesis\"", "toml").text
+            for key, default in options.items():
+                assert re.search(rf"^{key} = .*default {default}$", example, re.M), key
+            continue
+        table = tables.get(name, {})
+        assert set(table) == set(options), (name, sorted(table), sorted(options))
+        for key, default in options.items():
+            if default is None or isinstance(default, type):
+                continue
+            shown = table[key].strip("`").split(" ")[0].strip("`")
+            assert shown == _toml_value(default), (name, key, table[key], default)
