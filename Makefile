@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(strip $(TORCH_INDEX)),)
 
-.PHONY: setup example test test-unit bench dist clean
+.PHONY: setup example test test-unit docs bench dist clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt -e ".[dev,docs]"
 	touch $(STAMP)
 
 # The main job: train the example project's model (seconds), then run its robustness gates.
@@ -35,6 +35,12 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 -m "not e2e" tests
 
+# The documentation site, from docs/ (Markdown pages; the option, config-key and hook
+# tables are generated from the code). Warnings are errors, broken references included;
+# nothing is fetched (no intersphinx). Open docs/_build/html/index.html.
+docs: setup
+	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
 
@@ -46,4 +52,4 @@ dist: setup
 	$(BIN)/python -m twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) dist build example_project/models example_project/.advrobust .advrobust
+	rm -rf $(VENV) dist build docs/_build example_project/models example_project/.advrobust .advrobust

@@ -61,9 +61,10 @@ CHECK_KEYS = {"attack", "eps", "min-accuracy", "max-drop", "max-regression", "re
               "decide-early", "decide-early-error"}
 #: the check keys of the masking probe, which a check may set to override its model's
 PROBE_KEYS = ("masking-probe", "masking-probe-samples", "masking-probe-queries")
-#: the masking probe's defaults (README, "when the gate says masking suspected"): every
-#: per-sample gradient gate is cross-checked by a square attack of at most this many
-#: queries on this many of the samples it evaluates (a random subsample, see engine.py)
+#: the masking probe's defaults: every per-sample gradient gate is cross-checked by a
+#: square attack of at most this many queries on this many of the samples it evaluates
+#: (a random subsample, see engine.py); see
+#: docs: "Masking", section "The masking probe: a black-box attack on the same samples"
 MASKING_PROBE_SAMPLES = 100
 MASKING_PROBE_QUERIES = 50
 #: a randomised model's gradients are averaged over this many draws (EOT), and each
@@ -138,7 +139,7 @@ class CheckSpec:
     #: figures only, no verdict (``report-only = true``): shown as MEASURED, never PASS
     report_only: bool = False
     #: ``allow-masking = true``: a gradient gate whose gradients are masked reports it but
-    #: does not fail for it (see README, "when the gate says masking suspected")
+    #: does not fail for it (see docs: "Masking", section "When the gate says masking suspected")
     allow_masking: bool = False
     #: the check's own ``masking-probe`` keys (None: its model's; see :func:`masking_probe`)
     masking_probe: bool | None = None

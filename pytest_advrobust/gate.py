@@ -218,8 +218,8 @@ def _loss(attack: Any, check: "CheckSpec") -> str:
 
 
 #: what a message that fails a gate for gradient masking adds: where to read and the way out
-MASKING_HINT = (" (see README, \"when the gate says masking suspected\"; allow-masking = true in "
-                "the check accepts it)")
+MASKING_HINT = (" (see docs: \"Masking\", section \"When the gate says masking suspected\"; "
+                "allow-masking = true in the check accepts it)")
 
 
 def judge(result: AttackResult) -> Verdict:

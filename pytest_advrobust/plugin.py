@@ -56,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="save this run's results as a baseline file (JSON, written atomically).")
     group.addoption("--advrobust-baseline", metavar="PATH", default=None,
                     help="compare against a saved baseline: a gate whose accuracy fell fails "
-                         "as a regression (rule: max-regression; README, \"Baselines\").")
+                         "as a regression (rule: max-regression; "
+                         "docs: \"Reports and baselines\", section \"The regression rule\").")
     group.addoption("--advrobust-accept", metavar="GATE[,GATE...]", action="append", default=None,
                     help="accept these failed or errored gates (their keys, as the reports "
                          "write them, or all) into --advrobust-save-baseline: a red run saves "
@@ -73,8 +74,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--advrobust-decide-early", action="store_const", const=True,
                     dest="advrobust_decide_early", default=None,
                     help="decide each gate with as few samples as its verdict needs, for every "
-                         "gate whose config does not say decide-early = false (README, "
-                         "\"Deciding early\").")
+                         "gate whose config does not say decide-early = false "
+                         "(docs: \"Deciding early\", section \"Turning it on\").")
     group.addoption("--advrobust-no-decide-early", action="store_const", const=False,
                     dest="advrobust_decide_early",
                     help="measure every gate on all its data, whatever the config's "

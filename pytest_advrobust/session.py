@@ -262,7 +262,7 @@ class RobustnessSession:
         """A model of the config by name (the first one when ``name`` is None)."""
         if self.config is None:
             raise ConfigError("no [tool.advrobust] table found. Add one naming the model and data "
-                              "(see the README's quick start).", where=str(self.path or "pyproject.toml"))
+                              "(see README, \"Quick start\").", where=str(self.path or "pyproject.toml"))
         if name is None:
             return self.config.models[0]
         try:

@@ -26,7 +26,7 @@ def test_the_stages_double_from_the_first_and_spend_at_most_the_error() -> None:
                                                          8 * FIRST_STAGE]
     spent = sum(stage_error(0.01, k) for k in range(1, 100_000))
     assert 0.0099 < spent <= 0.01
-    assert DECIDE_EARLY_ERROR == 1e-3  # the default the README documents
+    assert DECIDE_EARLY_ERROR == 1e-3  # the default the docs show (their table reads it from the code)
 
 
 @pytest.mark.parametrize(("successes", "n"), [(0, 1), (0, 128), (5, 128), (64, 128), (128, 128), (997, 1000)])

@@ -85,9 +85,11 @@ def _figure(results: dict, model: str, attack: str, eps: float | None = None) ->
 
 
 def test_readme_quotes_the_examples_own_figures(gate_run) -> None:
-    """The figures README quotes are what ``make example`` prints (rounded as printed)."""
+    """The figures README and the attacks page quote are what ``make example`` prints
+    (rounded as printed)."""
     _, results = gate_run
     readme = (ROOT / "README.md").read_text()
+    attacks = (ROOT / "docs" / "attacks.md").read_text()
     f3 = "{:.3f}".format
 
     fgsm = _figure(results, "mlp-torch", "fgsm", 0.1)
@@ -99,13 +101,13 @@ def test_readme_quotes_the_examples_own_figures(gate_run) -> None:
 
     pgd, fgsm05 = _figure(results, "mlp-torch", "pgd", 0.05), _figure(results, "mlp-torch", "fgsm", 0.05)
     match = re.search(r"On the example's digits MLP at eps 0\.05, 20 steps take accuracy from\s+"
-                      r"FGSM's (\S+) to (\S+)\.", readme)
-    assert match, "README's PGD sentence moved; update this test"
+                      r"FGSM's (\S+) to (\S+)\.", attacks)
+    assert match, "docs/attacks.md's PGD sentence moved; update this test"
     assert match.groups() == (f3(fgsm05["accuracy"]), f3(pgd["accuracy"]))
 
     clean = _figure(results, "logreg-onnx", "clean")
     spsa, noise = _figure(results, "logreg-onnx", "spsa", 0.1), _figure(results, "logreg-onnx", "noise", 0.2)
     match = re.search(r"at eps 0\.1 with 1000 queries it\s+takes accuracy from (\S+) to (\S+), "
-                      r"while noise at\s+eps 0\.2 leaves (\S+)\)", readme)
-    assert match, "README's SPSA sentence moved; update this test"
+                      r"while noise at\s+eps 0\.2 leaves (\S+)\)", attacks)
+    assert match, "docs/attacks.md's SPSA sentence moved; update this test"
     assert match.groups() == (f3(clean["accuracy"]), f3(spsa["accuracy"]), f3(noise["accuracy"]))

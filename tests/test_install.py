@@ -32,7 +32,7 @@ def _dry_run(command: list[str], tmp_path: Path, **env: str) -> list[str]:
 
 
 def _installs(lines: list[str]) -> list[str]:
-    return [line for line in lines if "pip install" in line and '".[dev]"' in line]
+    return [line for line in lines if "pip install" in line and '".[dev,docs]"' in line]
 
 
 def test_the_cpu_index_variable_reaches_pip(tmp_path: Path) -> None:
@@ -49,8 +49,11 @@ def test_the_default_install_names_no_extra_index_and_shows_progress(tmp_path: P
 
 
 def test_ci_never_uses_the_cpu_index_even_when_the_environment_sets_it(tmp_path: Path) -> None:
-    """.ci/run runs both README commands; under ``make -n`` (MAKEFLAGS=n) they only print."""
+    """.ci/run runs both README commands, then the docs build; under ``make -n`` (MAKEFLAGS=n)
+    they only print."""
     lines = _dry_run(["bash", ".ci/run"], tmp_path, TORCH_INDEX=CPU_INDEX, MAKEFLAGS="n")
-    assert len(_installs(lines)) == 2  # make example, then make test (the venv is never made)
+    assert len(_installs(lines)) == 3  # make example, test, docs (the venv is never made)
     assert "index-url" not in " ".join(lines)
-    assert any("-m pytest -p no:cacheprovider -n 2 tests" in line for line in lines)
+    test = next(i for i, line in enumerate(lines) if "-m pytest -p no:cacheprovider -n 2 tests" in line)
+    docs = next(i for i, line in enumerate(lines) if "-m sphinx" in line)
+    assert test < docs and "-W --keep-going" in lines[docs]  # warnings fail the build

@@ -5,12 +5,16 @@ block scalars, quoted and plain scalars, ``[a, b]`` flow lists and comments.
 ``GitHubRun`` executes a GitHub Actions job the way a runner does: ``run:`` steps in bash
 (``-eo pipefail``) with the runner's variables (``GITHUB_STEP_SUMMARY``, ``GITHUB_PATH``,
 ``GITHUB_EVENT_NAME``, ``GITHUB_REF``), ``if:`` conditions, and the ``uses:`` steps the
-recipe needs simulated: caches (a dict standing for GitHub's cache store) and artifact
-uploads (which record the paths they would upload).
+recipe needs simulated: caches (a dict standing for GitHub's cache store), artifact
+uploads (which record the paths they would upload and, given an ``artifacts`` folder, keep a
+copy there, standing for GitHub's artifact store) and downloads from that store. A matrix
+job runs once per ``matrix`` given (``${{ matrix.NAME }}``); ``needs:`` is the caller's
+order of runs.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -152,6 +156,8 @@ class GitHubRun:
     steps: list[StepResult] = field(default_factory=list)
     cache_root: Path | None = None
     skip: set[str] = field(default_factory=set)  # step names the test has done already
+    matrix: dict[str, str] = field(default_factory=dict)  # this run's matrix values
+    artifacts: Path | None = None  # the artifact store shared by the jobs of one workflow run
 
     def run(self, job: str) -> bool:
         """Run every step of ``job``; whether the job succeeded."""
@@ -192,6 +198,8 @@ class GitHubRun:
             return "0123abc"
         if name == "runner.os":
             return "Linux"
+        if name.startswith("matrix.") and name[len("matrix."):] in self.matrix:
+            return self.matrix[name[len("matrix."):]]
         match = re.fullmatch(r"steps\.([\w\-]+)\.outputs\.([\w\-]+)", name)
         if match:
             return self.outputs.get(match.group(1), {}).get(match.group(2), "")
@@ -263,5 +271,29 @@ class GitHubRun:
             self.uploaded[given["name"]] = paths
             if missing and given.get("if-no-files-found", "warn") == "error":
                 return StepResult(name, ran=True, returncode=1, output=f"missing: {missing}")
+            if self.artifacts is not None:
+                store = self.artifacts / given["name"]
+                for path in (p for p in paths if p.exists()):
+                    copy = store / path.relative_to(self.workspace)
+                    if path.is_dir():
+                        shutil.copytree(path, copy, dirs_exist_ok=True)
+                    else:
+                        copy.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, copy)
             return StepResult(name, ran=True, output=f"missing: {missing}" if missing else "")
+        if action == "actions/download-artifact":
+            return self._download(name, given)
         raise ValueError(f"the test runner does not simulate {uses!r}; extend tests/workflow.py")
+
+    def _download(self, name: str, given: dict[str, str]) -> StepResult:
+        """``pattern`` + ``merge-multiple: true`` (every matching artifact's files into the
+        workspace), as the sharded recipe uses it; an artifact's files keep the paths they
+        were uploaded from, relative to the workspace (GitHub strips the common folder of a
+        multi-path upload; each shard uploads one file at the root, where both agree)."""
+        assert self.artifacts is not None, "give the run an artifact store to download from"
+        if given.get("merge-multiple") != "true" or "pattern" not in given:
+            raise ValueError("the test runner downloads only pattern + merge-multiple: true")
+        found = sorted(p for p in self.artifacts.iterdir() if fnmatch.fnmatchcase(p.name, given["pattern"]))
+        for artifact in found:
+            shutil.copytree(artifact, self.workspace, dirs_exist_ok=True)
+        return StepResult(name, ran=True, output=f"downloaded {[p.name for p in found]}")

@@ -14,7 +14,7 @@ that are not corners:
 - a search inside the ball of radius ``s * eps``: the ``square`` attack's (every candidate
   is a corner of that smaller ball) and ``strongest``'s ``apgd-t-interior`` member. No
   extra cost; a smaller ball is a weaker attack by a hair on a model that does not
-  recognise corners (measured: README, "How strong is each attack").
+  recognise corners (measured: docs: "Attacks", section "How strong is each attack").
 
 ``s`` is drawn uniformly from :data:`INTERIOR_SCALE` per sample (and point, or run) from the
 sample's position-keyed stream (see :mod:`pytest_advrobust.randomness`): no defence knows it

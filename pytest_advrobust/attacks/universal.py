@@ -29,7 +29,7 @@ every input to class t"; one ascent from zero lands in one of them by chance):
   the lowest of those wins.
 
 Measured on the digits MLP (eps 0.2) and CNN (eps 0.3) over 6 orders of the same data
-(``benchmarks/bench_universal.py``): see README's ``universal`` section.
+(``benchmarks/bench_universal.py``): see docs: "Attacks", section "`universal`".
 
 Bounded work: a full step costs one forward + backward over the fold's fit samples, and a
 fold's fit at most ``passes = (1 + targets) x (SCREEN_STEPS + 1) + FINALISTS x (steps -
