@@ -13,7 +13,7 @@ the probe on and off, interleaved rounds, medians), its false alarms on the hone
 MLP and CNN (five eps, ten seeds, fgsm and pgd) and what it catches on issue 20's defences
 (tests/models/defences.py, plain modules, no bpda).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_masking.py [probe]
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_masking.py [probe [verdicts]]
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def check(attack: str, eps: float, **options) -> dict:
     return {"attack": attack, "eps": eps, "report-only": True, **options}
 
 
-def probe() -> None:
-    """The masking probe's cost, false alarms and catches (see the module docstring)."""
+def probe(cost: bool = True) -> None:
+    """The masking probe's cost, false alarms and catches (see the module docstring);
+    ``cost=False`` (``probe verdicts``) only the false alarms and catches."""
     import statistics
     import sys
     import time
@@ -203,7 +204,7 @@ def probe() -> None:
     print(f"masking probe, digits test split (n={len(y)}), default settings (about 100 samples, "
           "at most 50 queries each)")
     # cost, in forwards of one sample: the probe against the gate(s) of its pass
-    for name, net in honest.items():
+    for name, net in honest.items() if cost else ():
         model = TorchClassifier(net, name=name, input_range=(0, 1))
         times = {"forward": [], "backward": []}
         for _ in range(21):
@@ -271,4 +272,7 @@ def probe() -> None:
 if __name__ == "__main__":
     import sys
 
-    probe() if sys.argv[1:] == ["probe"] else main()
+    if sys.argv[1:2] == ["probe"]:
+        probe(cost=sys.argv[2:] != ["verdicts"])
+    else:
+        main()
