@@ -201,7 +201,7 @@ def probe(cost: bool = True) -> None:
                                     torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
                                     torch.nn.Linear(8 * 16, 10)), xtr, ytr, 150, 0.03)
     honest = {"mlp": mlp, "cnn": cnn}
-    print(f"masking probe, digits test split (n={len(y)}), default settings (about 100 samples, "
+    print(f"masking probe, digits test split (n={len(y)}), default settings (100 samples, "
           "at most 50 queries each)")
     # cost, in forwards of one sample: the probe against the gate(s) of its pass
     for name, net in honest.items() if cost else ():
