@@ -98,6 +98,10 @@ class Census:
     agree on all of it, or they did not read the same data (a shuffling loader, another
     file); a shard's own part tells which shard a report really measured."""
 
+    #: input batches of at least this many bytes are hashed on a helper thread, overlapping
+    #: the next batch's work (hashlib releases the GIL); smaller ones are hashed at once
+    BACKGROUND_BYTES = 1 << 20
+
     def __init__(self, parts: int = 1) -> None:
         import hashlib
 
@@ -105,23 +109,47 @@ class Census:
         self._digest = hashlib.sha256()
         self._inputs = hashlib.blake2b(digest_size=8)
         self._parts = [hashlib.blake2b(digest_size=8) for _ in range(parts)] if parts > 1 else []
+        #: the thread hashing the previous batch's inputs (at most one batch in flight, so
+        #: the hashes see the batches in order and memory holds one batch more at most)
+        self._job: Any = None
 
-    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None, batch: int = 0) -> None:
-        """Count batch number ``batch`` (in batch-size units from the stream's start)."""
+    def add(self, labels: np.ndarray, inputs: np.ndarray | None = None, batch: int = 0, *,
+            background: bool = False) -> None:
+        """Count batch number ``batch`` (in batch-size units from the stream's start). With
+        ``background``, a large batch's inputs are hashed on a helper thread: the caller
+        must not let them change before :meth:`wait` (a loader may reuse its buffers)."""
         self.samples += len(labels)
         labels = np.ascontiguousarray(labels, dtype="<i8").tobytes()
         self._digest.update(labels)
         if inputs is not None:  # one byte stream: where batches are cut does not matter
             # the array's bytes without a copy of them (tobytes() doubled the cost of hashing)
             data = np.ascontiguousarray(inputs).reshape(-1).view(np.uint8)
-            self._inputs.update(data)
-            if self._parts:
-                part = self._parts[batch % len(self._parts)]
-                part.update(labels)
-                part.update(data)
+            part = self._parts[batch % len(self._parts)] if self._parts else None
+            self.wait()
+            if not background or data.nbytes < self.BACKGROUND_BYTES:
+                self._hash(data, labels, part)
+            else:
+                import threading
+
+                self._job = threading.Thread(target=self._hash, args=(data, labels, part),
+                                             name="advrobust-census", daemon=True)
+                self._job.start()
+
+    def _hash(self, data: np.ndarray, labels: bytes, part: Any) -> None:
+        self._inputs.update(data)
+        if part is not None:
+            part.update(labels)
+            part.update(data)
+
+    def wait(self) -> None:
+        """Let the previous batch's hash finish (before the next one, or a digest)."""
+        if self._job is not None:
+            self._job.join()
+            self._job = None
 
     def summary(self) -> dict[str, Any]:
         """What a shard's result records (with ``parts``: each shard's part, in order)."""
+        self.wait()
         out: dict[str, Any] = {"samples": self.samples,
                                "labels": "sha256:" + self._digest.hexdigest()[:16]}
         if self._parts:
@@ -130,6 +158,7 @@ class Census:
 
     def digest(self) -> str:
         """Inputs and labels of the whole stream: what a baseline's ``data`` fingerprint holds."""
+        self.wait()
         return f"blake2b:{self._inputs.hexdigest()}{self._digest.hexdigest()[:16]}"
 
 
@@ -212,9 +241,10 @@ class EvalData:
         span = [math.inf, -math.inf]  # the data's range over a whole pass
         for xs, ys, offset in _rechunk(self._chunks(), batch_size, start, stop):
             seen += len(ys)
-            if census is not None:
-                census.add(ys, xs, batch=(offset - start) // batch_size)
-            if shard is not None and ((offset - start) // batch_size) % shard[1] != shard[0] - 1:
+            mine = shard is None or ((offset - start) // batch_size) % shard[1] == shard[0] - 1
+            if census is not None:  # a batch this pass hands out is hashed while it is used
+                census.add(ys, xs, batch=(offset - start) // batch_size, background=mine)
+            if not mine:
                 continue  # another shard's batch
             x = torch.tensor(xs, dtype=dtype)
             y = torch.tensor(ys, dtype=torch.int64)
@@ -238,6 +268,8 @@ class EvalData:
                                 where=self.where)
             span[0], span[1] = min(span[0], smallest), max(span[1], largest)
             yield Batch(x, y, offset)
+            if census is not None:  # before the loader runs again (it may reuse its buffers)
+                census.wait()
         if seen == 0 and start == 0:
             raise DataError("the data is empty (no samples). Check the loader or the .npz file.",
                             where=self.where)
@@ -557,6 +589,10 @@ def _rechunk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, start: 
             pending -= size
         if stop is not None and position >= stop:
             break
+        # what waits for the next chunk is copied first: a loader may refill the buffer it
+        # handed out as soon as it is asked for the next batch (less than one batch)
+        pending_x = [np.array(part) for part in pending_x]
+        pending_y = [np.array(part) for part in pending_y]
     if pending:
         yield _take(pending_x, pending), _take(pending_y, pending), emitted
 
