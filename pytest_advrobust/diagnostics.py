@@ -247,6 +247,8 @@ def _members(result: Any, out: dict[str, Any], suspected: list[str], base: int) 
                              f"p = {p:.1e}): the gradients are masked, and its accuracy "
                              f"{result.accuracy:.3f} rests on square")
     return fails
+
+
 def masking_counts(stats: dict[str, Any], *, needs_gradient: bool, zero_gradient: int | None,
                    loss: str) -> tuple[int, ...]:
     """The counts of correctly classified samples that fail a gate once one exceeds
@@ -255,7 +257,7 @@ def masking_counts(stats: dict[str, Any], *, needs_gradient: bool, zero_gradient
     that ascends cross-entropy; and for ``strongest`` without a square member
     (``queries`` = 0), the zero-gradient samples every gradient member left standing. Empty
     when no count can fail the gate. decide-early must settle these counts before it stops
-    a gate (``tests/test_decide_early.py`` checks that the two agree); the masking probe's
+    a gate (``tests/test_decide_early_rule.py`` checks that the two agree); the masking probe's
     paired test is :func:`probe_trips`."""
     counts: list[int] = []
     own = "gradient_free" in stats

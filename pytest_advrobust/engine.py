@@ -4,7 +4,7 @@ For one model, every pending (check, eps) is computed in a single streamed pass:
 one forward (or one forward + backward when a gradient attack is pending, which also
 yields the clean scores) and one forward per attacked variant. Classifiers, data handles
 and measurements are cached for the session, so no work is done twice. Per-sample gradient
-gates are cross-checked by the masking probe (a bounded square attack on a position-keyed
+gates are cross-checked by the masking probe (a bounded square attack on a fixed random
 subsample of their samples, shared by the gates of one eps), and a model whose forward
 draws random numbers is attacked and evaluated over seeded draws (models/randomised.py).
 
@@ -879,8 +879,8 @@ class ModelPass:
     def _probe(self, gate: GateRun, batch: Any, keep: "torch.Tensor | None", shared: Shared,
                adv_ok: "torch.Tensor") -> None:
         """Cross-check a per-sample gradient gate with a black-box attack: a square attack of
-        at most ``masking-probe-queries`` queries at the gate's eps, on a position-keyed
-        subsample (about ``masking-probe-samples``) of the samples the gate evaluates,
+        at most ``masking-probe-queries`` queries at the gate's eps, on
+        ``masking-probe-samples`` of the samples the gate evaluates (:meth:`_probe_members`),
         paired with the gate's own outcome on each. Counts go into the gate's statistics
         (``probe_*``, summed over batches and shards) for the judge's paired test. A
         sample's probe outcome depends only on the seed, the model, eps and the sample, so
@@ -927,7 +927,8 @@ class ModelPass:
         every eps, batch size and shard, and the first ``samples`` a gate that decides early
         measures (its pass reads that order), so the judge can take the probe's test at an
         early stop exactly as on all the data. On a stream of batches: the first
-        ``samples`` the gate evaluates, in the stream's order."""
+        ``samples`` the gate evaluates in the stream's order, by position, so every shard
+        probes the same ones."""
         import numpy as np
         import torch
 
@@ -936,9 +937,8 @@ class ModelPass:
         total = self.data.size
         if total:
             member = kept & np.isin(positions, self._probe_set(gate, samples, total))
-        else:
-            before = gate.n - int(kept.sum())  # attack() has counted this batch already
-            member = kept & (np.cumsum(kept) <= samples - before)
+        else:  # the gate evaluates positions [skip, cap) in order: its first ones
+            member = kept & (positions < gate.skip + samples)
         return torch.from_numpy(member).to(batch.y.device)
 
     def _probe_set(self, gate: GateRun, samples: int, total: int) -> "np.ndarray":

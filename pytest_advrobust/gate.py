@@ -149,9 +149,9 @@ class Judge:
         masking = masking_counts(m.stats, needs_gradient=needs_gradient,
                                  zero_gradient=m.zero_gradient if needs_gradient else None,
                                  loss=loss) if judged else ()
-        # the masking probe attacks the first masking-probe-samples samples a gate that
-        # decides early evaluates (engine: ModelPass._probe_members), so its paired test is
-        # exact, with no error to spend, once the gate has measured that many (or all)
+        # the masking probe attacks the first masking-probe-samples samples of the order a
+        # gate that decides early reads (engine: ModelPass._probe_members), so its paired
+        # test is the full run's, with no error to spend, once it has measured that many (or all)
         probe = None
         settings = masking_probe(spec, check) if judged and needs_gradient and attack is not None \
             and attack.cross_checked else None

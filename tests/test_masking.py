@@ -656,6 +656,20 @@ def test_a_stream_of_unknown_length_probes_its_first_samples(tmp_path) -> None:
         monkey.undo()
     assert r.stats["probe_samples"] == 70 and not r.passed
     assert "gradient masking suspected: square fooled" in r.message
+    # sharded, each shard probes its part of the same first 70 positions: the sums are the
+    # unsharded counts (a shard probing "its own first 70" would probe 140)
+    probed = {k: 0 for k in r.stats if k.startswith("probe_") and k != "probe_queries"}
+    for shard in ((1, 2), (2, 2)):
+        monkey.chdir(tmp_path)
+        try:
+            session = RobustnessSession(plugin_manager().hook, tmp_path / "pyproject.toml")
+            session.engine.shard = shard
+            (part,) = session.run_all()
+        finally:
+            monkey.undo()
+        for key in probed:
+            probed[key] += part.stats[key]
+    assert probed == {k: r.stats[k] for k in probed}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (torch sees none)")
