@@ -447,16 +447,23 @@ def test_honest_models_never_trip_the_probe(tmp_path, net) -> None:
         assert "randomised" not in r.details and not any(key.startswith("eot_") for key in r.stats)
 
 
-def test_the_probe_does_not_depend_on_batch_size_or_on_the_gates_beside_it(tmp_path) -> None:
-    """A sample's probe outcome is keyed by its position: other batch sizes, and fgsm alone
-    or beside pgd (which share one probe per batch), count exactly the same."""
+
+def _mirrored(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The digits MLP behind a mirrored gradient sign (tests/models/defences.py), saved as
+    ``folder/mirrored.pt``; the held-out digits it is gated on."""
     sys.path.insert(0, str(Path(__file__).parent / "models"))
     from defences import Mirrored
 
     _, _, x, y = digits_split()
     model = Mirrored()
     model.net.load_state_dict(trained_mlp_state())
-    save_torchscript(model, tmp_path / "mirrored.pt")
+    save_torchscript(model, folder / "mirrored.pt")
+    return x, y
+
+def test_the_probe_does_not_depend_on_batch_size_or_on_the_gates_beside_it(tmp_path) -> None:
+    """A sample's probe outcome is keyed by its position: other batch sizes, and fgsm alone
+    or beside pgd (which share one probe per batch), count exactly the same."""
+    x, y = _mirrored(tmp_path)
     fgsm = '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\nmin-accuracy = 0.6\n'
     pgd = '[[tool.advrobust.checks]]\nattack = "pgd"\neps = 0.1\nsteps = 3\nmin-accuracy = 0.6\n'
     runs = []
@@ -582,13 +589,7 @@ def test_reports_carry_the_probe(pytester: pytest.Pytester) -> None:
     the terminal, JSON, Markdown and JUnit; allow-masking keeps the words, not the failure."""
     from xml.etree import ElementTree
 
-    sys.path.insert(0, str(Path(__file__).parent / "models"))
-    from defences import Mirrored
-
-    _, _, x, y = digits_split()
-    model = Mirrored()
-    model.net.load_state_dict(trained_mlp_state())
-    save_torchscript(model, pytester.path / "mirrored.pt")
+    x, y = _mirrored(pytester.path)
     np.savez(pytester.path / "digits.npz", x=x, y=y)
     pytester.makefile(".toml", pyproject='''
         [tool.advrobust]
@@ -633,13 +634,7 @@ def test_reports_carry_the_probe(pytester: pytest.Pytester) -> None:
 def test_a_stream_of_unknown_length_probes_its_first_samples(tmp_path) -> None:
     """Batches from a generator (no length known before the pass): the probe takes the
     first masking-probe-samples samples the gate evaluates, not a share of an unknown N."""
-    sys.path.insert(0, str(Path(__file__).parent / "models"))
-    from defences import Mirrored
-
-    _, _, x, y = digits_split()
-    model = Mirrored()
-    model.net.load_state_dict(trained_mlp_state())
-    save_torchscript(model, tmp_path / "mirrored.pt")
+    x, y = _mirrored(tmp_path)
     np.savez(tmp_path / "digits.npz", x=x, y=y)
     (tmp_path / "streamed.py").write_text(
         "import numpy as np\n\ndef batches():\n    data = np.load('digits.npz')\n"
@@ -690,13 +685,7 @@ def test_deciding_early_takes_the_probe_on_the_same_samples_as_a_full_run(tmp_pa
     evaluates in the seed-keyed order, which is the order the early pass reads: the early
     gate's probe counts are the full run's, to the sample, so the probe's failing verdict
     cannot be cut short into a pass (the mirrored model's fgsm accuracy alone would pass)."""
-    sys.path.insert(0, str(Path(__file__).parent / "models"))
-    from defences import Mirrored
-
-    _, _, x, y = digits_split()
-    model = Mirrored()
-    model.net.load_state_dict(trained_mlp_state())
-    save_torchscript(model, tmp_path / "mirrored.pt")
+    x, y = _mirrored(tmp_path)
     checks = '[[tool.advrobust.checks]]\nattack = "fgsm"\neps = 0.1\nmin-accuracy = 0.6\n'
     runs = {}
     for early in ("false", "true"):
